@@ -1,0 +1,43 @@
+"""``inceptionlab`` command line: a thin layer over the library.
+
+Each module in ``COMMAND_MODULES`` owns a group of subcommands and exposes ``register(subparsers)``, which
+adds its parsers and sets ``func(args) -> int`` on each. Errors a user can act on are
+:class:`~inceptionlab.errors.InceptionLabError`; they are printed without a traceback (exit code 1).
+Usage errors (bad option values) are argparse's: a usage message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from inceptionlab import __version__
+from inceptionlab.errors import InceptionLabError
+
+COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inceptionlab",
+        description="GoogLeNet and the Inception family on Fashion-MNIST (d2l chapter 8.4 and beyond).",
+    )
+    parser.add_argument("--version", action="version", version=f"inceptionlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InceptionLabError as exc:
+        print(f"inceptionlab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"inceptionlab {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,26 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero."""
+
+
+class InceptionLabError(Exception):
+    """Base class: the message names the problem and the fix."""
+
+
+class UnknownModelError(InceptionLabError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputSizeError(InceptionLabError, ValueError):
+    """An input image size the model cannot take."""
+
+
+class ConfigError(InceptionLabError, ValueError):
+    """An invalid training or command option."""
+
+
+class DatasetError(InceptionLabError):
+    """Fashion-MNIST missing, truncated, corrupted or failing verification."""
+
+
+class RunDirError(InceptionLabError):
+    """A run directory without what the command needs (weights, config, checkpoint)."""

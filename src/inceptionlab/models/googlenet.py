@@ -1,0 +1,145 @@
+"""d2l's simplified GoogLeNet (chapter "Multi-Branch Networks (GoogLeNet)"), layer for layer.
+
+Same kernels, strides, paddings, channel splits and ReLU placement as the chapter; one Inception block is
+four branches concatenated on channels:
+
+    b1: 1x1 conv                       -> c1
+    b2: 1x1 conv -> 3x3 conv (pad 1)   -> c2[1]
+    b3: 1x1 conv -> 5x5 conv (pad 2)   -> c3[1]
+    b4: 3x3 max-pool (s1, pad 1) -> 1x1 conv -> c4
+
+Mapping onto the chapter's ``nn.Sequential`` (see :func:`load_chapter_state_dict`):
+
+    chapter (d2l 1.0 class)         chapter (d2l 0.17 notebook)   inceptionlab
+    net.0.* (b1)                    0.*                           b1.*
+    net.1.* (b2)                    1.*                           b2.*
+    net.2.* (b3)                    2.*                           b3.*
+    net.3.* (b4)                    3.*                           b4.*
+    net.4.* (b5)                    4.*                           b5.*
+    net.5.* (LazyLinear head)       5.*                           head.*
+    Inception .b1_1 .b2_1 ...       Inception .p1_1 .p2_1 ...     Inception .b1_1 .b2_1 ...
+
+Unlike torchvision's GoogLeNet (which keeps a 3x3 kernel in its "5x5" branch for weight compatibility),
+the 5x5 branch here is a real 5x5, as in the chapter and the paper.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inceptionlab.models._registry import register_model
+
+
+class Inception(nn.Module):
+    """The chapter's Inception block. Argument names follow the chapter (c1..c4) and the paper's table:
+    c1 = #1x1, c2 = (#3x3 reduce, #3x3), c3 = (#5x5 reduce, #5x5), c4 = pool proj."""
+
+    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int):
+        super().__init__()
+        self.b1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
+        self.b2_1 = nn.Conv2d(in_channels, c2[0], kernel_size=1)
+        self.b2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
+        self.b3_1 = nn.Conv2d(in_channels, c3[0], kernel_size=1)
+        self.b3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
+        self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.b4_2 = nn.Conv2d(in_channels, c4, kernel_size=1)
+        self.out_channels = c1 + c2[1] + c3[1] + c4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = F.relu(self.b1_1(x))
+        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
+        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
+        b4 = F.relu(self.b4_2(self.b4_1(x)))
+        return torch.cat((b1, b2, b3, b4), dim=1)
+
+
+def _pool() -> nn.MaxPool2d:
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+class GoogLeNet(nn.Module):
+    """d2l's GoogLeNet: stem b1, b2, Inception stages b3-b5, global average pooling, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.b1 = nn.Sequential(
+            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool()
+        )  # N x 64 x 24 x 24 (for 96 x 96 input)
+        self.b2 = nn.Sequential(
+            nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
+            nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(),
+            _pool(),
+        )  # N x 192 x 12 x 12
+        self.b3 = nn.Sequential(
+            Inception(192, 64, (96, 128), (16, 32), 32),
+            Inception(256, 128, (128, 192), (32, 96), 64),
+            _pool(),
+        )  # N x 480 x 6 x 6
+        self.b4 = nn.Sequential(
+            Inception(480, 192, (96, 208), (16, 48), 64),
+            Inception(512, 160, (112, 224), (24, 64), 64),
+            Inception(512, 128, (128, 256), (24, 64), 64),
+            Inception(512, 112, (144, 288), (32, 64), 64),
+            Inception(528, 256, (160, 320), (32, 128), 128),
+            _pool(),
+        )  # N x 832 x 3 x 3
+        self.b5 = nn.Sequential(
+            Inception(832, 256, (160, 320), (32, 128), 128),
+            Inception(832, 384, (192, 384), (48, 128), 128),
+            nn.AdaptiveAvgPool2d((1, 1)),
+            nn.Flatten(),
+        )  # N x 1024
+        self.head = nn.Linear(1024, num_classes)  # N x num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b5(self.b4(self.b3(self.b2(self.b1(x)))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model("googlenet", natural_size=96, family="googlenet")
+def googlenet(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet:
+    """d2l's simplified GoogLeNet, exactly as the chapter defines it (5,977,530 parameters for 1x96x96, 10)."""
+    return GoogLeNet(num_classes=num_classes, in_channels=in_channels)
+
+
+_STAGES = ("b1", "b2", "b3", "b4", "b5", "head")
+_CHAPTER_KEY = re.compile(r"^(?:net\.)?([0-5])\.(.*)$")
+
+
+def chapter_key_to_ours(key: str) -> str:
+    """Map one key of the chapter's ``nn.Sequential`` state dict onto :class:`GoogLeNet`'s names."""
+    match = _CHAPTER_KEY.match(key)
+    if match is None:
+        raise KeyError(f"{key!r} is not a key of the chapter's GoogLeNet (expected 'net.<0-5>.…' or '<0-5>.…')")
+    stage, rest = _STAGES[int(match.group(1))], match.group(2)
+    rest = re.sub(r"(^|\.)p([1-4])_([12])\.", r"\1b\2_\3.", rest)  # d2l 0.17 named the branches p1_1, ...
+    return f"{stage}.{rest}"
+
+
+def load_chapter_state_dict(model: GoogLeNet, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+    """Load a state dict saved from the chapter's code (``net.state_dict()``) into :class:`GoogLeNet`.
+
+    Accepts both the d2l 1.0 class layout (``net.0.0.weight``, branches ``b1_1``...) and the d2l 0.17
+    notebook layout (``0.0.weight``, branches ``p1_1``...). Returns ``model.load_state_dict``'s result.
+    """
+    mapped = {chapter_key_to_ours(k): v for k, v in state_dict.items()}
+    return model.load_state_dict(mapped, strict=strict)
+
+
+def to_chapter_state_dict(model: GoogLeNet, prefix: str = "net.") -> dict[str, torch.Tensor]:
+    """The inverse mapping: our state dict with the chapter's (d2l 1.0) key names."""
+    out = {}
+    for key, value in model.state_dict().items():
+        stage, rest = key.split(".", 1)
+        out[f"{prefix}{_STAGES.index(stage)}.{rest}"] = value
+    return out
