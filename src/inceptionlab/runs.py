@@ -14,15 +14,18 @@ Loading never unpickles code: weights come from safetensors, checkpoints load wi
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
 from inceptionlab.errors import RunDirError
-from inceptionlab.fileio import atomic_write_with
+from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
 from inceptionlab.models import create_model
 
 CONFIG = "config.json"
@@ -31,6 +34,9 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+CURVES = "curves.png"
+CONFUSION = "confusion.png"
+PER_CLASS = "per_class.json"
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict[str, str]) -> None:
@@ -75,3 +81,78 @@ def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu
         raise RunDirError(f"{weights} could not be read ({exc}); the file is damaged") from None
     model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def create_run_dir(root: str | os.PathLike, model: str) -> Path:
+    """A new ``<root>/<YYYYmmdd-HHMMSS>-<model>/``; ``-2``, ``-3``... when two runs start in the same second.
+
+    ``mkdir`` without ``exist_ok`` is the atomic claim, so concurrent starts never share a directory.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+    for n in range(1, 10_000):
+        path = root / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"could not create a run directory under {root}")
+
+
+def write_config(run_dir: str | os.PathLike, config: dict) -> None:
+    atomic_write_json(Path(run_dir) / CONFIG, config)
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv whole (atomically) from the rows so far.
+
+    Rewriting rather than appending keeps them equal to the checkpoint's rows after a crash and a resume.
+    """
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(run_dir / METRICS_CSV, buf.getvalue())
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def write_per_class(run_dir: str | os.PathLike, report: dict) -> None:
+    atomic_write_json(Path(run_dir) / PER_CLASS, report)
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {SUMMARY}")
+    return json.loads(path.read_text())
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict) -> None:
+    """Write checkpoint.pt atomically: a kill at any moment leaves the previous complete checkpoint."""
+    atomic_write_with(Path(run_dir) / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The last complete checkpoint; ``weights_only=True`` so loading never runs code from the file."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {CHECKPOINT}: no epoch finished, so there is nothing to resume")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # damaged or foreign file
+        raise RunDirError(f"{path} could not be loaded ({exc}); the checkpoint is damaged") from None
