@@ -19,6 +19,10 @@ Mapping onto the chapter's ``nn.Sequential`` (see :func:`load_chapter_state_dict
     net.5.* (LazyLinear head)       5.*                           head.*
     Inception .b1_1 .b2_1 ...       Inception .p1_1 .p2_1 ...     Inception .b1_1 .b2_1 ...
 
+``googlenet-bn`` is the same network built with a different convolution unit (``conv_block``): every
+convolution becomes conv (no bias) -> BatchNorm (Inception-BN, Ioffe & Szegedy 2015); the ReLUs stay where
+they are. Its parameter names gain ``.conv`` / ``.bn`` (``b3.0.b2_2.conv.weight``).
+
 Unlike torchvision's GoogLeNet (which keeps a 3x3 kernel in its "5x5" branch for weight compatibility),
 the 5x5 branch here is a real 5x5, as in the chapter and the paper.
 """
@@ -26,28 +30,41 @@ the 5x5 branch here is a real 5x5, as in the chapter and the paper.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inceptionlab.models._blocks import ConvBN
 from inceptionlab.models._registry import register_model
+
+# A convolution factory with nn.Conv2d's signature (in, out, kernel_size, stride=, padding=). Swapping it is the
+# only difference between the chapter's GoogLeNet (plain nn.Conv2d) and Inception-BN (conv -> BN).
+ConvFactory = Callable[..., nn.Module]
 
 
 class Inception(nn.Module):
     """The chapter's Inception block. Argument names follow the chapter (c1..c4) and the paper's table:
     c1 = #1x1, c2 = (#3x3 reduce, #3x3), c3 = (#5x5 reduce, #5x5), c4 = pool proj."""
 
-    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int):
+    def __init__(
+        self,
+        in_channels: int,
+        c1: int,
+        c2: tuple[int, int],
+        c3: tuple[int, int],
+        c4: int,
+        conv_block: ConvFactory = nn.Conv2d,
+    ):
         super().__init__()
-        self.b1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
-        self.b2_1 = nn.Conv2d(in_channels, c2[0], kernel_size=1)
-        self.b2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
-        self.b3_1 = nn.Conv2d(in_channels, c3[0], kernel_size=1)
-        self.b3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
+        self.b1_1 = conv_block(in_channels, c1, kernel_size=1)
+        self.b2_1 = conv_block(in_channels, c2[0], kernel_size=1)
+        self.b2_2 = conv_block(c2[0], c2[1], kernel_size=3, padding=1)
+        self.b3_1 = conv_block(in_channels, c3[0], kernel_size=1)
+        self.b3_2 = conv_block(c3[0], c3[1], kernel_size=5, padding=2)
         self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-        self.b4_2 = nn.Conv2d(in_channels, c4, kernel_size=1)
+        self.b4_2 = conv_block(in_channels, c4, kernel_size=1)
         self.out_channels = c1 + c2[1] + c3[1] + c4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,35 +79,48 @@ def _pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
 
-class GoogLeNet(nn.Module):
-    """d2l's GoogLeNet: stem b1, b2, Inception stages b3-b5, global average pooling, linear head."""
+def _inception_factory(conv_block: ConvFactory) -> Callable[..., Inception]:
+    def make(in_channels, c1, c2, c3, c4):
+        return Inception(in_channels, c1, c2, c3, c4, conv_block=conv_block)
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+    return make
+
+
+class GoogLeNet(nn.Module):
+    """d2l's GoogLeNet: stem b1, b2, Inception stages b3-b5, global average pooling, linear head.
+
+    ``conv_block`` builds every convolution (default ``nn.Conv2d``: the chapter's network; ``ConvBN``: Inception-BN).
+    """
+
+    stage_names = ("b1", "b2", "b3", "b4", "b5", "head")
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d):
         super().__init__()
+        conv, inception = conv_block, _inception_factory(conv_block)
         self.b1 = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool()
+            conv(in_channels, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool()
         )  # N x 64 x 24 x 24 (for 96 x 96 input)
         self.b2 = nn.Sequential(
-            nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
-            nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(),
+            conv(64, 64, kernel_size=1), nn.ReLU(),
+            conv(64, 192, kernel_size=3, padding=1), nn.ReLU(),
             _pool(),
         )  # N x 192 x 12 x 12
         self.b3 = nn.Sequential(
-            Inception(192, 64, (96, 128), (16, 32), 32),
-            Inception(256, 128, (128, 192), (32, 96), 64),
+            inception(192, 64, (96, 128), (16, 32), 32),
+            inception(256, 128, (128, 192), (32, 96), 64),
             _pool(),
         )  # N x 480 x 6 x 6
         self.b4 = nn.Sequential(
-            Inception(480, 192, (96, 208), (16, 48), 64),
-            Inception(512, 160, (112, 224), (24, 64), 64),
-            Inception(512, 128, (128, 256), (24, 64), 64),
-            Inception(512, 112, (144, 288), (32, 64), 64),
-            Inception(528, 256, (160, 320), (32, 128), 128),
+            inception(480, 192, (96, 208), (16, 48), 64),
+            inception(512, 160, (112, 224), (24, 64), 64),
+            inception(512, 128, (128, 256), (24, 64), 64),
+            inception(512, 112, (144, 288), (32, 64), 64),
+            inception(528, 256, (160, 320), (32, 128), 128),
             _pool(),
         )  # N x 832 x 3 x 3
         self.b5 = nn.Sequential(
-            Inception(832, 256, (160, 320), (32, 128), 128),
-            Inception(832, 384, (192, 384), (48, 128), 128),
+            inception(832, 256, (160, 320), (32, 128), 128),
+            inception(832, 384, (192, 384), (48, 128), 128),
             nn.AdaptiveAvgPool2d((1, 1)),
             nn.Flatten(),
         )  # N x 1024
@@ -110,6 +140,12 @@ class GoogLeNet(nn.Module):
 def googlenet(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet:
     """d2l's simplified GoogLeNet, exactly as the chapter defines it (5,977,530 parameters for 1x96x96, 10)."""
     return GoogLeNet(num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("googlenet-bn", natural_size=96, family="googlenet")
+def googlenet_bn(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet:
+    """The chapter's GoogLeNet with BatchNorm after every convolution (conv, no bias -> BN -> ReLU): Inception-BN."""
+    return GoogLeNet(num_classes=num_classes, in_channels=in_channels, conv_block=ConvBN)
 
 
 _STAGES = ("b1", "b2", "b3", "b4", "b5", "head")
