@@ -1,0 +1,194 @@
+"""`inceptionlab predict` and inceptionlab.predict: image files from real Fashion-MNIST test images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inceptionlab import data, runs
+from inceptionlab.cli import main
+from inceptionlab.models import create_model, init_xavier_
+from inceptionlab.predict import ImageError, load_image, load_image_with_info, pixel_model, predict
+
+SIZE = 28  # small, so the tests run in seconds on a CPU; the pipeline is the same at 96
+
+
+def make_run(run_dir, fmnist, *, model_name="googlenet", image_size=SIZE, normalize=False, train_images=2000):
+    """A run directory with a briefly trained model: Xavier-initialised features, a head fitted on them.
+
+    Fitting only the linear head on frozen random features is a few seconds of CPU and gives ~75 % test
+    accuracy, enough for predictions that mean something. The standardisation of the features is folded
+    into the head, so the saved model is a plain registered model.
+    """
+    torch.manual_seed(0)
+    model = init_xavier_(create_model(model_name)).eval()
+    config = {"model": model_name, "model_options": {}, "num_classes": 10, "in_channels": 1,
+              "image_size": image_size, "normalize": normalize}
+    net = pixel_model(model, config)  # trains on what the model sees after its normalization
+    if train_images:
+        with torch.no_grad():
+            x = data.resize_batch(fmnist.train_images[:train_images], image_size)
+            features = model.forward_features(_normalized(x, net))
+        mu, sd = features.mean(0), features.std(0) + 1e-6
+        head = torch.nn.Linear(features.shape[1], 10)
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        y = fmnist.train_labels[:train_images]
+        for _ in range(300):
+            loss = torch.nn.functional.cross_entropy(head((features - mu) / sd), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model.head.weight.copy_(head.weight / sd)
+            model.head.bias.copy_(head.bias - (head.weight / sd) @ mu)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.save_weights(run_dir / runs.WEIGHTS, model, {"model": model_name, "image_size": str(image_size)})
+    (run_dir / runs.CONFIG).write_text(json.dumps(config))
+    return run_dir
+
+
+def _normalized(x, net):
+    """The input of the bare network: ``x`` after the wrapper's normalization (if any)."""
+    return (x - net.mean) / net.std if hasattr(net, "mean") else x
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return data.load_fashion_mnist()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, fmnist):
+    return make_run(tmp_path_factory.mktemp("run") / "googlenet", fmnist)
+
+
+def write_image(path, pixels: np.ndarray, mode="L", size=None, invert=False, alpha_background=False):
+    """A Fashion-MNIST image (uint8 28x28, light-on-dark) as a file, optionally converted like a user's photo."""
+    pixels = 255 - pixels if invert else pixels
+    image = Image.fromarray(pixels, mode="L")
+    if size is not None:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    if alpha_background:  # item opaque, background transparent (and white underneath)
+        grey = np.asarray(image)
+        alpha = Image.fromarray(np.where(grey > 10, 255, 0).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.where(grey > 10, grey, 255).astype(np.uint8), mode="L").convert("RGBA")
+        image.putalpha(alpha)
+        return image.save(path)
+    image.convert(mode).save(path)
+
+
+def test_png_of_a_test_image_gives_exactly_the_training_input(tmp_path, fmnist):
+    pixels = fmnist.test_images[:3]
+    for i, size in enumerate((28, 40, 96)):
+        path = tmp_path / f"{i}.png"
+        write_image(path, pixels[i].numpy())
+        x = load_image(path, size, invert=False)
+        assert x.shape == (1, size, size) and x.dtype == torch.float32
+        assert torch.allclose(x, data.resize_batch(pixels[i : i + 1], size)[0], atol=1e-6)
+
+
+def test_auto_invert_and_alpha(tmp_path, fmnist):
+    pixels = fmnist.test_images[0].numpy()
+    expected = data.resize_batch(fmnist.test_images[:1], SIZE)[0]
+    write_image(tmp_path / "light.png", pixels)
+    write_image(tmp_path / "dark.png", pixels, invert=True)
+    write_image(tmp_path / "rgba.png", pixels, alpha_background=True)
+    x, inverted = load_image_with_info(tmp_path / "light.png", SIZE)
+    assert not inverted and torch.allclose(x, expected, atol=1e-6)
+    x, inverted = load_image_with_info(tmp_path / "dark.png", SIZE)  # bright border -> inverted back
+    assert inverted and torch.allclose(x, expected, atol=1e-6)
+    assert torch.allclose(load_image(tmp_path / "dark.png", SIZE, invert=True), expected, atol=1e-6)
+    x, inverted = load_image_with_info(tmp_path / "rgba.png", SIZE)  # transparent border = background
+    assert not inverted and (x - expected).abs().max() < 0.05
+
+
+def test_bad_files_raise_image_error(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("L", (28, 28)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:40])
+    for name in ("notes.png", "missing.png", "cut.png"):
+        with pytest.raises(ImageError, match=name):
+            load_image(tmp_path / name, SIZE)
+    with pytest.raises(ImageError, match="not a file"):
+        load_image(tmp_path, SIZE)
+
+
+def test_predict_matches_labels_on_png_and_jpeg(tmp_path, fmnist, run_dir, capsys):
+    """Grey PNG, RGB JPEG at other sizes (non-square too), dark-on-light with --invert: mostly the true label."""
+    n = 8
+    labels = fmnist.test_labels[:n].tolist()
+    variants = {
+        "grey.png": dict(mode="L"),
+        "rgb.jpg": dict(mode="RGB", size=(90, 90)),
+        "wide.png": dict(mode="RGB", size=(70, 56)),
+        "dark.png": dict(mode="L", invert=True, size=(56, 56)),
+    }
+    for suffix, kwargs in variants.items():
+        paths = []
+        for i in range(n):
+            paths.append(tmp_path / f"{i}-{suffix}")
+            write_image(paths[-1], fmnist.test_images[i].numpy(), **kwargs)
+        invert = ["--invert"] if "invert" in kwargs else ["--no-invert"]
+        assert main(["predict", str(run_dir), *map(str, paths), "--top-k", "3", "--json", *invert]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["backend"] == "pytorch"
+        predicted = [p["top_k"][0]["class"] for p in out["predictions"]]
+        correct = sum(p == t for p, t in zip(predicted, labels, strict=True))
+        assert correct >= n - 2, (suffix, predicted, labels)
+        top = out["predictions"][0]["top_k"]
+        assert len(top) == 3 and top[0]["name"] in data.CLASS_NAMES
+        assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"] > 0
+    # the grey PNGs of 28x28 test images are the training inputs themselves: same classes as in memory
+    model, config = runs.load_run_model(run_dir)
+    direct = predict(pixel_model(model, config), data.resize_batch(fmnist.test_images[:n], SIZE), top_k=1)
+    grey = [load_image(tmp_path / f"{i}-grey.png", SIZE, invert=False) for i in range(n)]
+    from_files = predict(pixel_model(model, config), torch.stack(grey), top_k=1)
+    assert [p.classes for p in direct] == [p.classes for p in from_files]
+
+
+def test_non_image_among_images(tmp_path, fmnist, run_dir, capsys):
+    good = []
+    for i in range(2):
+        good.append(tmp_path / f"{i}.png")
+        write_image(good[-1], fmnist.test_images[i].numpy())
+    bad = tmp_path / "readme.png"
+    bad.write_text("hello")
+    code = main(["predict", str(run_dir), str(good[0]), str(bad), str(good[1]), str(tmp_path / "gone.jpg")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "readme.png" in captured.err and "not an image" in captured.err
+    assert "gone.jpg" in captured.err and "no such file" in captured.err
+    assert "Traceback" not in captured.err
+    lines = captured.out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(good[0]), str(good[1])]
+    assert all("%" in line for line in lines)
+
+
+def test_run_dir_without_weights_is_refused(tmp_path, fmnist, run_dir, capsys):
+    broken = tmp_path / "unfinished"
+    broken.mkdir()
+    shutil.copy(run_dir / runs.CONFIG, broken / runs.CONFIG)
+    image = tmp_path / "a.png"
+    write_image(image, fmnist.test_images[0].numpy())
+    assert main(["predict", str(broken), str(image)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "Traceback" not in err
+    assert main(["predict", str(tmp_path / "nowhere"), str(image)]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_normalized_run_takes_pixels(tmp_path, fmnist, monkeypatch):
+    """With normalize=true the wrapper applies mean/std, so callers always pass [0, 1] pixels."""
+    if not hasattr(data, "FASHION_MNIST_MEAN"):
+        monkeypatch.setattr(data, "FASHION_MNIST_MEAN", 0.286, raising=False)
+        monkeypatch.setattr(data, "FASHION_MNIST_STD", 0.353, raising=False)
+    run = make_run(tmp_path / "norm", fmnist, normalize=True, train_images=0)
+    model, config = runs.load_run_model(run)
+    x = data.resize_batch(fmnist.test_images[:4], SIZE)
+    expected = model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
+    assert torch.allclose(pixel_model(model, config)(x), expected)
