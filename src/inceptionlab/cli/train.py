@@ -1,5 +1,141 @@
-"""Subcommands of `inceptionlab` (placeholder: filled in by its issue)."""
+"""`inceptionlab train` and `inceptionlab evaluate`: thin layers over :func:`inceptionlab.train.train` and
+:func:`inceptionlab.evaluate.evaluate_run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
+from inceptionlab.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, preset_config
+from inceptionlab.errors import ConfigError
+
+# Options that may change when resuming (they do not change what the run computes, or extend it).
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size")
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on Fashion-MNIST (default: the chapter's recipe)",
+        description="Train on Fashion-MNIST. Defaults are the chapter's recipe (--preset d2l); options given "
+        "override the preset. Under torchrun (--nproc_per_node N) it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="named recipe: d2l (the chapter, default), quick (CPU, minutes), best (GPU)")
+    p.add_argument("--model", type=model_name, help="registry model name (default googlenet)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
+    g.add_argument("--eval-batch-size", type=positive_int)
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--momentum", type=probability)
+    g.add_argument("--weight-decay", type=nonnegative_float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--warmup-epochs", type=nonnegative_float)
+    g.add_argument("--label-smoothing", type=probability)
+    g = p.add_argument_group("data and augmentation")
+    g.add_argument("--image-size", type=positive_int, help="side of the square input (default 96)")
+    g.add_argument("--crop-padding", type=nonnegative_int, help="random crop after zero padding by this much")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
+    g.add_argument("--erasing", type=probability, help="random-erasing probability")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise pixels with the training set's mean/std (d2l: off)")
+    g.add_argument("--limit-train", type=positive_int, help="use only the first N training images (smoke runs)")
+    g.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
+    g.add_argument("--data-dir", help="directory holding the four Fashion-MNIST IDX files")
+    g = p.add_argument_group("speed and placement")
+    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
+    g.add_argument("--seed", type=nonnegative_int)
+    g.add_argument("--out", help="runs root directory (default runs)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run",
+                              description="Evaluate a finished run's saved model on the Fashion-MNIST test set.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    e.add_argument("--batch-size", type=positive_int)
+    e.set_defaults(func=run_evaluate)
+
+
+def _given(args) -> dict:
+    """Options the user gave (argparse defaults are None = 'not given')."""
+    keys = [f for f in TrainConfig.__dataclass_fields__ if f not in ("preset", "model_options")]
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def build_config(args) -> TrainConfig | None:
+    """The TrainConfig of the command line; ``None`` when resuming without changes."""
+    given = _given(args)
+    if args.resume is not None:
+        fixed = sorted(set(given) - set(RESUMABLE))
+        if fixed or args.preset is not None:
+            names = ", ".join("--" + k.replace("_", "-") for k in fixed + (["preset"] if args.preset else []))
+            raise ConfigError(
+                f"{names} cannot change when resuming (the run continues with its saved config); only "
+                + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE) + " may be given with --resume"
+            )
+        if not given:
+            return None
+        from inceptionlab import runs
+
+        return TrainConfig.from_dict(runs.read_config(args.resume)).replace(**given)
+    return preset_config(args.preset or "d2l", **given)
+
+
+def run_train(args) -> int:
+    from inceptionlab.train import train
+
+    config = build_config(args)
+    if config is not None:
+        config.validate()
+    result = train(config, resume=args.resume, progress=args.progress)
+    if result.status == "interrupted":
+        print(f"inceptionlab train: interrupted; the checkpoint in {result.run_dir} is intact", file=sys.stderr)
+    return result.exit_code
+
+
+def run_evaluate(args) -> int:
+    from inceptionlab.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"{result['model']} ({result['run_dir']}): test acc {result['test_acc']:.4f} "
+          f"on {result['count']:,} images, test loss {result['test_loss']:.4f}")
+    width = max(len(n) for n in result["class_names"])
+    for name in result["class_names"]:
+        print(f"  {name:<{width}}  {result['per_class_acc'][name]:.3f}")
+    names = result["class_names"]
+    print("confusion (rows: true, columns: predicted):")
+    print(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(len(names))))
+    for i, (name, row) in enumerate(zip(names, result["confusion"], strict=True)):
+        print(f"  {name:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   {i}")
+    return 0
