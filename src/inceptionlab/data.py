@@ -1,21 +1,35 @@
-"""Fashion-MNIST: find the four IDX files, read them, and feed whole batches on the training device.
+"""Fashion-MNIST: find the four IDX files, verify their content, and feed whole batches on the training device.
 
 No DataLoader: each split lives on the device as one uint8 tensor; every batch is gathered, converted and
-resized there (bilinear, like d2l's PIL resize followed by ``ToTensor``).
+resized there. The resize reproduces d2l's preprocessing (``transforms.Resize`` = PIL bilinear on the uint8
+image, then ``ToTensor``) exactly, pixel for pixel: see :func:`resize_batch`.
+
+Where the files come from, in order: ``data_dir`` (``--data-dir``), ``$INCEPTIONLAB_DATA``, the user cache
+(``$XDG_CACHE_HOME/inceptionlab/fashion-mnist``), Debian's ``/usr/share/datasets/fashion-mnist``; otherwise
+they are downloaded from the dataset's official mirror into the cache. Each file is checked on first use
+(IDX header, exact byte length, label range, SHA-256 of the *decompressed* bytes) and the result remembered
+in the cache, keyed by path, size and modification time.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import json
 import os
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from inceptionlab.errors import DatasetError
+from inceptionlab.errors import ConfigError, DatasetError
+from inceptionlab.fileio import atomic_open, atomic_write_json
 
 CLASS_NAMES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
@@ -27,7 +41,32 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# SHA-256 of the decompressed files: the Debian .gz containers differ from the mirror's (recompressed without
+# the stored file name), so only the content can be pinned. Measured on the Debian files (shared/ANCHORS.md).
+SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX: 0x0000 08 03 (uint8, 3 dims) and 0x0000 08 01 (uint8, 1 dim)
+IMAGE_SIZE = 28
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The dataset's own mirror (Zalando Research's S3 bucket, linked from its README), then the GitHub copy.
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+# Measured on the 60,000 training images (uint8 / 255): `inceptionlab data --json` reports them again.
+FASHION_MNIST_MEAN = 0.2860406
+FASHION_MNIST_STD = 0.3530242
+
+_HOW_TO_GET = (
+    "Get it with `apt-get install dataset-fashion-mnist` (Debian; installs /usr/share/datasets/fashion-mnist), "
+    "or run once on a machine with network access (it downloads into the cache), or pass --data-dir DIR "
+    "holding the four IDX files (.gz or decompressed)."
+)
 
 
 def cache_dir() -> Path:
@@ -53,29 +92,222 @@ def _find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def _user_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
+    """The directories the user named (``data_dir``, ``$INCEPTIONLAB_DATA``): the candidates before the defaults."""
+    return candidate_dirs(data_dir)[:-2]
+
+
 def find_dataset(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """The paths of the four files, from the first directory that has all four."""
+    """The paths of the four files, from the first directory that has all four.
+
+    A directory the user named (``data_dir`` or ``$INCEPTIONLAB_DATA``) must hold all four: a typo or a partial
+    copy is reported, not silently replaced by another copy of the data further down the list.
+    """
+    user_dirs = _user_dirs(data_dir)
     for directory in candidate_dirs(data_dir):
         found = {key: _find_file(directory, stem) for key, stem in FILES.items()}
         if all(found.values()):
             return found  # type: ignore[return-value]
+        if directory in user_dirs:
+            missing = ", ".join(FILES[key] + "[.gz]" for key, path in found.items() if path is None)
+            what = "does not exist" if not directory.is_dir() else f"lacks {missing}"
+            raise DatasetError(f"Fashion-MNIST directory {directory} {what}.\n{_HOW_TO_GET}")
     looked = "\n  ".join(str(d) for d in candidate_dirs(data_dir))
-    raise DatasetError(
-        f"Fashion-MNIST not found. Looked in:\n  {looked}\n"
-        "Get it with `apt-get install dataset-fashion-mnist` (Debian), or pass --data-dir DIR holding the "
-        "four IDX files (.gz or decompressed)."
-    )
+    raise DatasetError(f"Fashion-MNIST not found. Looked in:\n  {looked}\n{_HOW_TO_GET}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and verification
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The decompressed content of ``path``; a damaged container is a DatasetError naming the file."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        # gzip raises BadGzipFile (an OSError) for a bad header and EOFError for a cut-off stream.
+        raise DatasetError(f"{path}: unreadable or corrupted ({exc}); delete it and fetch it again.") from None
+
+
+def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """Parse one IDX file (uint8 content only) into an array, checking the header against the byte length."""
+    if len(data) < 4:
+        raise DatasetError(f"{name}: too short for an IDX header ({len(data)} bytes).")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
+        raise DatasetError(
+            f"{name}: bad IDX magic number {magic} (expected {IMAGE_MAGIC} for images or {LABEL_MAGIC} for labels)."
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{name}: truncated IDX header ({len(data)} bytes).")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DatasetError(f"{name}: {what}: {len(data):,} bytes, but its header {dims} implies {expected:,}.")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed) into a uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[:4], "big")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    """Read one IDX file (optionally gzip-compressed) into a uint8 array, checking only its structure."""
+    return parse_idx(_read_bytes(Path(path)), str(path))
+
+
+def _check_array(key: str, array: np.ndarray, path: Path, exact_count: bool) -> None:
+    images = key.endswith("images")
+    ndim = 3 if images else 1
+    if array.ndim != ndim:
+        kind = "images" if images else "labels"
+        raise DatasetError(f"{path}: an IDX file with {array.ndim} dimensions where {kind} ({ndim}) belong.")
+    if images and array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DatasetError(f"{path}: images of {array.shape[1]}x{array.shape[2]}, expected 28x28.")
+    expected = NUM_EXAMPLES[key.split("_")[0]]
+    if exact_count and len(array) != expected:
+        raise DatasetError(f"{path}: {len(array):,} examples, expected {expected:,}.")
+    if not images and len(array) and array.max() > 9:
+        bad = int(np.argmax(array > 9))
+        raise DatasetError(f"{path}: label {int(array[bad])} at index {bad} is outside 0..9.")
+
+
+class _VerifiedCache:
+    """``{path: {size, mtime_ns, sha256}}`` in the cache dir: the hash of a file is computed once, not per run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @staticmethod
+    def _key(file: Path) -> tuple[str, dict]:
+        st = file.stat()
+        return str(file.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def known_good(self, file: Path, sha256: str) -> bool:
+        key, stamp = self._key(file)
+        return self.entries.get(key) == {**stamp, "sha256": sha256}
+
+    def remember(self, file: Path, sha256: str) -> None:
+        key, stamp = self._key(file)
+        self.entries[key] = {**stamp, "sha256": sha256}
+        try:
+            atomic_write_json(self.path, self.entries)
+        except OSError:
+            pass  # a read-only cache only costs the hash again next time
+
+
+def _load_verified(paths: dict[str, Path], verify: bool) -> dict[str, np.ndarray]:
+    cache = _VerifiedCache(cache_dir() / "verified.json")
+    arrays = {}
+    for key, path in paths.items():
+        data = _read_bytes(path)
+        arrays[key] = parse_idx(data, str(path))
+        _check_array(key, arrays[key], path, exact_count=verify)
+        if verify:
+            expected = SHA256[FILES[key]]
+            if not cache.known_good(path, expected):
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != expected:
+                    raise DatasetError(
+                        f"{path}: SHA-256 of the decompressed content is {actual}, expected {expected}. "
+                        "The file is not the published Fashion-MNIST; delete it and fetch it again "
+                        "(or pass verify=False for deliberately modified data)."
+                    )
+                cache.remember(path, expected)
+    for split in ("train", "test"):
+        n_images, n_labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_images != n_labels:
+            raise DatasetError(f"{split} split: {n_images:,} images but {n_labels:,} labels.")
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Download
+
+
+def _mirrors(mirror: str | None) -> list[str]:
+    if mirror is None:
+        mirror = os.environ.get("INCEPTIONLAB_MIRROR")
+    if mirror:
+        return [mirror if mirror.endswith("/") else mirror + "/"]
+    return list(MIRRORS)
+
+
+def _download_one(url: str, target: Path, stem: str, timeout: float, progress: bool, verify: bool) -> None:
+    """Stream ``url`` (a .gz) to ``target`` through a temp file; checked while streaming, renamed only if whole."""
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip container
+        digest = hashlib.sha256()
+        received = 0
+        with atomic_open(target, "wb") as f, tqdm(
+            total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, leave=False
+        ) as bar:
+            while chunk := response.read(1 << 16):
+                f.write(chunk)
+                digest.update(inflate.decompress(chunk))
+                received += len(chunk)
+                bar.update(len(chunk))
+            # Raising inside the `with` removes the temp file: a failed download never leaves a partial file.
+            if total is not None and received != total:
+                raise DatasetError(f"{url}: connection closed after {received:,} of {total:,} bytes.")
+            if not inflate.eof:
+                raise DatasetError(f"{url}: the gzip stream is truncated ({received:,} bytes received).")
+            actual = digest.hexdigest()
+            if verify and actual != SHA256[stem]:
+                raise DatasetError(f"{url}: SHA-256 of the content is {actual}, expected {SHA256[stem]}.")
+
+
+def download_fashion_mnist(
+    dest: str | os.PathLike | None = None,
+    *,
+    mirror: str | None = None,
+    timeout: float = 20.0,
+    progress: bool = True,
+    verify: bool = True,
+) -> dict[str, Path]:
+    """Download the four ``.gz`` files into ``dest`` (default: the cache); files already there are kept.
+
+    ``mirror`` (or ``$INCEPTIONLAB_MIRROR``) replaces the official mirrors: a base URL under which the four
+    ``<name>.gz`` files live. Every failure is a :class:`DatasetError` naming what failed.
+    """
+    dest = Path(dest) if dest is not None else cache_dir()
+    paths = {}
+    for key, stem in FILES.items():
+        existing = _find_file(dest, stem)
+        if existing is not None:
+            paths[key] = existing
+            continue
+        errors = []
+        for base in _mirrors(mirror):
+            url = base + stem + ".gz"
+            try:
+                _download_one(url, dest / (stem + ".gz"), stem, timeout, progress, verify)
+            except DatasetError as exc:
+                errors.append(str(exc))
+                continue
+            except (OSError, urllib.error.URLError, zlib.error) as exc:  # includes timeouts and HTTP errors
+                reason = getattr(exc, "reason", None) or exc
+                errors.append(f"{url}: {reason}")
+                continue
+            paths[key] = dest / (stem + ".gz")
+            break
+        else:
+            tried = "\n  ".join(errors)
+            raise DatasetError(f"could not download {stem}.gz:\n  {tried}")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset in memory
 
 
 @dataclass
@@ -85,39 +317,134 @@ class FashionMNIST:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     paths: dict[str, Path]
+    verified: bool = field(default=True)  # False when loaded with verify=False (custom data)
 
     def to(self, device: torch.device | str) -> FashionMNIST:
         return FashionMNIST(
             self.train_images.to(device), self.train_labels.to(device),
-            self.test_images.to(device), self.test_labels.to(device), self.paths,
+            self.test_images.to(device), self.test_labels.to(device), self.paths, self.verified,
         )
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
-    paths = find_dataset(data_dir)
-    arrays = {key: read_idx(path) for key, path in paths.items()}
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    verify: bool = True,
+    download: bool = True,
+    mirror: str | None = None,
+    timeout: float = 20.0,
+    progress: bool = True,
+) -> FashionMNIST:
+    """Find (or download into the cache), verify and load both splits as uint8 / int64 CPU tensors.
+
+    ``verify=False`` is for deliberately custom data in the same format (e.g. a relabelled subset): the IDX
+    structure, 28x28 size and label range are still checked, but neither the SHA-256 nor the example counts.
+    """
+    try:
+        paths = find_dataset(data_dir)
+    except DatasetError as not_found:
+        if not download or _user_dirs(data_dir):
+            raise  # a directory the user named is incomplete: downloading elsewhere would hide that
+        try:
+            paths = download_fashion_mnist(mirror=mirror, timeout=timeout, progress=progress, verify=verify)
+        except DatasetError as failed:
+            raise DatasetError(f"{not_found}\nDownloading into {cache_dir()} failed too: {failed}") from None
+    arrays = _load_verified(paths, verify)
+    # torch.from_numpy over the read-only IDX buffer would warn; one copy of the uint8 data is the whole cost.
     return FashionMNIST(
         torch.from_numpy(arrays["train_images"].copy()),
         torch.from_numpy(arrays["train_labels"].astype(np.int64)),
         torch.from_numpy(arrays["test_images"].copy()),
         torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         paths,
+        verify,
     )
 
 
-def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 N x H x W (or N x 1 x H x W) -> float N x 1 x size x size in [0, 1].
+# ---------------------------------------------------------------------------------------------------------
+# Resizing exactly like PIL
 
-    Matches d2l's ``Resize(size)`` (PIL bilinear on the uint8 image) + ``ToTensor`` to within 1/255: PIL's
-    bilinear filter is plain bilinear with half-pixel centres when enlarging and antialiased when shrinking.
+
+_PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2
+_CHUNK_BITS = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's bilinear resampling matrix (out x in), as the integers its fixed-point loop uses.
+
+    A transcription of ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` in Pillow's ``Resample.c``: a triangle
+    filter stretched by the scale when shrinking (that is PIL's antialiasing), normalised per output pixel and
+    rounded to 22-bit fixed point.
     """
-    x = images if images.dim() == 4 else images.unsqueeze(1)
-    x = x.float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        shrinking = size < x.shape[-1]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
-        x = x.clamp_(0, 255)
-    return x.div_(255)
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    weights = np.zeros((out_size, in_size), dtype=np.int64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        k = [max(0.0, 1.0 - abs((x - center + 0.5) / filterscale)) for x in range(xmin, xmax)]
+        total = sum(k)
+        for x, w in zip(range(xmin, xmax), k, strict=True):
+            weights[xx, x] = int((w / total if total else w) * (1 << _PRECISION_BITS) + 0.5)
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def _chunked_weights(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """The fixed-point weights split into 8-bit pieces, stacked: (3 * out) x in, float32."""
+    w = _pil_bilinear_weights(in_size, out_size)
+    pieces = [(w >> (_CHUNK_BITS * j)) & ((1 << _CHUNK_BITS) - 1) for j in range(3)]
+    return torch.from_numpy(np.concatenate(pieces, axis=0).astype(np.float32)).to(device)
+
+
+def _pil_pass(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Resample the leading dim of integer-valued float ``x`` (in x M) exactly as Pillow's 8-bit loop does.
+
+    Pillow computes ``(sum(pixel * k) + 2**21) >> 22`` in integers. The products need 30 bits, more than float32
+    holds, so the weights are split into 8-bit pieces: every partial sum is then an integer below 2**24 (exact in
+    float32, and in TF32 or bf16 matmuls too, whose inputs here fit their mantissas) and the pieces are recombined
+    with exact carries. Measured: 0 differing pixels against Pillow on all 10,000 test images at 96, 64, 32, 16.
+    The resampled dim stays leading so that each piece is one contiguous block (2-3x faster on the CPU).
+    """
+    sums = _chunked_weights(x.shape[0], out_size, x.device) @ x  # (3 * out) x M
+    s0, s1, s2 = sums.split(out_size, dim=0)
+    # floor((s2 * 2**16 + s1 * 2**8 + s0 + 2**21) / 2**22), carried one piece at a time.
+    out = s0.add_(1 << (_PRECISION_BITS - 1)).mul_(1 / 256).floor_()
+    out = out.add_(s1).mul_(1 / 256).floor_()
+    return out.add_(s2).mul_(1 / (1 << (_PRECISION_BITS - 2 * _CHUNK_BITS))).floor_().clamp_(0, 255)
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N x H x W (or N x 1 x H x W) -> float N x 1 x size x size in [0, 1], on the images' device.
+
+    The same pixels as d2l's ``Resize(size)`` + ``ToTensor``: PIL's bilinear filter, horizontal pass first,
+    each pass rounded to uint8 as PIL does (antialiased when shrinking, by PIL's own rule).
+    """
+    x = images if images.dim() == 3 else images.squeeze(1)
+    if x.dim() != 3:
+        raise ValueError(f"expected N x H x W or N x 1 x H x W images, got shape {tuple(images.shape)}")
+    n, h, w = x.shape
+    if (h, w) == (size, size):
+        return x.reshape(n, 1, h, w).float().div_(255)
+    # Autocast would run the matmuls in bf16 and round the partial sums; they must stay float32.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        cols = _pil_pass(x.permute(2, 0, 1).reshape(w, n * h).float(), size)  # size(x) x (N * H)
+        rows = cols.view(size, n, h).permute(2, 1, 0).reshape(h, n * size)  # H x (N * size(x))
+        out = _pil_pass(rows, size).view(size, n, size).permute(1, 0, 2)  # N x size(y) x size(x)
+        # One copy into N x 1 x size x size, fused with ToTensor's division (p / 255, rounded as ToTensor's is).
+        return torch.div(out, 255, out=torch.empty(n, size, size, device=x.device)).unsqueeze(1)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Standardise [0, 1] pixels with the training split's mean and standard deviation."""
+    return (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches on the device
 
 
 class DeviceLoader:
@@ -126,6 +453,8 @@ class DeviceLoader:
     ``set_epoch(e)`` picks the permutation of epoch ``e`` (seeded by ``seed`` and ``e``), so a resumed run
     sees the same batches as an uninterrupted one. With ``world_size > 1`` each rank takes its own shard of
     every epoch's permutation (DistributedSampler-style: padded to a multiple of ``world_size``).
+    ``transform(x, generator) -> x`` runs on each float batch (augmentation, see :mod:`inceptionlab.augment`);
+    ``normalize=True`` then standardises it, for training and evaluation loaders alike.
     """
 
     def __init__(
@@ -140,13 +469,21 @@ class DeviceLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        transform=None,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        normalize: bool = False,
     ):
+        if len(images) != len(labels):
+            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1 or image_size < 1:
+            raise ConfigError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} outside 0..{world_size - 1}")
         self.images, self.labels = images, labels
         self.batch_size, self.image_size = batch_size, image_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
-        self.transform = transform  # callable(x_float, generator) -> x_float, applied per batch
+        self.transform = transform
+        self.normalize = normalize
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -155,6 +492,7 @@ class DeviceLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
+            # Drawn on the CPU: the same permutation on every device type and every rank.
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=gen)
         else:
@@ -175,10 +513,20 @@ class DeviceLoader:
         order = self._indices()
         gen = None
         if self.transform is not None:
-            gen = torch.Generator(device=self.images.device).manual_seed(self.seed * 7919 + self.epoch + 1)
+            # Seeded per epoch (and per rank, so shards are augmented independently).
+            gen = torch.Generator(device=self.images.device)
+            gen.manual_seed(self.seed * 7919 + self.epoch * 104_729 + self.rank + 1)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = resize_batch(self.images[idx], self.image_size)
             if self.transform is not None:
                 x = self.transform(x, gen)
+            if self.normalize:
+                x = normalize(x)
             yield x, self.labels[idx]
+
+
+def class_counts(labels: torch.Tensor) -> dict[str, int]:
+    counts = torch.bincount(labels.cpu(), minlength=len(CLASS_NAMES)).tolist()
+    return dict(zip(CLASS_NAMES, counts, strict=True))
+
