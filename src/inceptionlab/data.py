@@ -294,7 +294,10 @@ def download_fashion_mnist(
             except DatasetError as exc:
                 errors.append(str(exc))
                 continue
-            except (OSError, urllib.error.URLError, zlib.error) as exc:  # includes timeouts and HTTP errors
+            except urllib.error.HTTPError as exc:
+                errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
+                continue
+            except (OSError, zlib.error) as exc:  # URLError (unreachable, DNS), timeouts, a corrupt gzip stream
                 reason = getattr(exc, "reason", None) or exc
                 errors.append(f"{url}: {reason}")
                 continue

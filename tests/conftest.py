@@ -1,0 +1,38 @@
+"""Shared fixtures. The real Fashion-MNIST files are required (Debian's dataset-fashion-mnist or
+$INCEPTIONLAB_DATA): tests that need them fail with instructions instead of being skipped."""
+
+from __future__ import annotations
+
+import pytest
+
+from inceptionlab.data import FashionMNIST, load_fashion_mnist
+from inceptionlab.errors import DatasetError
+
+
+@pytest.fixture(scope="session")
+def fmnist(tmp_path_factory) -> FashionMNIST:
+    """Both splits of the real, verified Fashion-MNIST on the CPU, loaded once per test session."""
+    with pytest.MonkeyPatch.context() as mp:
+        # The verification cache goes to a temporary directory, not the user's ~/.cache.
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        try:
+            return load_fashion_mnist(download=False, progress=False)
+        except DatasetError as exc:
+            pytest.fail(
+                f"the test suite needs the real Fashion-MNIST files: {exc}\n"
+                "Run `make data` (apt-get install dataset-fashion-mnist) or set INCEPTIONLAB_DATA.",
+                pytrace=False,
+            )
+
+
+@pytest.fixture
+def isolated_data_env(tmp_path, monkeypatch):
+    """No $INCEPTIONLAB_DATA/$INCEPTIONLAB_MIRROR, an empty cache, and no Debian directory: only what a test
+    puts in place is found. Returns the cache directory."""
+    import inceptionlab.data as data
+
+    monkeypatch.delenv("INCEPTIONLAB_DATA", raising=False)
+    monkeypatch.delenv("INCEPTIONLAB_MIRROR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    return data.cache_dir()

@@ -1,0 +1,406 @@
+"""Fashion-MNIST: finding, verifying, downloading, the device pipeline, augmentation and `inceptionlab data`."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inceptionlab.data as data
+from inceptionlab.augment import build_transform, horizontal_flip, random_crop, random_erasing
+from inceptionlab.cli import main
+from inceptionlab.errors import ConfigError, DatasetError
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = magic if magic is not None else 0x0800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_small_dataset(directory: Path, n_train: int = 20, n_test: int = 10, gz: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    content = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_labels": np.arange(n_train) % 10,
+        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_labels": np.arange(n_test) % 10,
+    }
+    for key, array in content.items():
+        write_file(directory, data.FILES[key], idx_bytes(array), gz)
+    return directory
+
+
+def write_file(directory: Path, stem: str, payload: bytes, gz: bool = True) -> Path:
+    for old in (directory / stem, directory / (stem + ".gz")):
+        old.unlink(missing_ok=True)
+    path = directory / (stem + ".gz" if gz else stem)
+    path.write_bytes(gzip.compress(payload, compresslevel=1) if gz else payload)
+    return path
+
+
+def link_real_files(fmnist, directory: Path, skip: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, path in fmnist.paths.items():
+        if key != skip:
+            (directory / path.name).symlink_to(path)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the real files
+
+
+def test_real_data_counts_labels_and_checksums(fmnist):
+    assert fmnist.verified
+    assert fmnist.train_images.shape == (60_000, 28, 28) and fmnist.train_images.dtype == torch.uint8
+    assert fmnist.test_images.shape == (10_000, 28, 28)
+    assert fmnist.train_labels.dtype == torch.int64
+    assert fmnist.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert set(data.class_counts(fmnist.train_labels).values()) == {6000}
+    assert set(data.class_counts(fmnist.test_labels).values()) == {1000}
+    for path in fmnist.paths.values():
+        content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        assert hashlib.sha256(content).hexdigest() == data.SHA256[path.name.removesuffix(".gz")]
+
+
+def test_pixel_mean_and_std_constants(fmnist):
+    x = fmnist.train_images.double() / 255
+    assert x.mean().item() == pytest.approx(data.FASHION_MNIST_MEAN, abs=1e-6)
+    assert x.std().item() == pytest.approx(data.FASHION_MNIST_STD, abs=1e-6)
+
+
+def test_verification_is_cached_by_path_size_and_mtime(fmnist, isolated_data_env, tmp_path):
+    directory = link_real_files(fmnist, tmp_path / "real")
+    data.load_fashion_mnist(directory, progress=False)
+    entries = json.loads((isolated_data_env / "verified.json").read_text())
+    assert {Path(p).name.removesuffix(".gz") for p in entries} == set(data.FILES.values())
+    assert all(e["sha256"] == data.SHA256[Path(p).name.removesuffix(".gz")] for p, e in entries.items())
+
+
+@pytest.mark.parametrize("size", [96, 64, 32, 16])
+def test_resize_matches_pillow_bilinear_on_real_images(fmnist, size):
+    images = fmnist.test_images[:400]
+    ours = data.resize_batch(images, size)
+    assert ours.shape == (400, 1, size, size) and ours.dtype == torch.float32
+    reference = np.stack(
+        [np.asarray(Image.fromarray(im.numpy()).resize((size, size), Image.BILINEAR)) for im in images]
+    )
+    reference = torch.from_numpy(reference).float().div(255)  # what ToTensor gives
+    assert (ours[:, 0] - reference).abs().max().item() <= 1 / 255 + 1e-7
+    # Stronger than required: the fixed-point transcription reproduces Pillow bit for bit.
+    assert torch.equal(ours[:, 0], reference)
+
+
+def test_resize_same_size_is_totensor(fmnist):
+    x = data.resize_batch(fmnist.test_images[:4].unsqueeze(1), 28)
+    assert torch.equal(x[:, 0], fmnist.test_images[:4].float() / 255)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# clear errors on bad files
+
+
+def test_missing_everywhere_says_where_it_looked_and_how_to_get_it(isolated_data_env):
+    with pytest.raises(DatasetError) as info:
+        data.load_fashion_mnist(download=False)
+    message = str(info.value)
+    assert str(isolated_data_env) in message and "no-debian" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_named_directory_missing_a_file(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d")
+    (directory / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match=r"lacks t10k-labels-idx1-ubyte"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_env_directory_is_used(isolated_data_env, tmp_path, monkeypatch):
+    directory = write_small_dataset(tmp_path / "env", gz=False)
+    monkeypatch.setenv("INCEPTIONLAB_DATA", str(directory))
+    ds = data.load_fashion_mnist(verify=False)
+    assert ds.paths["train_images"].parent == directory and len(ds.train_labels) == 20 and not ds.verified
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated", r"train-images-idx3-ubyte.gz: truncated: 1,016 bytes, but its header \[60000, 28, 28\]"),
+        ("magic", r"t10k-labels-idx1-ubyte.gz: bad IDX magic number 2050"),
+        ("count", r"train-images-idx3-ubyte.gz: 20 examples, expected 60,000"),
+        ("bad_gzip", r"train-labels-idx1-ubyte.gz: unreadable or corrupted"),
+        ("cut_gzip", r"train-labels-idx1-ubyte.gz: unreadable or corrupted"),
+        ("dims", r"t10k-images-idx3-ubyte.gz: images of 32x32, expected 28x28"),
+    ],
+)
+def test_damaged_files_are_refused_by_name(isolated_data_env, tmp_path, damage, expected):
+    directory = write_small_dataset(tmp_path / "d")
+    if damage == "truncated":
+        header = idx_bytes(np.zeros((0, 28, 28)))[:4] + b"".join(d.to_bytes(4, "big") for d in (60000, 28, 28))
+        write_file(directory, "train-images-idx3-ubyte", header + bytes(1000))
+    elif damage == "magic":
+        write_file(directory, "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(10), magic=2050))
+    elif damage == "bad_gzip":
+        (directory / "train-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip")
+    elif damage == "cut_gzip":
+        path = directory / "train-labels-idx1-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:20])
+    elif damage == "dims":
+        write_file(directory, "t10k-images-idx3-ubyte", idx_bytes(np.zeros((10, 32, 32))))
+    with pytest.raises(DatasetError, match=expected):
+        data.load_fashion_mnist(directory, verify=damage in ("truncated", "count"), download=False)
+
+
+def test_labels_out_of_range(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    labels = np.arange(10) % 10
+    labels[7] = 12
+    write_file(directory, "t10k-labels-idx1-ubyte", idx_bytes(labels), gz=False)
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte: label 12 at index 7 is outside 0..9"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_images_and_labels_disagree(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d")
+    write_file(directory, "train-labels-idx1-ubyte", idx_bytes(np.zeros(19)))
+    with pytest.raises(DatasetError, match=r"train split: 20 images but 19 labels"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_checksum_mismatch_is_refused_with_both_hashes(fmnist, isolated_data_env, tmp_path):
+    directory = link_real_files(fmnist, tmp_path / "d", skip="test_labels")
+    labels = fmnist.test_labels.numpy().copy()
+    labels[0] = (labels[0] + 1) % 10  # same size, valid range: only the hash can tell
+    write_file(directory, "t10k-labels-idx1-ubyte", idx_bytes(labels), gz=False)
+    actual = hashlib.sha256(idx_bytes(labels)).hexdigest()
+    with pytest.raises(DatasetError) as info:
+        data.load_fashion_mnist(directory)
+    message = str(info.value)
+    assert "t10k-labels-idx1-ubyte" in message and actual in message
+    assert data.SHA256["t10k-labels-idx1-ubyte"] in message
+    assert data.load_fashion_mnist(directory, verify=False).test_labels[0] == labels[0]  # the documented opt-out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# download
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a directory on 127.0.0.1; returns the base URL."""
+    servers = []
+
+    def start(directory: Path) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_from_mirror_into_cache(fmnist, isolated_data_env, tmp_path, serve):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for path in fmnist.paths.values():
+        shutil.copy(path, mirror / path.name)
+    ds = data.load_fashion_mnist(mirror=serve(mirror), progress=False)
+    assert ds.verified and torch.equal(ds.test_labels, fmnist.test_labels)
+    assert sorted(p.name for p in isolated_data_env.iterdir() if p.suffix == ".gz") == sorted(
+        stem + ".gz" for stem in data.FILES.values()
+    )
+    assert all(p.parent == isolated_data_env for p in ds.paths.values())
+
+
+@pytest.mark.parametrize("problem", ["truncated", "not_found", "wrong_content"])
+def test_failed_download_leaves_no_partial_file(fmnist, isolated_data_env, tmp_path, serve, monkeypatch, problem):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    if problem == "truncated":
+        gz = fmnist.paths["train_images"].read_bytes()
+        (mirror / "train-images-idx3-ubyte.gz").write_bytes(gz[: len(gz) // 2])
+    elif problem == "wrong_content":
+        (mirror / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0" * 1000))
+    monkeypatch.setenv("INCEPTIONLAB_MIRROR", serve(mirror))
+    expected = {"truncated": "truncated", "not_found": "404", "wrong_content": "SHA-256"}[problem]
+    with pytest.raises(DatasetError, match=expected) as info:
+        data.load_fashion_mnist(progress=False)
+    assert "train-images-idx3-ubyte.gz" in str(info.value) and "apt-get install" in str(info.value)
+    leftovers = list(isolated_data_env.iterdir()) if isolated_data_env.exists() else []
+    assert leftovers == []
+
+
+def test_download_times_out_cleanly(isolated_data_env):
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        mirror = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        with pytest.raises(DatasetError, match="timed out"):
+            data.download_fashion_mnist(mirror=mirror, timeout=0.3, progress=False)
+    assert not isolated_data_env.exists() or list(isolated_data_env.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeviceLoader
+
+
+def _loader(n=103, **kwargs):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1).expand(n, 28, 28).contiguous()
+    return data.DeviceLoader(images, torch.arange(n), kwargs.pop("batch_size", 16), image_size=28, **kwargs)
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    return torch.cat([y for _, y in loader])
+
+
+def test_loader_epoch_is_a_seeded_permutation():
+    loader = _loader(shuffle=True, seed=3)
+    first = _epoch(loader, 0)
+    assert sorted(first.tolist()) == list(range(103))  # every example exactly once
+    assert torch.equal(first, _epoch(_loader(shuffle=True, seed=3), 0))  # reproducible
+    assert not torch.equal(first, _epoch(loader, 1))  # a new order each epoch
+    assert torch.equal(_epoch(loader, 1), _epoch(_loader(shuffle=True, seed=3), 1))  # resumable
+    assert not torch.equal(first, _epoch(_loader(shuffle=True, seed=4), 0))
+    assert torch.equal(_epoch(_loader(), 0), torch.arange(103))
+
+
+def test_loader_batches_match_images_and_lengths():
+    loader = _loader(shuffle=True)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 7 and [len(y) for _, y in batches][-1] == 103 - 6 * 16
+    for x, y in batches:
+        assert x.shape[1:] == (1, 28, 28)
+        assert torch.equal(x[:, 0, 0, 0], y.float() / 255)  # the image that goes with its label
+    assert len(_loader(drop_last=True)) == 6 and len(list(_loader(drop_last=True))) == 6
+
+
+@pytest.mark.parametrize("n", [100, 103])
+def test_rank_shards_are_disjoint_and_cover(n):
+    shards = [_epoch(_loader(n, shuffle=True, seed=1, rank=r, world_size=4), 2) for r in range(4)]
+    assert len({len(s) for s in shards}) == 1  # equal steps on every rank
+    together = torch.cat(shards).tolist()
+    assert set(together) == set(range(n))
+    assert len(together) - len(set(together)) == (-n) % 4  # only the padding repeats
+
+
+def test_loader_rejects_bad_arguments():
+    with pytest.raises(ConfigError):
+        _loader(rank=2, world_size=2)
+    with pytest.raises(ConfigError):
+        data.DeviceLoader(torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(2), 1)
+
+
+def test_loader_normalize_and_transform_order(fmnist):
+    images, labels = fmnist.test_images[:64], fmnist.test_labels[:64]
+    plain = next(iter(data.DeviceLoader(images, labels, 64, image_size=32)))[0]
+    normed = next(iter(data.DeviceLoader(images, labels, 64, image_size=32, normalize=True)))[0]
+    torch.testing.assert_close(normed, data.normalize(plain))
+    seen = []
+
+    def spy(x, generator):
+        seen.append((x.min().item(), isinstance(generator, torch.Generator)))
+        return x
+
+    next(iter(data.DeviceLoader(images, labels, 64, image_size=32, transform=spy, normalize=True)))
+    assert seen == [(0.0, True)]  # the transform sees [0, 1] pixels, before normalisation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# augmentation
+
+
+def _augmented(fmnist, seed, **options):
+    loader = data.DeviceLoader(
+        fmnist.test_images[:256], fmnist.test_labels[:256], 128, image_size=64, shuffle=True, seed=seed,
+        transform=build_transform(**options),
+    )
+    return torch.cat([x for x, _ in loader])
+
+
+def test_augmentation_shapes_ranges_and_determinism(fmnist):
+    assert build_transform() is None
+    options = {"crop_padding": 4, "flip": True, "erasing": 0.5}
+    a, b = _augmented(fmnist, 0, **options), _augmented(fmnist, 0, **options)
+    assert a.shape == (256, 1, 64, 64) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, _augmented(fmnist, 1, **options))
+    assert not torch.equal(a, _augmented(fmnist, 0))
+    with pytest.raises(ConfigError):
+        build_transform(erasing=1.5)
+
+
+def test_random_crop_is_a_shifted_window(fmnist):
+    x = data.resize_batch(fmnist.test_images[:32], 28)
+    g = torch.Generator().manual_seed(0)
+    y = random_crop(x, 2, g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(32):
+        windows = [padded[i, :, r : r + 28, c : c + 28] for r in range(5) for c in range(5)]
+        assert any(torch.equal(y[i], w) for w in windows)
+
+
+def test_flip_and_erasing(fmnist):
+    x = data.resize_batch(fmnist.test_images[:64], 28)
+    y = horizontal_flip(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(y[i], x[i].flip(-1)) for i in range(64)]
+    assert all(f or torch.equal(y[i], x[i]) for i, f in enumerate(flipped)) and 10 < sum(flipped) < 54
+    z = random_erasing(x, torch.Generator().manual_seed(0), p=1.0)
+    for i in range(64):
+        changed = (z[i, 0] != x[i, 0]).nonzero()
+        if len(changed):
+            assert (z[i, 0][z[i, 0] != x[i, 0]] == 0).all()
+            r0, c0 = changed.min(0).values
+            r1, c1 = changed.max(0).values
+            assert (z[i, 0, r0 : r1 + 1, c0 : c1 + 1] == 0).all()  # one rectangle
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_data_reports_and_writes_grid(fmnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    grid = tmp_path / "grid.png"
+    assert main(["data", "--no-download", "--grid", str(grid), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] is True
+    assert report["splits"]["train"]["examples"] == 60_000
+    assert report["splits"]["test"]["class_counts"]["ankle boot"] == 1000
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(grid) as png:
+        assert png.size[0] > 500
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".grid")] == []  # no temp file left
+
+
+def test_cli_data_missing_dir_is_a_clean_error(tmp_path, capsys):
+    assert main(["data", "--data-dir", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err and os.fspath(tmp_path / "nowhere") in err
