@@ -38,10 +38,27 @@ def register(subparsers) -> None:
         description="Train on Fashion-MNIST. Defaults are the chapter's recipe (--preset d2l); options given "
         "override the preset. Under torchrun (--nproc_per_node N) it trains with DistributedDataParallel.",
     )
+    add_training_options(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run",
+                              description="Evaluate a finished run's saved model on the Fashion-MNIST test set.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    e.add_argument("--batch-size", type=positive_int)
+    e.set_defaults(func=run_evaluate)
+
+
+def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """The options of `inceptionlab train` (all default None = "not given"; see :func:`_given`), shared with
+    `compare` and `sweep`. ``skip``: option dests a command replaces with its own (e.g. "model")."""
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="named recipe: d2l (the chapter, default), quick (CPU, minutes), best (GPU)")
-    p.add_argument("--model", type=model_name, help="registry model name (default googlenet)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    if "model" not in skip:
+        p.add_argument("--model", type=model_name, help="registry model name (default googlenet)")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int)
     g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
@@ -54,7 +71,8 @@ def register(subparsers) -> None:
     g.add_argument("--warmup-epochs", type=nonnegative_float)
     g.add_argument("--label-smoothing", type=probability)
     g = p.add_argument_group("data and augmentation")
-    g.add_argument("--image-size", type=positive_int, help="side of the square input (default 96)")
+    if "image_size" not in skip:
+        g.add_argument("--image-size", type=positive_int, help="side of the square input (default 96)")
     g.add_argument("--crop-padding", type=nonnegative_int, help="random crop after zero padding by this much")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
     g.add_argument("--erasing", type=probability, help="random-erasing probability")
@@ -72,16 +90,6 @@ def register(subparsers) -> None:
     g.add_argument("--out", help="runs root directory (default runs)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
-    p.set_defaults(func=run_train)
-
-    e = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run",
-                              description="Evaluate a finished run's saved model on the Fashion-MNIST test set.")
-    e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--data-dir")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    e.add_argument("--batch-size", type=positive_int)
-    e.set_defaults(func=run_evaluate)
 
 
 def _given(args) -> dict:
