@@ -1,0 +1,135 @@
+"""TrainConfig: round trip, presets, validation, the learning-rate schedule, and the CLI's error exits."""
+
+import json
+import math
+
+import pytest
+
+from inceptionlab.cli import main
+from inceptionlab.config import PRESETS, TrainConfig, preset_config
+from inceptionlab.errors import ConfigError
+from inceptionlab.models import list_models
+from inceptionlab.train import lr_at
+
+READ_BY_OTHER_COMMANDS = ("model", "model_options", "num_classes", "in_channels", "image_size", "normalize")
+
+
+def test_defaults_are_the_chapter_recipe():
+    c = TrainConfig()
+    assert (c.model, c.lr, c.batch_size, c.epochs, c.image_size) == ("googlenet", 0.1, 128, 10, 96)
+    assert (c.optimizer, c.schedule, c.precision, c.init, c.normalize) == ("sgd", "constant", "fp32", "xavier", False)
+    assert c.label_smoothing == 0 and c.weight_decay == 0 and not c.flip and c.crop_padding == 0
+    assert preset_config("d2l") == c
+
+
+def test_round_trip_through_json_is_exact():
+    c = TrainConfig(model="googlenet-paper", model_options={"dropout": 0.4}, lr=0.0123456789, limit_test=7,
+                    warmup_epochs=0.5, data_dir="/x", num_threads=None, normalize=True)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert all(k in d for k in READ_BY_OTHER_COMMANDS)
+    back = TrainConfig.from_dict(d)
+    assert back == c
+    assert back.to_dict() == c.to_dict()
+    assert back.model_options is not c.model_options  # a copy, not shared state
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="lrr"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "lrr": 1})
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_valid(name):
+    c = preset_config(name).validate()
+    assert c.preset == name
+    assert c.model in list_models()
+
+
+def test_options_override_the_preset_and_none_means_not_given():
+    c = preset_config("quick", lr=0.5, epochs=None)
+    assert c.lr == 0.5 and c.epochs == PRESETS["quick"]["epochs"]
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_config("fastest")
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": math.nan}, "lr"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"schedule": "step"}, "schedule"),
+        ({"precision": "fp8"}, "precision"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"warmup_epochs": 10}, "warmup_epochs"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"erasing": 1.5}, "erasing"),
+        ({"crop_padding": 96}, "crop_padding"),
+        ({"limit_train": 0}, "limit_train"),
+        ({"model": "googlenett"}, "googlenet"),
+    ],
+)
+def test_invalid_values_are_config_errors(changes, match):
+    with pytest.raises(Exception, match=match) as info:
+        TrainConfig(**changes).validate()
+    from inceptionlab.errors import InceptionLabError
+
+    assert isinstance(info.value, InceptionLabError)
+
+
+def test_schedules():
+    spe = 10
+    c = TrainConfig(epochs=4, lr=1.0, schedule="cosine", warmup_epochs=1)
+    lrs = [lr_at(c, s, spe) for s in range(40)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over one epoch
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then never increases
+    assert lrs[-1] < 0.01
+    c = TrainConfig(epochs=2, lr=0.5, schedule="onecycle")
+    assert lr_at(c, 0, spe) == 0.5 and lr_at(c, 10, spe) == pytest.approx(0.25)
+    assert lr_at(TrainConfig(), 123, spe) == 0.1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--lr", "0"],
+        ["train", "--batch-size", "x"],
+        ["train", "--model", "nosuchnet"],
+        ["train", "--preset", "fastest"],
+        ["train", "--optimizer", "lion"],
+        ["train", "--label-smoothing", "1.5"],
+        ["evaluate"],
+    ],
+)
+def test_cli_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--precision", "fp16", "--device", "cpu"], "fp16"),
+        (["train", "--epochs", "2", "--warmup-epochs", "3"], "warmup"),
+        (["train", "--model", "lenet", "--image-size", "96"], "lenet"),
+        (["train", "--model", "googlenet-paper", "--image-size", "16"], "16"),
+    ],
+)
+def test_cli_config_errors_exit_1_before_any_work(argv, match, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 1
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # failed before creating a run directory (or touching the data)
+
+
+def test_cli_resume_refuses_changes_that_would_alter_the_run(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.5"]) == 1
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_missing_run_is_an_error(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 1
+    assert "not a directory" in capsys.readouterr().err
