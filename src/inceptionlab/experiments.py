@@ -1,0 +1,393 @@
+"""The chapter's exercises, answered by running them: compare architectures, sweep the input size.
+
+Both are grids of ordinary training runs: every cell is :func:`inceptionlab.train.train` on a
+:class:`~inceptionlab.config.TrainConfig` that differs from the shared base config in one value (the model, or
+the image size), repeated over seeds. There is no second training loop. An experiment directory holds
+
+    runs/<model-or-size>-seed<k>/   the individual run directories (the usual layout, see :mod:`inceptionlab.runs`)
+    results.json                    every number below, per run and aggregated, plus the base config
+    table.md                        parameters, FLOPs, final test accuracy mean ± std over seeds, wall time
+    curves.png                      mean test accuracy per epoch of every row (band: ± one std over seeds)
+    accuracy.png                    (sweep only) final test accuracy against the input size
+
+"Test accuracy" is the FINAL epoch's, not the best epoch's: picking the best epoch on the test set would report
+a number tuned on the test set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from inceptionlab import analysis
+from inceptionlab import data as data_module
+from inceptionlab.config import TrainConfig
+from inceptionlab.errors import ConfigError, InputSizeError, RunDirError
+from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
+
+RESULTS = "results.json"
+TABLE = "table.md"
+CURVES = "curves.png"
+ACCURACY = "accuracy.png"
+
+
+@dataclass
+class Variant:
+    """One row of an experiment: a label and the config its runs use (the seed is set per run)."""
+
+    label: str
+    config: TrainConfig
+
+
+@dataclass
+class RowResult:
+    """The runs of one :class:`Variant` over all seeds, and their aggregate."""
+
+    label: str
+    model: str
+    image_size: int
+    params: int
+    gflops: float  # forward GFLOP per image at image_size (multiply-add = 2 FLOP)
+    seeds: list[int] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)  # final epoch, one per seed
+    best_test_acc: list[float] = field(default_factory=list)
+    wall_seconds: list[float] = field(default_factory=list)  # training + per-epoch evaluation, per run
+    images_per_sec: list[float] = field(default_factory=list)
+    curves: list[list[float]] = field(default_factory=list)  # test accuracy per epoch, one list per seed
+    run_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def test_acc_mean(self) -> float:
+        return mean(self.test_acc)
+
+    @property
+    def test_acc_std(self) -> float | None:
+        return std(self.test_acc)
+
+    def curve_mean(self) -> list[float]:
+        return [mean(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
+
+    def curve_std(self) -> list[float | None]:
+        return [std(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "test_acc_mean": self.test_acc_mean, "test_acc_std": self.test_acc_std,
+            "wall_seconds_mean": mean(self.wall_seconds),
+            "curve_mean": self.curve_mean(), "curve_std": self.curve_std(),
+        }
+
+
+@dataclass
+class ExperimentResult:
+    kind: str  # "compare" or "sweep"
+    out_dir: Path
+    status: str  # "completed" or "interrupted" (a run was stopped by SIGINT/SIGTERM; the rows so far are kept)
+    rows: list[RowResult]
+    base_config: TrainConfig
+    seeds: list[int]
+    device: str
+    total_seconds: float
+    exit_code: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind, "status": self.status, "out_dir": str(self.out_dir), "device": self.device,
+            "host": _host(), "torch": torch.__version__, "seeds": self.seeds, "total_seconds": self.total_seconds,
+            "base_config": self.base_config.to_dict(), "rows": [r.to_dict() for r in self.rows],
+        }
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1); ``None`` for a single value, where it is undefined."""
+    if len(values) < 2:
+        return None
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def format_acc(row: RowResult) -> str:
+    s = row.test_acc_std
+    return f"{row.test_acc_mean:.4f} ± {'n/a' if s is None else f'{s:.4f}'}"
+
+
+def _host() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs)"
+
+
+# --------------------------------------------------------------------------------------------- the grid
+
+
+def experiment_dir(root: str | os.PathLike, kind: str) -> Path:
+    """A new ``<root>/<kind>-<YYYYmmdd-HHMMSS>/`` (``-2``... on a clash; ``mkdir`` is the atomic claim)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = root / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"could not create an experiment directory under {root}")
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
+
+
+def run_variants(
+    kind: str,
+    variants: Sequence[Variant],
+    *,
+    seeds: int = 1,
+    out_dir: str | os.PathLike | None = None,
+    data: data_module.FashionMNIST | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+) -> ExperimentResult:
+    """Train every variant once per seed (``config.seed``, ``config.seed + 1``, ...) and write the outputs.
+
+    All configs are validated (and their input sizes checked) before the first run starts, so a bad row fails in
+    seconds, not after an hour. The data is loaded once and shared by every run. Outputs are rewritten after each
+    run, so an interrupted experiment still leaves a table of what finished.
+    """
+    if not variants:
+        raise ConfigError("an experiment needs at least one row")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive whole number, got {seeds!r}")
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"duplicate rows: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    for v in variants:
+        v.config.validate()
+        analysis.check_input_size(v.config.model, v.config.image_size, v.config.in_channels)
+    from inceptionlab.train import resolve_device, train
+
+    base = variants[0].config
+    say = log or (lambda _line: None)
+    out = Path(out_dir) if out_dir is not None else experiment_dir(base.out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = data_module.load_fashion_mnist(base.data_dir)
+    device = str(resolve_device(base.device))
+    seed_list = [base.seed + i for i in range(seeds)]
+    rows: list[RowResult] = []
+    started = time.perf_counter()
+    result = ExperimentResult(kind, out, "completed", rows, base, seed_list, device, 0.0)
+    total = len(variants) * seeds
+    for i, variant in enumerate(variants):
+        cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
+        row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
+                        cost.gflops_at_size or math.nan)
+        rows.append(row)
+        for j in range(seeds):
+            config = variant.config.replace(seed=variant.config.seed + j)
+            run_dir = out / "runs" / f"{_slug(variant.label)}-seed{config.seed}"
+            say(f"[{kind} {i * seeds + j + 1}/{total}] {variant.label}, seed {config.seed} -> {run_dir}")
+            run = train(config, data=data, run_dir=run_dir, progress=progress, log=log)
+            if run.status != "completed":
+                result.status, result.exit_code = run.status, run.exit_code
+                break
+            row.seeds.append(config.seed)
+            row.test_acc.append(run.summary["test_acc"])
+            row.best_test_acc.append(run.summary["best_test_acc"])
+            row.wall_seconds.append(run.summary["elapsed_seconds"])
+            row.images_per_sec.append(run.summary["images_per_sec"])
+            row.curves.append([m["test_acc"] for m in run.metrics])
+            row.run_dirs.append(str(run_dir))
+            result.total_seconds = time.perf_counter() - started
+            write_outputs(result)
+        if result.status != "completed":
+            break
+    if rows and not rows[-1].test_acc:
+        rows.pop()  # interrupted during its first seed: nothing to report for it
+    result.total_seconds = time.perf_counter() - started
+    write_outputs(result)
+    say(f"{kind}: {result.status}; {out / TABLE}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------- the exercises
+
+
+def compare(
+    models: Sequence[str],
+    config: TrainConfig,
+    *,
+    seeds: int = 1,
+    out_dir: str | os.PathLike | None = None,
+    data: data_module.FashionMNIST | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+) -> ExperimentResult:
+    """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds."""
+    if not models:
+        raise ConfigError("compare needs at least one model")
+    variants = [Variant(m, config.replace(model=m)) for m in models]
+    return run_variants("compare", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)
+
+
+def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) -> None:
+    """Refuse, up front and all at once, the sizes ``model`` cannot take, naming its minimum (and maximum)."""
+    if not sizes:
+        raise ConfigError("sweep needs at least one image size")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"image sizes repeat: {', '.join(map(str, sizes))}")
+    report = analysis.input_size_report(model, verify=False, in_channels=in_channels)
+    refused = [s for s in sizes if not report.accepts(s)]
+    if refused:
+        limits = f"its minimum input size is {report.min_size}"
+        if report.max_size is not None:
+            limits += f" and its maximum {report.max_size}"
+        reason = report.limit_reason if any(s < report.min_size for s in refused) else report.upper_reason
+        raise InputSizeError(
+            f"{model} cannot take image size{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))}: "
+            f"{limits} ({reason}). See `inceptionlab min-size --model {model}`."
+        )
+
+
+def sweep(
+    model: str,
+    sizes: Sequence[int],
+    config: TrainConfig,
+    *,
+    seeds: int = 1,
+    out_dir: str | os.PathLike | None = None,
+    data: data_module.FashionMNIST | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+) -> ExperimentResult:
+    """Train ``model`` at each input side in ``sizes`` (else the same ``config``): accuracy against input size,
+    the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one."""
+    check_sweep_sizes(model, sizes, config.in_channels)
+    variants = [Variant(f"{s}px", config.replace(model=model, image_size=s)) for s in sorted(sizes)]
+    return run_variants("sweep", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def write_outputs(result: ExperimentResult) -> None:
+    atomic_write_json(result.out_dir / RESULTS, result.to_dict())
+    atomic_write_text(result.out_dir / TABLE, markdown_table(result))
+    done = [r for r in result.rows if r.curves]
+    if done:
+        plot_curves(result.out_dir / CURVES, done, title=_title(result))
+        if result.kind == "sweep":
+            plot_accuracy_vs_size(result.out_dir / ACCURACY, done, title=_title(result))
+
+
+def _title(result: ExperimentResult) -> str:
+    c = result.base_config
+    size = "" if result.kind == "sweep" else f", {c.image_size}px"
+    return (f"{result.kind}: {c.epochs} epochs{size}, {c.optimizer} lr {c.lr:g} {c.schedule}, "
+            f"{len(result.seeds)} seed(s), {result.device}")
+
+
+def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> str:
+    """One line saying what every row was trained with (the table is meaningless without it)."""
+    train_n = f"first {config.limit_train:,}" if config.limit_train else "all 60,000"
+    test_n = f"first {config.limit_test:,}" if config.limit_test else "all 10,000"
+    extras = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+    if config.crop_padding or config.flip or config.erasing:
+        extras.append(f"augmentation (crop pad {config.crop_padding}, flip {config.flip}, erasing {config.erasing:g})")
+    return (
+        f"preset {config.preset}; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr "
+        f"{config.lr:g} ({config.schedule}, warm-up {config.warmup_epochs:g}), weight decay {config.weight_decay:g}"
+        f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; training images: {train_n}, test "
+        f"images: {test_n}; seeds {', '.join(map(str, seeds))}; device {device}"
+    )
+
+
+def markdown_table(result: ExperimentResult) -> str:
+    """The experiment as a Markdown table, with the budget it was run under stated above it."""
+    c = result.base_config
+    first = "image size" if result.kind == "sweep" else "model"
+    lines = [
+        f"# {result.kind}" + (f": {c.model}" if result.kind == "sweep" else f" at {c.image_size}x{c.image_size}"),
+        "",
+        describe_budget(c, result.seeds, result.device) + f". Status: {result.status}; "
+        f"total wall time {datetime.timedelta(seconds=round(result.total_seconds))}.",
+        "",
+        f"| {first} | parameters | GFLOP/image | test acc (mean ± std) | best-epoch test acc | seeds | "
+        "wall time per run (s) | train images/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result.rows:
+        if not r.test_acc:
+            continue
+        label = f"{r.image_size}" if result.kind == "sweep" else r.label
+        lines.append(
+            f"| {label} | {r.params:,} | {r.gflops:.3f} | {format_acc(r)} | {mean(r.best_test_acc):.4f} | "
+            f"{len(r.seeds)} | {mean(r.wall_seconds):,.0f} | {mean(r.images_per_sec):,.0f} |"
+        )
+    lines += [
+        "",
+        "Test accuracy is the final epoch's on the test images used; std is the sample std over seeds (n/a for one "
+        "seed). GFLOP: forward pass, multiply-add = 2 FLOP. Wall time: training plus the per-epoch evaluation.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    from inceptionlab.plots import _pyplot as plots_pyplot
+
+    return plots_pyplot()
+
+
+def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
+    """Mean test accuracy per epoch of every row on one axis; a band of ± one std where there are >= 2 seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for r in rows:
+        m = r.curve_mean()
+        epochs = list(range(1, len(m) + 1))
+        (line,) = ax.plot(epochs, m, marker="o", markersize=3, label=f"{r.label} ({r.test_acc_mean:.3f})")
+        s = r.curve_std()
+        if s and s[0] is not None:
+            ax.fill_between(epochs, [a - b for a, b in zip(m, s, strict=True)],
+                            [a + b for a, b in zip(m, s, strict=True)], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def plot_accuracy_vs_size(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
+    """Final test accuracy (mean, error bar ± std) against the input side."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    sizes = [r.image_size for r in rows]
+    errors = [r.test_acc_std or 0.0 for r in rows]
+    ax.errorbar(sizes, [r.test_acc_mean for r in rows], yerr=errors, marker="o", capsize=3)
+    ax.set_xticks(sizes)
+    ax.set_xlabel("input side (pixels)")
+    ax.set_ylabel("final test accuracy")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
