@@ -1,0 +1,208 @@
+"""`inceptionlab export` and inceptionlab.export: ONNX checked in ONNX Runtime on real Fashion-MNIST test images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from inceptionlab import data, export, runs
+from inceptionlab.cli import main
+from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
+from inceptionlab.models import create_model, init_xavier_
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+
+SIZE = 28  # small so the export and the check take seconds on a CPU
+
+
+def make_run(run_dir, fmnist, *, model_name="googlenet", image_size=SIZE, normalize=True, train_images=500, seed=0):
+    """A run directory whose model has Xavier-initialised features and a linear head fitted on them (seconds of
+    CPU, ~70 % test accuracy): the check compares meaningful predictions, not the noise of an untrained net."""
+    torch.manual_seed(seed)
+    model = init_xavier_(create_model(model_name)).eval()
+    if train_images:
+        with torch.no_grad():
+            x = data.resize_batch(fmnist.train_images[:train_images], image_size)
+            features = model.forward_features(data.normalize(x) if normalize else x)
+        mu, sd = features.mean(0), features.std()  # one scale: dead features have std 0
+        head = torch.nn.Linear(features.shape[1], 10)
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        for _ in range(200):
+            loss = torch.nn.functional.cross_entropy(head((features - mu) / sd), fmnist.train_labels[:train_images])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():  # fold the feature standardisation into the model's own head
+            model.head.weight.copy_(head.weight / sd)
+            model.head.bias.copy_(head.bias - (head.weight / sd) @ mu)
+    run_dir.mkdir(parents=True)
+    runs.save_weights(run_dir / runs.WEIGHTS, model, {"model": model_name, "image_size": str(image_size)})
+    config = {"model": model_name, "model_options": {}, "num_classes": 10, "in_channels": 1,
+              "image_size": image_size, "normalize": normalize}
+    (run_dir / runs.CONFIG).write_text(json.dumps(config))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return data.load_fashion_mnist()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fmnist):
+    """A normalized googlenet run and its ONNX file, exported with the default check (256 test images)."""
+    base = tmp_path_factory.mktemp("export")
+    run_dir = make_run(base / "run", fmnist)
+    path = base / "out" / "model.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # through the CLI, as a user would
+        assert main(["export", str(run_dir), "--onnx", str(path), "--json"]) == 0
+    return run_dir, path, json.loads(stdout.getvalue())
+
+
+def leftovers(directory):
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_checks_ort_against_pytorch_on_real_images(exported):
+    run_dir, path, report = exported
+    check = report["check"]
+    assert check["images"] == 256 and check["same_top1"] == 256
+    assert check["max_abs_logit_diff"] <= 1e-4
+    assert report["opset"] == export.DEFAULT_OPSET and report["normalization_in_graph"]
+    assert report["input"] == {"name": "images", "shape": ["N", 1, SIZE, SIZE], "dtype": "float32", "range": [0, 1]}
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [export.DEFAULT_OPSET]
+    assert path.stat().st_size == report["bytes"] and leftovers(path.parent) == []
+
+
+def test_dynamic_batch_with_pixels_in(exported, fmnist):
+    """The graph takes [0, 1] pixels (normalization inside) at batch 1 and 7, like the PyTorch model."""
+    run_dir, path, _ = exported
+    model, _ = runs.load_run_model(run_dir)
+    x = data.resize_batch(fmnist.test_images[:64], SIZE)
+    with torch.no_grad():
+        expected = model(data.normalize(x))
+    accuracy = (expected.argmax(1) == fmnist.test_labels[:64]).float().mean()
+    assert accuracy >= 0.5  # the briefly trained model means something
+    x, expected = x[:7], expected[:7]
+    for batch in (x[:1], x):
+        got = torch.from_numpy(export.onnx_logits(path, batch.numpy()))
+        assert got.shape == (len(batch), 10)
+        assert (got - expected[: len(batch)]).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
+
+
+def test_metadata_ties_the_file_to_the_run(exported):
+    run_dir, path, _ = exported
+    meta = export.read_metadata(path)
+    assert meta["model"] == "googlenet" and meta["image_size"] == str(SIZE) and meta["num_classes"] == "10"
+    assert json.loads(meta["class_names"]) == list(data.CLASS_NAMES)
+    norm = json.loads(meta["normalization"])
+    assert norm == {"in_graph": True, "mean": data.FASHION_MNIST_MEAN, "std": data.FASHION_MNIST_STD}
+    from inceptionlab.predict import weights_sha256
+
+    assert meta["weights_sha256"] == weights_sha256(run_dir)
+    session = export.open_session(path, run_dir=run_dir)
+    assert session.get_inputs()[0].name == "images" and session.get_outputs()[0].name == "logits"
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic batch axis
+
+
+def test_predict_through_onnx_matches_pytorch(exported, fmnist, tmp_path, capsys):
+    run_dir, path, _ = exported
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(fmnist.test_images[i].numpy()).save(files[-1])
+    outputs = {}
+    for backend, extra in (("onnxruntime", ["--onnx", str(path)]), ("pytorch", [])):
+        assert main(["predict", str(run_dir), *files, "--json", *extra]) == 0
+        outputs[backend] = json.loads(capsys.readouterr().out)
+        assert outputs[backend]["backend"] == backend
+    for a, b in zip(outputs["onnxruntime"]["predictions"], outputs["pytorch"]["predictions"], strict=True):
+        assert [t["class"] for t in a["top_k"]] == [t["class"] for t in b["top_k"]]
+        assert a["top_k"][0]["probability"] == pytest.approx(b["top_k"][0]["probability"], abs=1e-4)
+
+
+def test_onnx_of_another_run_or_model_is_refused(exported, fmnist, tmp_path, capsys):
+    run_dir, path, _ = exported
+    image = tmp_path / "a.png"
+    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+
+    other_weights = make_run(tmp_path / "other", fmnist, train_images=0, seed=1)
+    other_size = tmp_path / "other-size"
+    shutil.copytree(run_dir, other_size)
+    config = json.loads((other_size / runs.CONFIG).read_text())
+    (other_size / runs.CONFIG).write_text(json.dumps({**config, "image_size": 32}))
+    not_onnx = tmp_path / "fake.onnx"
+    not_onnx.write_text("not a model")
+    bare = onnx.load(str(path))
+    del bare.metadata_props[:]
+    no_meta = tmp_path / "bare.onnx"
+    onnx.save(bare, str(no_meta))
+
+    cases = [
+        (other_weights, path, "other weights"),
+        (other_size, path, "image_size is '28', the run's is '32'"),
+        (run_dir, not_onnx, "not a readable ONNX file"),
+        (run_dir, no_meta, "no inceptionlab metadata"),
+        (run_dir, tmp_path / "missing.onnx", "no such ONNX file"),
+    ]
+    for run, onnx_file, message in cases:
+        assert main(["predict", str(run), str(image), "--onnx", str(onnx_file)]) == 1
+        captured = capsys.readouterr()
+        assert message in captured.err and "Traceback" not in captured.err and captured.out == ""
+
+
+def test_existing_file_is_kept_without_force(exported, capsys):
+    run_dir, path, _ = exported
+    before = path.read_bytes()
+    assert main(["export", str(run_dir), "--onnx", str(path)]) == 1
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_failed_check_overwrites_nothing(exported, monkeypatch, capsys):
+    """--force replaces a file only with a checked one: a failing check leaves the old file as it was."""
+    run_dir, path, _ = exported
+    before = path.read_bytes()
+
+    def disagree(*args, **kwargs):
+        raise InceptionLabError("ONNX Runtime disagrees with PyTorch (simulated). The file was not written")
+
+    monkeypatch.setattr(export, "check_onnx", disagree)
+    assert main(["export", str(run_dir), "--onnx", str(path), "--force"]) == 1
+    assert "disagrees" in capsys.readouterr().err
+    assert path.read_bytes() == before and leftovers(path.parent) == []
+
+
+@pytest.mark.parametrize("model_name,size", [("googlenet-bn", 32), ("googlenet-paper", 32)])
+def test_other_models_export_in_eval_mode(model_name, size, fmnist, tmp_path):
+    """BatchNorm folds into eval-mode convs; googlenet-paper's auxiliary heads are training-only."""
+    run_dir = make_run(tmp_path / model_name, fmnist, model_name=model_name, image_size=size, train_images=0)
+    report = export.export_onnx(run_dir, tmp_path / "m.onnx", num_check_images=32)
+    assert report["check"]["same_top1"] == 32 and report["check"]["max_abs_logit_diff"] <= 1e-4
+    assert export.read_metadata(tmp_path / "m.onnx")["model"] == model_name
+
+
+def test_run_without_weights_and_missing_onnx_packages(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runs.CONFIG).write_text(json.dumps({"model": "googlenet", "image_size": SIZE}))
+    with pytest.raises(RunDirError, match="model.safetensors"):
+        export.export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ConfigError, match="is a directory"):
+        export.export_onnx(tmp_path / "run", tmp_path, force=True)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(InceptionLabError, match=r"pip install 'inceptionlab\[onnx\]'"):
+        export.require_onnx()
