@@ -20,6 +20,16 @@ from inceptionlab.cli import main
 from inceptionlab.errors import InputSizeError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core box OpenMP's spinning threads make small convolutions ~20x slower
+    when other processes compete for the cores (inception-v3 forward+backward at 28: 1.5 s -> 0.1 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def torch_size(op, n: int) -> int | None:
     try:
         return op(torch.empty(1, 1, n, n, device="meta")).shape[-1]
@@ -142,3 +152,21 @@ def test_cli_errors_and_exit_codes(capsys):
         assert exc.value.code == 2, argv
     err = capsys.readouterr().err
     assert "choose from: googlenet" in err and "positive whole number" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "expected"),
+    [  # the stage tables in docs/models.md and in the modules' docstrings
+        ("inception-v3", 96, [(192, 12, 12), (288, 12, 12), (768, 6, 6), (768, 6, 6), (1280, 3, 3), (1024, 3, 3),
+                              (1024,), (10,)]),
+        ("inception-v3", 28, [(192, 4, 4), (288, 4, 4), (768, 2, 2), (768, 2, 2), (1280, 1, 1), (1024, 1, 1),
+                              (1024,), (10,)]),
+        ("inception-resnet", 96, [(256, 12, 12), (256, 12, 12), (896, 6, 6), (896, 6, 6), (1536, 3, 3),
+                                  (1536, 3, 3), (1536,), (10,)]),
+        ("googlenet-paper", 96, [(64, 24, 24), (192, 12, 12), (480, 6, 6), (512, 6, 6), (528, 6, 6), (832, 3, 3),
+                                 (1024,), (10,), None, None]),
+        ("alexnet", 224, [(96, 26, 26), (256, 12, 12), (256, 5, 5), (6400,), (10,)]),
+    ],
+)
+def test_documented_stage_shapes(name, size, expected):
+    assert [row.shape for row in stage_shapes(name, size)] == expected
