@@ -253,7 +253,7 @@ def input_size_report(model_name: str, verify: bool = True, in_channels: int = 1
 
     max_for_1x1 = None
     if final(min_size) == (1, 1):
-        hi = natural if max_size is None else max_size
+        hi = top if max_size is None else max_size
         max_for_1x1 = _first_true(lambda n: final(n) != (1, 1), min_size, hi + 1) - 1
 
     verified = failed_below = None
