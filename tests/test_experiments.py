@@ -1,0 +1,115 @@
+"""compare and sweep: grids of real training runs on a tiny slice of the real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from inceptionlab import experiments
+from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig
+from inceptionlab.errors import ConfigError, InputSizeError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny(**changes) -> TrainConfig:
+    """A budget that trains in about a second per run on a CPU: still the real trainer on real images."""
+    base = TrainConfig(image_size=28, epochs=1, batch_size=64, limit_train=128, limit_test=100, device="cpu",
+                       num_threads=1)
+    return base.replace(**changes)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Data rows of the Markdown table (the header and the --- rule excluded)."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_compare_two_models_two_seeds_writes_table_results_and_plot(fmnist, tmp_path):
+    out = tmp_path / "cmp"
+    result = experiments.compare(["lenet", "googlenet"], tiny(), seeds=2, out_dir=out, data=fmnist, log=None)
+
+    assert result.status == "completed" and result.exit_code == 0
+    assert (out / "curves.png").read_bytes()[:8] == PNG
+    header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| model"))
+    assert "test acc (mean ± std)" in header and "parameters" in header and "GFLOP" in header
+    rows = table_rows((out / "table.md").read_text())
+    assert [r[0] for r in rows] == ["lenet", "googlenet"]
+    assert rows[0][1] == "61,706" and rows[1][1] == "5,977,530"  # parameters, from the registry
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["kind"] == "compare" and saved["seeds"] == [0, 1] and len(saved["rows"]) == 2
+    for row, cells in zip(saved["rows"], rows, strict=True):
+        accs = row["test_acc"]
+        assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+        assert row["test_acc_mean"] == pytest.approx(statistics.mean(accs))
+        assert row["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+        assert cells[3] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
+        assert len(row["curve_mean"]) == 1  # one epoch
+        # every number comes from a real run directory written by the trainer
+        for seed, run_dir, acc in zip(row["seeds"], row["run_dirs"], accs, strict=True):
+            summary = json.loads((tmp_path / run_dir / "summary.json").read_text())
+            config = json.loads((tmp_path / run_dir / "config.json").read_text())
+            assert summary["test_acc"] == acc and config["seed"] == seed and config["model"] == row["model"]
+            assert (tmp_path / run_dir / "model.safetensors").is_file()
+    # the two seeds really differ (different init and data order)
+    assert saved["rows"][1]["curves"][0] != saved["rows"][1]["curves"][1] or \
+        saved["rows"][1]["test_acc"][0] != saved["rows"][1]["test_acc"][1]
+
+
+def test_sweep_two_sizes(fmnist, tmp_path):
+    out = tmp_path / "sweep"
+    result = experiments.sweep("lenet", [30, 28], tiny(), out_dir=out, data=fmnist, log=None)
+
+    assert [r.image_size for r in result.rows] == [28, 30]  # sorted
+    assert (out / "accuracy.png").read_bytes()[:8] == PNG and (out / "curves.png").read_bytes()[:8] == PNG
+    rows = table_rows((out / "table.md").read_text())
+    assert [r[0] for r in rows] == ["28", "30"]
+    assert all(r[3].endswith("± n/a") for r in rows)  # one seed: the std is undefined, not zero
+    for row in json.loads((out / "results.json").read_text())["rows"]:
+        config = json.loads((tmp_path / row["run_dirs"][0] / "config.json").read_text())
+        assert config["image_size"] == row["image_size"] and config["model"] == "lenet"
+
+
+def test_sweep_refuses_sizes_outside_the_models_limits_before_training(fmnist, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(InputSizeError, match=r"24.*minimum input size is 31"):
+        experiments.sweep("googlenet-paper", [24, 32], tiny(), out_dir=out, data=fmnist, log=None)
+    with pytest.raises(InputSizeError, match=r"40.*maximum 31"):
+        experiments.check_sweep_sizes("lenet", [28, 40])
+    with pytest.raises(ConfigError, match="repeat"):
+        experiments.check_sweep_sizes("googlenet", [32, 32])
+    assert not out.exists()
+
+
+def test_statistics_helpers():
+    assert experiments.std([0.5]) is None
+    assert experiments.std([0.8, 0.9]) == pytest.approx(statistics.stdev([0.8, 0.9]))
+    assert experiments.mean([0.8, 0.9]) == pytest.approx(0.85)
+
+
+def test_cli_compare_and_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the data verification cache
+    out = tmp_path / "cli"
+    code = main(["compare", "lenet", "--image-size", "28", "--epochs", "1", "--batch-size", "64", "--limit-train",
+                 "128", "--limit-test", "100", "--device", "cpu", "--num-threads", "1", "--no-progress",
+                 "--out-dir", str(out)])
+    assert code == 0
+    assert len(table_rows((out / "table.md").read_text())) == 1
+    assert "| lenet |" in capsys.readouterr().out
+
+    # a size below the minimum: exit 1, the minimum named, nothing written
+    code = main(["sweep", "--model", "googlenet-paper", "--image-size", "16,32", "--out", str(tmp_path / "r")])
+    assert code == 1
+    assert "minimum input size is 31" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+    # usage errors: exit 2
+    for argv in (["sweep", "--model", "googlenet", "--image-size", "16,x"], ["sweep", "--model", "googlenet"],
+                 ["compare", "no-such-model"], ["compare"], ["compare", "lenet", "--seeds", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
