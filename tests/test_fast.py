@@ -1,0 +1,137 @@
+"""inceptionlab.fast on the CPU: the static-buffer step (everything the CUDA graph captures, minus the capture)
+must train exactly like the trainer's eager step, and the pre-resized data must be the same pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inceptionlab import fast
+from inceptionlab.config import TrainConfig, preset_config
+from inceptionlab.data import DeviceLoader, resize_batch
+from inceptionlab.errors import ConfigError
+from inceptionlab.models import create_model, init_xavier_
+from inceptionlab.train import build_optimizer, lr_at, make_train_step
+
+BATCH = 8
+NUM_IMAGES = 4 * BATCH + 5  # four full batches and a smaller last one (run eagerly by the static step)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core box two OpenMP threads spin against other processes (measured:
+    a googlenet step at batch 4 took 11.5 s with 2 threads under load 10, 0.08 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model_and_optimizer(config: TrainConfig):
+    torch.manual_seed(config.seed)
+    model = create_model(config.model)
+    init_xavier_(model)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(model, config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("options", "pre_steps"),
+    [
+        # the chapter's recipe: plain SGD, constant lr
+        ({"model": "googlenet"}, 0),
+        # BatchNorm buffers, nesterov momentum, weight decay groups, a schedule that changes lr every step, and an
+        # optimizer that already has momentum (as after --resume) when the static step takes over
+        ({"model": "googlenet-bn", "optimizer": "nesterov", "weight_decay": 5e-4, "schedule": "onecycle",
+          "warmup_epochs": 1.0, "channels_last": True}, 1),
+        # AdamW keeps a float lr on the CPU (foreach Adam refuses a tensor lr unless capturable)
+        ({"model": "googlenet", "optimizer": "adamw", "lr": 1e-3, "precision": "bf16"}, 0),
+    ],
+    ids=["sgd", "bn-nesterov-onecycle-resumed", "adamw-bf16"],
+)
+def test_static_step_trains_like_the_eager_step(fmnist, options, pre_steps):
+    config = TrainConfig(image_size=32, batch_size=BATCH, epochs=2, **options).validate()
+    images, labels = fmnist.train_images[:NUM_IMAGES], fmnist.train_labels[:NUM_IMAGES]
+    loader = DeviceLoader(images, labels, BATCH, image_size=32)
+    steps_per_epoch = len(loader)
+
+    eager_model, eager_opt = _model_and_optimizer(config)
+    static_model, static_opt = _model_and_optimizer(config)
+    eager_step = make_train_step(eager_model, eager_opt, config)
+    warm_step = make_train_step(static_model, static_opt, config)
+    static_step = fast.StaticTrainStep(static_model, static_opt, config, batch_size=BATCH, capture=False)
+
+    step = 0
+    for _ in range(2):  # two epochs: the static step sees a partial batch, then full batches again
+        for x, y in loader:
+            lr = lr_at(config, step, steps_per_epoch)
+            for opt in (eager_opt, static_opt):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            expected = eager_step(x, y)
+            got = (warm_step if step < pre_steps else static_step)(x, y)
+            assert float(got[0]) == pytest.approx(float(expected[0]), rel=1e-6, abs=1e-6)
+            assert int(got[1]) == int(expected[1])
+            step += 1
+    assert static_step._ready  # the warm-up + roll-back really ran
+
+    eager_state, static_state = eager_model.state_dict(), static_model.state_dict()
+    for name, value in eager_state.items():
+        torch.testing.assert_close(static_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for p_eager, p_static in zip(eager_model.parameters(), static_model.parameters(), strict=True):
+        for key, value in eager_opt.state[p_eager].items():
+            torch.testing.assert_close(static_opt.state[p_static][key], value, rtol=1e-5, atol=1e-6)
+    # the trainer keeps seeing float learning rates (checkpoints, logs)
+    assert all(isinstance(g["lr"], float) for g in static_opt.param_groups)
+
+
+def test_warm_up_changes_nothing(fmnist):
+    """After the first call has warmed up and rolled back, the model equals one eager step from the start."""
+    config = TrainConfig(model="googlenet-bn", image_size=32, batch_size=BATCH, optimizer="momentum").validate()
+    x = resize_batch(fmnist.train_images[:BATCH], 32)
+    y = fmnist.train_labels[:BATCH]
+    eager_model, eager_opt = _model_and_optimizer(config)
+    static_model, static_opt = _model_and_optimizer(config)
+    make_train_step(eager_model, eager_opt, config)(x, y)
+    fast.StaticTrainStep(static_model, static_opt, config, batch_size=BATCH, capture=False, warmup_steps=5)(x, y)
+    for name, value in eager_model.state_dict().items():
+        torch.testing.assert_close(static_model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resolve_step_mode():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fast.resolve_step_mode(TrainConfig(), cpu) == "eager"
+    assert fast.resolve_step_mode(TrainConfig(), cuda) == "cudagraph"
+    assert fast.resolve_step_mode(TrainConfig(precision="bf16"), cuda) == "cudagraph"
+    # fp16's GradScaler and DDP are not captured: auto falls back, an explicit request is an error
+    assert fast.resolve_step_mode(TrainConfig(precision="fp16"), cuda) == "eager"
+    assert fast.resolve_step_mode(TrainConfig(), cuda, world_size=2) == "eager"
+    assert fast.resolve_step_mode(TrainConfig(step_mode="compile"), cpu) == "compile"
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        fast.resolve_step_mode(TrainConfig(step_mode="cudagraph"), cpu)
+    with pytest.raises(ConfigError, match="GradScaler"):
+        fast.resolve_step_mode(TrainConfig(step_mode="cudagraph", precision="fp16"), cuda)
+    with pytest.raises(ConfigError, match="step_mode"):
+        TrainConfig(step_mode="fastest").validate()
+
+
+def test_graph_capture_refused_on_cpu():
+    config = TrainConfig(image_size=32)
+    model, optimizer = _model_and_optimizer(config)
+    with pytest.raises(ConfigError, match="CUDA"):
+        fast.StaticTrainStep(model, optimizer, config, batch_size=BATCH, capture=True)
+
+
+@pytest.mark.parametrize("size", [96, 64, 28])
+def test_pre_resize_gives_the_same_batches(fmnist, size):
+    images = fmnist.test_images[:300]
+    resized = fast.pre_resize(images, size, chunk=128)
+    assert resized.dtype == torch.uint8 and resized.shape == (300, size, size)
+    # fed back through resize_batch (which then only divides by 255): bit-identical to resizing per batch
+    assert torch.equal(resize_batch(resized, size), resize_batch(images, size))
+
+
+def test_fast_preset_is_valid():
+    config = preset_config("fast").validate()
+    assert config.step_mode == "auto" and config.precision == "bf16" and config.channels_last
