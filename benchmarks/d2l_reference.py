@@ -35,7 +35,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-
 # --------------------------------------------------------------------------------------------- data (d2l 3.5)
 
 
@@ -201,8 +200,9 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, log=print):
     examples_per_sec = metric[2] * num_epochs / timer.sum()
     log(f"loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}")
     log(f"{examples_per_sec:.1f} examples/sec on {device}")
-    return {"epochs": epochs, "step_seconds": timer.times, "batch_sizes": batch_sizes, "d2l_examples_per_sec": examples_per_sec,
-            "test_acc": test_acc, "train_acc": train_acc, "train_loss": train_l}
+    return {"epochs": epochs, "step_seconds": timer.times, "batch_sizes": batch_sizes,
+            "d2l_examples_per_sec": examples_per_sec, "test_acc": test_acc, "train_acc": train_acc,
+            "train_loss": train_l}
 
 
 # --------------------------------------------------------------------------------------------- the command
