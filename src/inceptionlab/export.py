@@ -35,7 +35,7 @@ OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 MIN_DYNAMO_OPSET = 18
 META = "inceptionlab."
-ATOL = 1e-4  # largest |logit difference| accepted between ONNX Runtime and PyTorch (fp32)
+ATOL = 1e-4  # largest |logit difference| accepted between ONNX Runtime and PyTorch (fp32), per unit of logit size
 
 
 class ONNXMismatchError(InceptionLabError, ValueError):
@@ -126,25 +126,38 @@ def to_onnx_proto(model: torch.nn.Module, example: torch.Tensor, opset: int = DE
 def check_onnx(session, model: torch.nn.Module, images: torch.Tensor, atol: float = ATOL) -> dict:
     """Compare an ONNX Runtime session with the PyTorch model on ``images`` ([0, 1] pixels).
 
-    Runs the whole batch, then batches of 1 and 7 (the batch axis must be dynamic). Raises
-    :class:`InceptionLabError` if a logit differs by more than ``atol`` or a top-1 class differs.
+    Runs the whole batch, then batches of 1 and 7 (the batch axis must be dynamic). Passes when the largest
+    |logit difference| is at most ``atol * max(1, largest |logit|)`` and every top-1 class agrees, except
+    where PyTorch's own top-2 margin is inside that tolerance (a tie that rounding may break either way).
+    The scale factor matters for trained models: fp32 rounding grows with the size of the sums, and ONNX
+    Runtime folds BatchNorm into the convolutions, so logits of about 20 differ by ~3e-4 with nothing wrong
+    (measured on a BN model), while a real fault (a missing normalization, a wrong layer) differs by ~1.
+    Raises :class:`InceptionLabError` otherwise.
     """
     expected = logits_of(model, images)
     got = logits_of(session, images, batch_size=len(images))
     small = torch.cat([logits_of(session, images[:1], 1), logits_of(session, images[1:8], 7)])
     diff = max((got - expected).abs().max().item(), (small - expected[:8]).abs().max().item())
-    same_top1 = int((got.argmax(1) == expected.argmax(1)).sum())
+    scale = max(1.0, expected.abs().max().item())
+    tolerance = atol * scale
+    top2 = expected.topk(min(2, expected.shape[1]), dim=1).values
+    near_tie = (top2[:, 0] - top2[:, -1]) <= 2 * tolerance
+    agree = got.argmax(1) == expected.argmax(1)
     report = {
         "images": len(images),
         "max_abs_logit_diff": diff,
+        "max_abs_logit": scale,
         "atol": atol,
-        "same_top1": same_top1,
+        "tolerance": tolerance,
+        "same_top1": int(agree.sum()),
+        "near_ties": int(near_tie.sum()),
         "batch_sizes": [len(images), 1, 7],
     }
-    if not diff <= atol or same_top1 != len(images):
+    if not diff <= tolerance or not bool((agree | near_tie).all()):
         raise InceptionLabError(
-            f"ONNX Runtime disagrees with PyTorch: largest logit difference {diff:.3g} (allowed {atol:g}), "
-            f"same top-1 on {same_top1}/{len(images)} images. The file was not written"
+            f"ONNX Runtime disagrees with PyTorch: largest logit difference {diff:.3g} (allowed {tolerance:.3g} = "
+            f"{atol:g} x largest |logit| {scale:.3g}), same top-1 on {int(agree.sum())}/{len(images)} images. "
+            "The file was not written (--atol relaxes the check, --no-check skips it)"
         )
     return report
 
@@ -164,14 +177,15 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     num_check_images: int = 256,
+    atol: float = ATOL,
     force: bool = False,
     data_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Export the run's model to ``path`` as ONNX (see the module doc) and return a report dict.
 
     With ``check`` (the default) the graph is run in ONNX Runtime on the first ``num_check_images`` real
-    Fashion-MNIST test images and compared with PyTorch before anything is written. ``path`` is written
-    atomically; an existing file is an error unless ``force``.
+    Fashion-MNIST test images and compared with PyTorch (:func:`check_onnx`) before anything is written.
+    ``path`` is written atomically; an existing file is an error unless ``force``.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -203,7 +217,7 @@ def export_onnx(
     }
     if check:
         session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-        report["check"] = check_onnx(session, model, check_images(config, num_check_images, data_dir))
+        report["check"] = check_onnx(session, model, check_images(config, num_check_images, data_dir), atol)
     if path.exists() and not force:  # appeared while we exported
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
     atomic_write_with(path, lambda f: f.write(payload))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from inceptionlab.cli._args import positive_int, print_json
+from inceptionlab.cli._args import positive_float, positive_int, print_json
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,8 @@ def register(subparsers) -> None:
                    help="skip the ONNX Runtime vs PyTorch check (needs no dataset)")
     p.add_argument("--check-images", type=positive_int, default=256, metavar="N",
                    help="Fashion-MNIST test images to compare on (default 256)")
+    p.add_argument("--atol", type=positive_float, default=None, metavar="TOL",
+                   help="allowed |logit difference| per unit of the largest |logit| (default 1e-4)")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
     p.add_argument("--data-dir", type=Path, default=None, help="directory with the Fashion-MNIST files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -53,12 +55,12 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args) -> int:
-    from inceptionlab.export import DEFAULT_OPSET, export_onnx
+    from inceptionlab.export import ATOL, DEFAULT_OPSET, export_onnx
 
     path = args.onnx if args.onnx is not None else args.run_dir / "model.onnx"
     report = export_onnx(
         args.run_dir, path, opset=args.opset or DEFAULT_OPSET, check=args.check,
-        num_check_images=args.check_images, force=args.force, data_dir=args.data_dir,
+        num_check_images=args.check_images, atol=args.atol or ATOL, force=args.force, data_dir=args.data_dir,
     )
     if args.json:
         print_json(report)
@@ -70,7 +72,7 @@ def cmd_export(args) -> int:
     check = report["check"]
     if check:
         print(f"check: ONNX Runtime vs PyTorch on {check['images']} Fashion-MNIST test images: largest logit "
-              f"difference {check['max_abs_logit_diff']:.2g} (<= {check['atol']:g}), same top-1 on "
+              f"difference {check['max_abs_logit_diff']:.2g} (<= {check['tolerance']:.2g}), same top-1 on "
               f"{check['same_top1']}/{check['images']}")
     else:
         print("check: skipped (--no-check)")
