@@ -107,6 +107,13 @@ def test_auto_invert_and_alpha(tmp_path, fmnist):
     assert not inverted and (x - expected).abs().max() < 0.05
 
 
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path, fmnist):
+    pixels = fmnist.test_images[0].numpy()
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # mode I;16
+    x = load_image(tmp_path / "deep.png", SIZE, invert=False)
+    assert torch.allclose(x, data.resize_batch(fmnist.test_images[:1], SIZE)[0], atol=1e-6)
+
+
 def test_bad_files_raise_image_error(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     Image.new("L", (28, 28)).save(tmp_path / "whole.png")

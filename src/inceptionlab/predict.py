@@ -61,6 +61,10 @@ def image_to_pixels(image, size: int, invert: bool | str = "auto") -> tuple[torc
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
+    if image.mode.startswith(("I", "F")):  # 16-bit or float grey: Pillow's convert("L") would clip, not scale
+        wide = np.asarray(image, dtype=np.float32)
+        top = 1.0 if wide.max() <= 1.0 and image.mode == "F" else (255.0 if wide.max() <= 255 else 65535.0)
+        image = Image.fromarray(np.rint(wide.clip(0, top) * (255.0 / top)).astype(np.uint8), mode="L")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         grey_alpha = image.convert("RGBA").convert("LA")
