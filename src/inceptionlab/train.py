@@ -35,17 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from inceptionlab import data as data_module
-from inceptionlab import runs
+from inceptionlab import fast, runs
 from inceptionlab.config import TrainConfig
-from inceptionlab.errors import ConfigError, InceptionLabError, InputSizeError
-from inceptionlab.models import create_model, init_xavier_
+from inceptionlab.errors import ConfigError, InceptionLabError
+from inceptionlab.models import classification_loss, create_model, init_xavier_
 
 SYNC_EVERY = 50  # steps between host reads of the running loss (progress bar, NaN check)
 CHECKPOINT_FORMAT = 1
 
-# Fashion-MNIST training-set pixel statistics (of uint8/255), used when config.normalize is set.
-FASHION_MNIST_MEAN = getattr(data_module, "FASHION_MNIST_MEAN", 0.2860)
-FASHION_MNIST_STD = getattr(data_module, "FASHION_MNIST_STD", 0.3530)
 
 
 class TrainingDiverged(InceptionLabError):
@@ -140,25 +137,10 @@ def autocast_context(config: TrainConfig, device: torch.device):
 def prepare_input(x: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """Float [0, 1] batch -> what the model sees: optional standardisation, optional channels_last."""
     if config.normalize:
-        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        x = data_module.normalize(x)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def _classification_loss(output, target, criterion):
-    """Fallback for ``models.classification_loss``: main loss + aux_loss_weight x the auxiliary heads' losses."""
-    if isinstance(output, tuple):
-        logits, aux = output
-        weight = 0.3
-        return criterion(logits, target) + weight * sum(criterion(a, target) for a in aux)
-    return criterion(output, target)
-
-
-try:  # the models package owns the aux-head convention
-    from inceptionlab.models import classification_loss
-except ImportError:  # pragma: no cover - until the models helper lands it
-    classification_loss = _classification_loss
 
 
 def make_criterion(config: TrainConfig) -> nn.Module:
@@ -174,12 +156,13 @@ def make_train_step(
     """One optimisation step on a [0, 1] float batch: ``step(x, y) -> (loss * batch, #correct)``, both 0-d
     device tensors (no host sync). Swap this function to compile or graph-capture the whole step."""
     criterion = make_criterion(config)
+    aux_loss_weight = getattr(getattr(model, "module", model), "aux_loss_weight", 0.3)  # DDP wraps in .module
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = prepare_input(x, config)
         with autocast_context(config, x.device):
             output = model(x)
-            loss = classification_loss(output, y, criterion)
+            loss = classification_loss(output, y, criterion, aux_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -299,32 +282,11 @@ def per_class_report(confusion: torch.Tensor, class_names=data_module.CLASS_NAME
 # --------------------------------------------------------------------------------------------- checks
 
 
-def check_input_size(model: nn.Module, config: TrainConfig, device: torch.device) -> None:
-    """Fail before any work if the model cannot take ``image_size`` (a too-small map collapses to 0x0)."""
-    try:
-        from inceptionlab.analysis import check_input_size as analysis_check
-    except ImportError:
-        analysis_check = None
-    if analysis_check is not None:
-        try:
-            analysis_check(config.model, config.image_size)
-            return
-        except InceptionLabError as exc:
-            raise ConfigError(str(exc)) from None
-        except TypeError:
-            pass  # a different signature: fall back to the probe below
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, config.in_channels, config.image_size, config.image_size, device=device))
-    except (RuntimeError, ValueError) as exc:
-        raise InputSizeError(
-            f"model {config.model!r} cannot take {config.image_size}x{config.image_size} inputs "
-            f"({str(exc).splitlines()[0]}); use a larger --image-size"
-        ) from None
-    finally:
-        model.train(was_training)
+def check_input_size(config: TrainConfig) -> None:
+    """Fail before any work if the model cannot take ``image_size`` (a feature map would collapse to 0x0)."""
+    from inceptionlab.analysis import check_input_size as analysis_check
+
+    analysis_check(config.model, config.image_size, config.in_channels)
 
 
 def _build_transform(config: TrainConfig):
@@ -429,14 +391,14 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     say = log if (log is not None and is_main) else (lambda _line: None)
     started = time.perf_counter()
 
-    # the model: seeded init (d2l's Xavier), checked against the input size before any data work
+    # the model: seeded init (d2l's Xavier), after checking the input size (a shape-only pass)
+    check_input_size(config)
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
                          **config.model_options)
     if config.init == "xavier":
         init_xavier_(model)
     model.to(device)
-    check_input_size(model, config, device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     transform = _build_transform(config)
@@ -451,6 +413,10 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         train_images, train_labels = train_images[: config.limit_train], train_labels[: config.limit_train]
     if config.limit_test:
         test_images, test_labels = test_images[: config.limit_test], test_labels[: config.limit_test]
+    if fast.want_pre_resize(config, device, len(train_images) + len(test_images)):
+        # resample once, not every batch of every epoch: the same pixels (see fast.pre_resize)
+        train_images = fast.pre_resize(train_images, config.image_size)
+        test_images = fast.pre_resize(test_images, config.image_size)
     loader = data_module.DeviceLoader(
         train_images, train_labels, config.batch_size // dist_info.world_size, image_size=config.image_size,
         shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size, transform=transform,
@@ -464,7 +430,9 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = make_train_step(train_model, optimizer, config, scaler)
+    step_fn = fast.build_train_step(train_model, optimizer, config, device, scaler=scaler,
+                                    batch_size=config.batch_size // dist_info.world_size,
+                                    world_size=dist_info.world_size)  # eager, or one CUDA graph (step_mode)
 
     # the run directory (rank 0 creates it; the others learn its path)
     start_epoch, rows, elapsed_before = 0, [], 0.0

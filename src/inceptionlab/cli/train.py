@@ -125,7 +125,9 @@ def run_train(args) -> int:
         config.validate()
     result = train(config, resume=args.resume, progress=args.progress)
     if result.status == "interrupted":
-        print(f"inceptionlab train: interrupted; the checkpoint in {result.run_dir} is intact", file=sys.stderr)
+        done = result.summary["epochs_completed"]
+        where = f"the checkpoint of epoch {done} in {result.run_dir} is intact" if done else "no epoch had finished"
+        print(f"inceptionlab train: interrupted; {where}", file=sys.stderr)
     return result.exit_code
 
 

@@ -1,0 +1,230 @@
+"""The trainer on real Fashion-MNIST subsets: it learns, resumes exactly, survives SIGKILL/SIGINT/SIGTERM,
+stops on a diverging loss, writes the run directory, and takes one step with every registry model.
+
+Trainings here use one thread: the suite shares a 2-core box, where two OpenMP threads per process stall
+each other badly once the cores are oversubscribed."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from inceptionlab import runs
+from inceptionlab.analysis import input_size_report
+from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig
+from inceptionlab.data import load_fashion_mnist
+from inceptionlab.evaluate import evaluate_run
+from inceptionlab.models import create_model, list_models
+from inceptionlab.train import TrainingDiverged, build_optimizer, evaluate, make_train_step, train
+
+RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "curves.png", "model.safetensors", "checkpoint.pt",
+             "summary.json", "confusion.png", "per_class.json"}
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_fashion_mnist()
+
+
+def lenet_config(tmp_path, **changes) -> TrainConfig:
+    """LeNet at 28 px: a real model that costs almost nothing, for the fault-handling tests."""
+    values = dict(model="lenet", image_size=28, epochs=3, batch_size=64, limit_train=640, limit_test=256,
+                  lr=0.3, optimizer="momentum", schedule="cosine", num_threads=1, out=str(tmp_path / "runs"))
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def lenet_run(fmnist, tmp_path_factory):
+    """One finished LeNet run (2 epochs), shared by the tests that only read it or copy it."""
+    tmp = tmp_path_factory.mktemp("lenet")
+    return train(lenet_config(tmp, epochs=2), data=fmnist, log=None)
+
+
+def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
+    config = TrainConfig(
+        model="googlenet-bn", image_size=28, epochs=2, batch_size=64, limit_train=1920, limit_test=1000,
+        lr=0.05, optimizer="nesterov", schedule="onecycle", warmup_epochs=0.5, precision="bf16",
+        channels_last=True, num_threads=1, out=str(tmp_path),
+    )
+    lines = []
+    result = train(config, data=fmnist, log=lines.append)
+    assert result.status == "completed" and result.exit_code == 0
+    # held-out: the first 1,000 images of the test split, never trained on; chance is 0.1
+    assert result.summary["test_acc"] >= 0.6, result.metrics
+    run_dir = result.run_dir
+    assert run_dir.parent == tmp_path and run_dir.name.endswith("-googlenet-bn")
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    # d2l-style summary lines
+    assert lines[-2].startswith("loss ") and ", train acc " in lines[-2] and ", test acc " in lines[-2]
+    assert lines[-1].endswith("examples/sec on cpu")
+    rows = runs.read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == result.metrics
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
+    saved = TrainConfig.from_dict(runs.read_config(run_dir))
+    assert saved == config
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and len(ckpt["metrics"]) == 2
+    per_class = json.loads((run_dir / "per_class.json").read_text())
+    assert len(per_class["per_class_acc"]) == 10 and sum(map(sum, per_class["confusion"])) == 1000
+    # the saved model, reloaded from safetensors, reproduces the final test accuracy
+    small = type(fmnist)(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:1000],
+                         fmnist.test_labels[:1000], fmnist.paths)
+    report = evaluate_run(run_dir, data=small, device="cpu")
+    assert report["test_acc"] == pytest.approx(result.summary["test_acc"], abs=1e-9)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(fmnist, tmp_path):
+    config = lenet_config(tmp_path)
+    straight = train(config, data=fmnist, log=None)
+
+    def interrupt_after_first_epoch(line):
+        if line.startswith("epoch   1/"):
+            os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer: it stops at the next step
+
+    stopped = train(config, data=fmnist, log=interrupt_after_first_epoch)
+    assert stopped.status == "interrupted" and stopped.exit_code == 130
+    summary = runs.read_summary(stopped.run_dir)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT" and summary["epochs_completed"] == 1
+    assert not (stopped.run_dir / "model.safetensors").exists()
+
+    resumed = train(resume=stopped.run_dir, data=fmnist, log=None)
+    assert resumed.status == "completed" and resumed.run_dir == stopped.run_dir
+    for a, b in zip(straight.metrics, resumed.metrics, strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert runs.read_summary(stopped.run_dir)["status"] == "completed"
+
+
+def _spawn_training(tmp_path, epochs=200):
+    """A real `inceptionlab train` process; returns it and its run directory once epoch 1 is checkpointed."""
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "inceptionlab", "train", "--model", "lenet", "--image-size", "28",
+           "--epochs", str(epochs), "--batch-size", "32", "--limit-train", "256", "--limit-test", "64",
+           "--lr", "0.1", "--optimizer", "momentum", "--num-threads", "1", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list(out.glob("*/checkpoint.pt"))
+        if found:
+            return proc, found[0].parent
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint within 120 s")
+
+
+def test_sigkill_never_leaves_a_corrupt_checkpoint_and_resume_finishes(tmp_path):
+    proc, run_dir = _spawn_training(tmp_path)
+    time.sleep(0.7)  # somewhere inside a later epoch, possibly inside a checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    done = ckpt["epoch"]
+    assert done >= 1 and len(ckpt["metrics"]) == done
+    # finish quickly: extend to one more epoch than the checkpoint holds
+    res = subprocess.run([sys.executable, "-m", "inceptionlab", "train", "--resume", str(run_dir), "--epochs",
+                          str(done + 1), "--num-threads", "1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == done + 1
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == list(range(1, done + 2))
+    model, _ = runs.load_run_model(run_dir)
+    assert model.head[-1].out_features == 10
+
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    proc, run_dir = _spawn_training(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == summary["epochs_completed"]
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    runs.save_checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(3)})
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        runs.save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    state = runs.load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_diverging_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(fmnist, lenet_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_run.run_dir, run_dir)
+    config = TrainConfig.from_dict(runs.read_config(run_dir)).replace(epochs=3, lr=1e38, schedule="constant")
+    with pytest.raises(TrainingDiverged, match=r"learning rate .* too high.*--lr 1e\+37") as info:
+        train(config, resume=run_dir, data=fmnist, log=None)
+    assert "epoch 3" in str(info.value)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert runs.read_summary(run_dir)["status"] == "diverged"
+
+
+def test_diverged_run_exits_1_from_the_cli(tmp_path, capsys):
+    code = main(["train", "--model", "lenet", "--image-size", "28", "--epochs", "1", "--limit-train", "128",
+                 "--limit-test", "32", "--batch-size", "32", "--lr", "1e38", "--num-threads", "1",
+                 "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "too high" in err and "Traceback" not in err
+
+
+def test_evaluate_command_on_a_finished_run(lenet_run, capsys):
+    assert main(["evaluate", str(lenet_run.run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 10_000 and report["model"] == "lenet"
+    assert set(report["per_class_acc"]) == {"t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                                            "sneaker", "bag", "ankle boot"}
+    confusion = torch.tensor(report["confusion"])
+    assert confusion.sum() == 10_000 and confusion.sum(dim=1).tolist() == [1000] * 10
+    assert report["test_acc"] == pytest.approx(confusion.diag().sum().item() / 10_000)
+    assert main(["evaluate", str(lenet_run.run_dir)]) == 0
+    assert "test acc" in capsys.readouterr().out
+
+
+def test_two_runs_in_the_same_second_get_different_directories(tmp_path):
+    a, b = runs.create_run_dir(tmp_path, "googlenet"), runs.create_run_dir(tmp_path, "googlenet")
+    assert a != b and a.is_dir() and b.is_dir()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_training_step_for_every_model(name, fmnist):
+    size = max(input_size_report(name, verify=False).min_size, 28)
+    config = TrainConfig(model=name, image_size=size, lr=0.01, optimizer="momentum")
+    torch.manual_seed(0)
+    model = create_model(name)
+    step = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)
+    before = [p.detach().clone() for p in model.parameters()]
+    from inceptionlab.data import resize_batch
+
+    x, y = resize_batch(fmnist.train_images[:2], size), fmnist.train_labels[:2]
+    with torch.no_grad():
+        if getattr(model, "aux_loss_weight", None):  # aux heads are trained, so they must get gradients
+            assert isinstance(model.train()(x), tuple)
+    loss_sum, correct = step(x, y)
+    assert torch.isfinite(loss_sum) and 0 <= int(correct) <= 2
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    result = evaluate(model, fmnist.test_images[:4], fmnist.test_labels[:4], config)
+    assert result["count"] == 4 and model.training  # evaluation restores the training mode
