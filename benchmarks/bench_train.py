@@ -1,0 +1,434 @@
+"""Training speed: d2l's loop (benchmarks/d2l_reference.py) and our trainer, back to back on one device.
+
+    # CPU: a fixed number of steps on both sides (a full epoch at 96 px takes ~20 min here)
+    python benchmarks/bench_train.py --device cpu --image-size 96 --json bench-out/train_cpu96.json
+    # GPU: the chapter's full recipe, 10 epochs, then the `fast` preset
+    python benchmarks/bench_train.py --device cuda --epochs 10 --also-preset fast --json bench-out/train_cuda.json
+    # GPU: step time of one configuration after another (random inputs), like shared/ANCHORS.md's table
+    python benchmarks/bench_train.py --probe --device cuda --json bench-out/probe.json
+
+Each side runs in its own subprocess, one after the other, never at the same time:
+- ``reference``: d2l's ``train_ch6`` on d2l's DataLoader (4 workers, per-image PIL resize), fp32, NCHW;
+- ``ours``: ``inceptionlab.train.train`` with the ``d2l`` preset plus ``--ours`` overrides (default: bf16
+  autocast + channels_last; on CUDA ``step_mode=auto`` = one CUDA graph per step), same images, same steps,
+  same test images: the same work on both sides;
+- ``ours-steps``: our step function and loader alone, ``--warmup-steps`` untimed then ``--steps`` timed.
+Reported per side: end-to-end wall (parent's clock, from process start to exit: imports, loading, warm-up,
+graph capture, training, every evaluation, run-directory writes), training images/s counted the way d2l
+counts it (time inside the steps) and in steady state (after the warm-up steps), test accuracy, peak host
+RSS (``getrusage`` of the process; of the d2l DataLoader's largest worker separately) and peak GPU memory
+(``torch.cuda.max_memory_allocated``). Not a test: the numbers depend on the machine and its load, which is
+recorded (``os.getloadavg``) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# --------------------------------------------------------------------------------------------- children
+
+
+def _shim_optional_modules() -> list[str]:
+    """A GPU box without network may lack matplotlib or safetensors: stand in for them so a run still times.
+
+    Plots are skipped (they cost our side time, the reference draws none). safetensors is replaced by a writer
+    of the same file format (8-byte header length, JSON header, raw little-endian tensor bytes).
+    """
+    shimmed = []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plots = types.ModuleType("inceptionlab.plots")
+        plots.plot_curves = plots.plot_confusion = lambda *args, **kwargs: None
+        sys.modules["inceptionlab.plots"] = plots
+        shimmed.append("matplotlib (plots skipped)")
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        import torch
+
+        dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+                  torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL", torch.float64: "F64"}
+
+        def save(tensors, metadata=None):
+            header, blobs, offset = {}, [], 0
+            if metadata:
+                header["__metadata__"] = metadata
+            for name, t in tensors.items():
+                raw = t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+                header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape),
+                                "data_offsets": [offset, offset + len(raw)]}
+                blobs.append(raw)
+                offset += len(raw)
+            head = json.dumps(header).encode()
+            head += b" " * (-len(head) % 8)
+            return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+        def load_file(*args, **kwargs):
+            raise RuntimeError("safetensors is not installed")
+
+        package, module = types.ModuleType("safetensors"), types.ModuleType("safetensors.torch")
+        module.save, module.load_file = save, load_file
+        package.torch = module
+        sys.modules.update({"safetensors": package, "safetensors.torch": module})
+        shimmed.append("safetensors (built-in writer)")
+    return shimmed
+
+
+def _memory(device) -> dict:
+    import torch
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["peak_gpu_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return out
+
+
+def child_ours(config_dict: dict) -> dict:
+    """Our trainer, end to end, exactly as `inceptionlab train` runs it (minus argument parsing)."""
+    shimmed = _shim_optional_modules()
+    import torch
+
+    from inceptionlab import fast
+    from inceptionlab.train import resolve_device, train
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
+        config = _config({**config_dict, "out": out})
+        result = train(config, progress=False, log=lambda line: print(line, file=sys.stderr, flush=True))
+    device = resolve_device(config.device)
+    summary = result.summary
+    return {
+        "side": f"ours ({config.preset})",
+        "config": config.to_dict(),
+        "step_mode": fast.resolve_step_mode(config, device),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "test_acc": summary.get("test_acc"),
+        "train_acc": summary.get("train_acc"),
+        "train_loss": summary.get("train_loss"),
+        "trainer_elapsed_seconds": summary.get("elapsed_seconds"),
+        # the trainer's per-epoch figure: images / time of the epoch's training loop (loader included)
+        "d2l_examples_per_sec": summary.get("images_per_sec"),
+        "epochs": [{k: row[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "images_per_sec",
+                                        "epoch_seconds")} for row in result.metrics],
+        "shimmed": shimmed,
+        **_memory(device),
+    }
+
+
+def child_steps(config_dict: dict, warmup_steps: int, steps: int) -> dict:
+    """Our step function fed by our loader, as the trainer builds them; the timed block ends in a sync."""
+    _shim_optional_modules()
+    import torch
+
+    from inceptionlab import data as data_module
+    from inceptionlab import fast
+    from inceptionlab.models import create_model, init_xavier_
+    from inceptionlab.train import _build_transform, build_optimizer, resolve_device
+
+    config = _config(config_dict)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
+                         **config.model_options)
+    init_xavier_(model)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    data = data_module.load_fashion_mnist(config.data_dir, download=False, progress=False).to(device)
+    n = (warmup_steps + steps) * config.batch_size
+    images, labels = data.train_images[:n], data.train_labels[:n]
+    if fast.want_pre_resize(config, device, len(images)):
+        images = fast.pre_resize(images, config.image_size)
+    loader = data_module.DeviceLoader(images, labels, config.batch_size, image_size=config.image_size,
+                                      shuffle=True, seed=config.seed, transform=_build_transform(config))
+    optimizer = build_optimizer(model, config, device)
+    step = fast.build_train_step(model, optimizer, config, device, batch_size=config.batch_size)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    loss_sum = torch.zeros((), device=device)
+    batches = iter(loader)
+    for _ in range(warmup_steps):
+        x, y = next(batches)
+        loss_sum += step(x, y)[0]
+    float(loss_sum)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        x, y = next(batches)
+        loss_sum += step(x, y)[0]
+    float(loss_sum)  # the one host sync: every queued step has finished
+    seconds = time.perf_counter() - start
+    return {
+        "side": f"ours steps ({config.preset})",
+        "step_mode": fast.resolve_step_mode(config, device),
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "ms_per_step": 1000 * seconds / steps,
+        "steady_images_per_sec": steps * config.batch_size / seconds,
+        **_memory(device),
+    }
+
+
+PROBE_ROWS = (  # (label, step mode, precision, channels_last, batch, cudnn.benchmark)
+    ("eager fp32, NCHW (what d2l does)", "eager", "fp32", False, 128, False),
+    ("eager bf16 autocast, channels_last", "eager", "bf16", True, 128, False),
+    ("CUDA graph, fp32, NCHW", "cudagraph", "fp32", False, 128, False),
+    ("CUDA graph, bf16, channels_last", "cudagraph", "bf16", True, 128, False),
+    ("CUDA graph, bf16, channels_last, cudnn.benchmark", "cudagraph", "bf16", True, 128, True),
+    ("CUDA graph, bf16, channels_last, batch 256", "cudagraph", "bf16", True, 256, False),
+    ("CUDA graph, bf16, channels_last, batch 512", "cudagraph", "bf16", True, 512, False),
+    ("googlenet-bn 64 px, CUDA graph, bf16, channels_last, batch 256 (preset fast)", "cudagraph", "bf16", True,
+     256, False),
+)
+
+
+def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int) -> dict:
+    """ms per training step on random inputs already on the device (no loader), one configuration at a time."""
+    import torch
+
+    from inceptionlab import fast
+    from inceptionlab.config import TrainConfig
+    from inceptionlab.models import create_model, init_xavier_
+    from inceptionlab.train import build_optimizer, make_train_step
+
+    device = torch.device(device_name)
+    rows = []
+    for label, mode, precision, channels_last, batch, benchmark in PROBE_ROWS:
+        if mode == "cudagraph" and device.type != "cuda":
+            continue
+        model_name, size = ("googlenet-bn", 64) if "googlenet-bn" in label else ("googlenet", image_size)
+        config = TrainConfig(model=model_name, image_size=size, batch_size=batch, precision=precision,
+                             channels_last=channels_last, step_mode=mode, device=device.type)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.manual_seed(0)
+        model = init_xavier_(create_model(model_name)).to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, config, device)
+        if mode == "cudagraph":
+            step = fast.StaticTrainStep(model, optimizer, config, batch_size=batch, capture=True)
+        else:
+            step = make_train_step(model, optimizer, config)
+        x = torch.rand(batch, 1, size, size, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        for _ in range(warmup_steps):
+            step(x, y)
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(x, y)
+        sync()
+        ms = 1000 * (time.perf_counter() - start) / steps
+        rows.append({"setup": label, "ms_per_step": ms, "images_per_sec": batch * 1000 / ms})
+        print(f"{label:<80} {ms:8.2f} ms/step {batch * 1000 / ms:>10,.0f} img/s", file=sys.stderr, flush=True)
+        del step, model, optimizer
+    torch.backends.cudnn.benchmark = False
+    return {"probe": rows, "image_size": image_size, "steps": steps, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "torch_version": torch.__version__, **_memory(device)}
+
+
+# --------------------------------------------------------------------------------------------- the parent
+
+
+def _run(cmd: list[str], json_path: Path, env: dict) -> dict:
+    """Run one side in a fresh process; wall clock from spawn to exit; the child's own rusage via wait4."""
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    result = json.loads(json_path.read_text()) if json_path.exists() else {}
+    result.update(wall_seconds=wall, returncode=proc.returncode,
+                  wait4_peak_rss_mib=usage.ru_maxrss / 1024)  # the process and its waited-for children
+    if proc.returncode != 0:
+        print(f"  exited with {proc.returncode}", file=sys.stderr)
+    return result
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _parse_overrides(text: str) -> dict:
+    """``precision=bf16,channels_last=true,lr=0.05`` -> a dict (values read as JSON where they parse)."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _config(spec: dict):
+    """``{"preset": name, **overrides}`` -> the TrainConfig `inceptionlab train --preset name ...` would build."""
+    from inceptionlab.config import preset_config
+
+    spec = dict(spec)
+    return preset_config(spec.pop("preset", "d2l"), **spec).validate()
+
+
+def _fmt(value, spec) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(rows: list[tuple[str, dict]]) -> str:
+    head = (f"{'side':<26} {'wall s':>8} {'steady img/s':>13} {'d2l-count img/s':>16} {'test acc':>9} "
+            f"{'peak RSS MiB':>13} {'worker RSS':>11} {'peak GPU MiB':>13}")
+    lines = [head, "-" * len(head)]
+    for name, r in rows:
+        lines.append(
+            f"{name:<26} {_fmt(r.get('wall_seconds'), '8.1f')} {_fmt(r.get('steady_images_per_sec'), '13,.1f')} "
+            f"{_fmt(r.get('d2l_examples_per_sec'), '16,.1f')} {_fmt(r.get('test_acc'), '9.4f')} "
+            f"{_fmt(r.get('peak_rss_mib'), '13,.0f')} {_fmt(r.get('peak_worker_rss_mib'), '11,.0f')} "
+            f"{_fmt(r.get('peak_gpu_mib'), '13,.0f')}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), required=True)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, help="default: 10 on cuda (the full recipe), 1 on cpu")
+    p.add_argument("--steps", type=int, help="timed steps (default: 30 on cpu, 300 on cuda)")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--limit-train", type=int,
+                   help="default on cpu: (warmup + steps) x batch, so both sides train exactly those steps")
+    p.add_argument("--limit-test", type=int, help="default on cpu: 1024 (both sides evaluate the same images)")
+    p.add_argument("--ours", default="precision=bf16,channels_last=true",
+                   help="overrides of the d2l preset for our side, key=value[,key=value]")
+    p.add_argument("--also-preset", action="append", default=[], help="also run our trainer with this preset")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--workers", type=int, default=4, help="d2l's DataLoader worker processes")
+    p.add_argument("--probe", action="store_true", help="the step-time probe table instead of the runs")
+    p.add_argument("--json", type=Path, help="write everything here")
+    p.add_argument("--child", choices=("ours", "steps", "probe"), help=argparse.SUPPRESS)
+    p.add_argument("--child-config", help=argparse.SUPPRESS)
+    p.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    on_cpu = args.device == "cpu"
+    steps = args.steps or (30 if on_cpu else 300)
+    if args.child:
+        if args.child == "ours":
+            out = child_ours(json.loads(args.child_config))
+        elif args.child == "steps":
+            out = child_steps(json.loads(args.child_config), args.warmup_steps, steps)
+        else:
+            out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps)
+        args.child_json.write_text(json.dumps(out, indent=1))
+        return 0
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
+                                                                       os.environ.get("PYTHONPATH")]))}
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(steps),
+          "--warmup-steps", str(args.warmup_steps), "--image-size", str(args.image_size)]
+
+    if args.probe:
+        probe = _run([*me, "--child", "probe", "--child-json", str(tmp / "probe.json")], tmp / "probe.json", env)
+        meta["loadavg_after"] = os.getloadavg()
+        report = {"meta": meta, **probe}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1))
+        return probe["returncode"]
+
+    epochs = args.epochs or (1 if on_cpu else 10)
+    limit_train = args.limit_train or ((args.warmup_steps + steps) * args.batch_size if on_cpu else None)
+    limit_test = args.limit_test or (1024 if on_cpu else None)
+    ours_config = {"preset": "d2l", "device": args.device, "image_size": args.image_size,
+                   "batch_size": args.batch_size, "epochs": epochs, "limit_train": limit_train,
+                   "limit_test": limit_test, **_parse_overrides(args.ours)}
+    results: list[tuple[str, dict]] = []
+    if not args.skip_reference:
+        cmd = [sys.executable, str(HERE / "d2l_reference.py"), "--device", args.device, "--epochs", str(epochs),
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+               "--workers", str(args.workers), "--warmup-steps", str(args.warmup_steps),
+               "--json", str(tmp / "reference.json")]
+        cmd += ["--limit-train", str(limit_train)] if limit_train else []
+        cmd += ["--limit-test", str(limit_test)] if limit_test else []
+        results.append(("d2l reference", _run(cmd, tmp / "reference.json", env)))
+    results.append(("ours (d2l recipe)", _run(
+        [*me, "--child", "ours", "--child-config", json.dumps(ours_config), "--child-json", str(tmp / "ours.json")],
+        tmp / "ours.json", env)))
+    steps_config = {**ours_config, "limit_train": None, "limit_test": None}
+    steps_result = _run([*me, "--child", "steps", "--child-config", json.dumps(steps_config),
+                         "--child-json", str(tmp / "steps.json")], tmp / "steps.json", env)
+    results[-1][1]["steady_images_per_sec"] = steps_result.get("steady_images_per_sec")
+    results[-1][1]["steps_child"] = steps_result
+    for preset in args.also_preset:
+        config = {"preset": preset, "device": args.device, "limit_train": args.limit_train,
+                  "limit_test": args.limit_test}
+        results.append((f"ours (preset {preset})", _run(
+            [*me, "--child", "ours", "--child-config", json.dumps(config),
+             "--child-json", str(tmp / f"{preset}.json")], tmp / f"{preset}.json", env)))
+    meta["loadavg_after"] = os.getloadavg()
+
+    ref = dict(results)["d2l reference"] if not args.skip_reference else {}
+    ours = dict(results)["ours (d2l recipe)"]
+    ratios = {
+        "steady_images_per_sec": _ratio(ours.get("steady_images_per_sec"), ref.get("steady_images_per_sec")),
+        "d2l_count_images_per_sec": _ratio(ours.get("d2l_examples_per_sec"), ref.get("d2l_examples_per_sec")),
+        "end_to_end_speedup": _ratio(ref.get("wall_seconds"), ours.get("wall_seconds")),
+    }
+    report = {"meta": meta, "settings": {"device": args.device, "image_size": args.image_size,
+                                         "batch_size": args.batch_size, "epochs": epochs,
+                                         "limit_train": limit_train, "limit_test": limit_test,
+                                         "steps": steps, "warmup_steps": args.warmup_steps,
+                                         "ours": ours_config},
+              "results": dict(results), "ratios": ratios}
+    print()
+    print(_table(results))
+    print()
+    for key, value in ratios.items():
+        print(f"ours / reference, {key.replace('_', ' ')}: {_fmt(value, '.2f')}x")
+    print(f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0 if all(r.get("returncode") == 0 for _, r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
