@@ -589,6 +589,10 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         elif status == "interrupted":
             say(f"interrupted by {summary['signal']} after {len(rows)} complete epoch(s); resume with "
                 f"`inceptionlab train --resume {run_dir}`")
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # no rank leaves (and tears the group down) while rank 0 is still writing the results
     return TrainResult(run_dir, status, rows, summary, model, stop_signal)
 
 
