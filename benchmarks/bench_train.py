@@ -210,6 +210,9 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
     from inceptionlab.train import build_optimizer, make_train_step
 
     device = torch.device(device_name)
+    # first, is the captured step right? (relative parameter difference to the eager step after 6 steps)
+    graph_check = fast.graph_vs_eager_max_diff(device)
+    print(f"graph vs eager step, max relative parameter difference: {graph_check:.2e}", file=sys.stderr)
     rows = []
     for label, mode, precision, channels_last, batch, benchmark in PROBE_ROWS:
         if mode == "cudagraph" and device.type != "cuda":
@@ -242,7 +245,8 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
         print(f"{label:<80} {ms:8.2f} ms/step {batch * 1000 / ms:>10,.0f} img/s", file=sys.stderr, flush=True)
         del step, model, optimizer
     torch.backends.cudnn.benchmark = False
-    return {"probe": rows, "image_size": image_size, "steps": steps, "device": str(device),
+    return {"probe": rows, "graph_vs_eager_max_rel_diff": graph_check, "image_size": image_size, "steps": steps,
+            "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "torch_version": torch.__version__, **_memory(device)}
 

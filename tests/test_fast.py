@@ -135,3 +135,11 @@ def test_pre_resize_gives_the_same_batches(fmnist, size):
 def test_fast_preset_is_valid():
     config = preset_config("fast").validate()
     assert config.step_mode == "auto" and config.precision == "bf16" and config.channels_last
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+def test_cuda_graph_step_trains_like_the_eager_step():
+    """The captured graph itself (only where there is a GPU): five steps with a changing lr and a partial batch."""
+    from inceptionlab.fast import graph_vs_eager_max_diff
+
+    assert graph_vs_eager_max_diff(torch.device("cuda")) < 1e-3

@@ -320,3 +320,37 @@ def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tens
         x = resize_batch(images[start : start + chunk], size)
         out[start : start + chunk] = x.squeeze(1).mul_(255).round_().to(torch.uint8)
     return out
+
+
+def graph_vs_eager_max_diff(device: torch.device, steps: int = 5, batch_size: int = 16, image_size: int = 32) -> float:
+    """Largest relative parameter difference between the captured step and the eager step after ``steps`` full
+    batches (lr changing every step) and one partial batch, fp32, random data: the GPU check of the graph path.
+
+    Not zero: cuDNN's backward kernels may sum in another order in the graph than eagerly.
+    """
+    from inceptionlab.models import create_model, init_xavier_
+    from inceptionlab.train import build_optimizer, make_train_step
+
+    config = TrainConfig(model="googlenet-bn", image_size=image_size, batch_size=batch_size, optimizer="nesterov",
+                         weight_decay=5e-4, channels_last=True)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(n, 1, image_size, image_size, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+               for n in [batch_size] * steps + [batch_size // 2]]
+    models = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, config, device)
+        step = (StaticTrainStep(model, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
+                if graphed else make_train_step(model, optimizer, config))
+        for i, (x, y) in enumerate(batches):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.05 * (1 + i) / len(batches)
+            step(x.to(device), y.to(device))
+        models.append(model)
+    worst = 0.0
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        a, b = a.detach(), b.detach()
+        worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
+    return worst
+
