@@ -337,6 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("--also-preset", action="append", default=[], help="also run our trainer with this preset")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--workers", type=int, default=4, help="d2l's DataLoader worker processes")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every child (both sides alike); default: "
+                   "PyTorch's own choice (one per core)")
     p.add_argument("--probe", action="store_true", help="the step-time probe table instead of the runs")
     p.add_argument("--json", type=Path, help="write everything here")
     p.add_argument("--child", choices=("ours", "steps", "probe"), help=argparse.SUPPRESS)
@@ -358,11 +360,13 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                                        os.environ.get("PYTHONPATH")]))}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": platform.node(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
+        "threads": args.threads or "default", "loadavg_before": os.getloadavg(),
     }
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(steps),
