@@ -133,3 +133,9 @@ def test_cli_resume_refuses_changes_that_would_alter_the_run(tmp_path, capsys):
 def test_evaluate_on_a_missing_run_is_an_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope")]) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_impossible_step_mode_fails_before_any_work(tmp_path, capsys):
+    assert main(["train", "--step-mode", "cudagraph", "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert "cudagraph" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

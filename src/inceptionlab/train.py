@@ -372,6 +372,7 @@ def train(
             f"--batch-size {config.batch_size} (the global batch) must be divisible by the number of processes "
             f"({dist_info.world_size})"
         )
+    fast.resolve_step_mode(config, device, dist_info.world_size)  # an impossible step mode fails here, not later
     old_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
-from inceptionlab.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, preset_config
+from inceptionlab.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, STEP_MODES, TrainConfig, preset_config
 from inceptionlab.errors import ConfigError
 
 # Options that may change when resuming (they do not change what the run computes, or extend it).
@@ -84,6 +84,8 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g = p.add_argument_group("speed and placement")
     g.add_argument("--precision", choices=PRECISIONS)
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--step-mode", choices=STEP_MODES,
+                   help="auto (one CUDA graph per step on CUDA, eager elsewhere), eager, cudagraph, compile")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--seed", type=nonnegative_int)
