@@ -33,6 +33,7 @@ def test_compare_two_models_two_seeds_writes_table_results_and_plot(fmnist, tmp_
     result = experiments.compare(["lenet", "googlenet"], tiny(), seeds=2, out_dir=out, data=fmnist, log=None)
 
     assert result.status == "completed" and result.exit_code == 0
+    assert "Status: completed" in (out / "table.md").read_text()
     assert (out / "curves.png").read_bytes()[:8] == PNG
     header = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| model"))
     assert "test acc (mean ± std)" in header and "parameters" in header and "GFLOP" in header

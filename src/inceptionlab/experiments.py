@@ -91,7 +91,7 @@ class RowResult:
 class ExperimentResult:
     kind: str  # "compare" or "sweep"
     out_dir: Path
-    status: str  # "completed" or "interrupted" (a run was stopped by SIGINT/SIGTERM; the rows so far are kept)
+    status: str  # "running" (outputs written between runs), "completed" or "interrupted" (SIGINT/SIGTERM)
     rows: list[RowResult]
     base_config: TrainConfig
     seeds: list[int]
@@ -189,7 +189,7 @@ def run_variants(
     seed_list = [base.seed + i for i in range(seeds)]
     rows: list[RowResult] = []
     started = time.perf_counter()
-    result = ExperimentResult(kind, out, "completed", rows, base, seed_list, device, 0.0)
+    result = ExperimentResult(kind, out, "running", rows, base, seed_list, device, 0.0)
     total = len(variants) * seeds
     for i, variant in enumerate(variants):
         cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
@@ -213,8 +213,10 @@ def run_variants(
             row.run_dirs.append(str(run_dir))
             result.total_seconds = time.perf_counter() - started
             write_outputs(result)
-        if result.status != "completed":
+        if result.status != "running":
             break
+    if result.status == "running":
+        result.status = "completed"
     if rows and not rows[-1].test_acc:
         rows.pop()  # interrupted during its first seed: nothing to report for it
     result.total_seconds = time.perf_counter() - started
@@ -295,8 +297,8 @@ def write_outputs(result: ExperimentResult) -> None:
 
 def _title(result: ExperimentResult) -> str:
     c = result.base_config
-    size = "" if result.kind == "sweep" else f", {c.image_size}px"
-    return (f"{result.kind}: {c.epochs} epochs{size}, {c.optimizer} lr {c.lr:g} {c.schedule}, "
+    what = f"{c.model}" if result.kind == "sweep" else f"{c.image_size}px"
+    return (f"{result.kind} ({what}): {c.epochs} epochs, {c.optimizer} lr {c.lr:g} {c.schedule}, "
             f"{len(result.seeds)} seed(s), {result.device}")
 
 
@@ -364,6 +366,9 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str =
         if s and s[0] is not None:
             ax.fill_between(epochs, [a - b for a, b in zip(m, s, strict=True)],
                             [a + b for a, b in zip(m, s, strict=True)], color=line.get_color(), alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
