@@ -50,14 +50,14 @@ def lenet_run(fmnist, tmp_path_factory):
 
 def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     config = TrainConfig(
-        model="googlenet-bn", image_size=28, epochs=2, batch_size=64, limit_train=1920, limit_test=1000,
+        model="googlenet-bn", image_size=28, epochs=3, batch_size=64, limit_train=1920, limit_test=1000,
         lr=0.05, optimizer="nesterov", schedule="onecycle", warmup_epochs=0.5, precision="bf16",
         channels_last=True, num_threads=1, out=str(tmp_path),
     )
     lines = []
     result = train(config, data=fmnist, log=lines.append)
     assert result.status == "completed" and result.exit_code == 0
-    # held-out: the first 1,000 images of the test split, never trained on; chance is 0.1
+    # held-out: the first 1,000 images of the test split, never trained on; chance is 0.1 (measured: 0.714)
     assert result.summary["test_acc"] >= 0.6, result.metrics
     run_dir = result.run_dir
     assert run_dir.parent == tmp_path and run_dir.name.endswith("-googlenet-bn")
@@ -66,12 +66,12 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     assert lines[-2].startswith("loss ") and ", train acc " in lines[-2] and ", test acc " in lines[-2]
     assert lines[-1].endswith("examples/sec on cpu")
     rows = runs.read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2] and rows == result.metrics
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.metrics
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
     saved = TrainConfig.from_dict(runs.read_config(run_dir))
     assert saved == config
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and len(ckpt["metrics"]) == 2
+    assert ckpt["epoch"] == 3 and len(ckpt["metrics"]) == 3
     per_class = json.loads((run_dir / "per_class.json").read_text())
     assert len(per_class["per_class_acc"]) == 10 and sum(map(sum, per_class["confusion"])) == 1000
     # the saved model, reloaded from safetensors, reproduces the final test accuracy
