@@ -4,9 +4,21 @@ $INCEPTIONLAB_DATA): tests that need them fail with instructions instead of bein
 from __future__ import annotations
 
 import pytest
+import torch
 
 from inceptionlab.data import FashionMNIST, load_fashion_mnist
 from inceptionlab.errors import DatasetError
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for the whole suite. The suite also starts training subprocesses (SIGKILL, SIGTERM,
+    two torchrun ranks) on a 2-core CI box; oversubscribed OpenMP threads spin against each other and made small
+    convolutions ~20x slower (inception-v3 forward+backward at 28 px: 1.5 s with 2 threads, 0.1 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -20,16 +20,6 @@ from inceptionlab.cli import main
 from inceptionlab.errors import InputSizeError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core box OpenMP's spinning threads make small convolutions ~20x slower
-    when other processes compete for the cores (inception-v3 forward+backward at 28: 1.5 s -> 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torch_size(op, n: int) -> int | None:
     try:
         return op(torch.empty(1, 1, n, n, device="meta")).shape[-1]

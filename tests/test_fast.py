@@ -17,16 +17,6 @@ BATCH = 8
 NUM_IMAGES = 4 * BATCH + 5  # four full batches and a smaller last one (run eagerly by the static step)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core box two OpenMP threads spin against other processes (measured:
-    a googlenet step at batch 4 took 11.5 s with 2 threads under load 10, 0.08 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model_and_optimizer(config: TrainConfig):
     torch.manual_seed(config.seed)
     model = create_model(config.model)

@@ -1,18 +1,7 @@
-import pytest
 import torch
 
 from inceptionlab.models import create_model
 from inceptionlab.models.googlenet import load_chapter_state_dict, to_chapter_state_dict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core box OpenMP's spinning threads make small convolutions ~20x slower
-    when other processes compete for the cores (inception-v3 forward+backward at 28: 1.5 s -> 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_chapter_parameter_count():

@@ -11,15 +11,6 @@ INCEPTION = ["googlenet", "googlenet-bn", "googlenet-paper", "inception-v3", "in
 COMPARATORS = ["alexnet", "vgg11", "nin", "lenet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core box OpenMP's spinning threads make small convolutions ~20x slower
-    when other processes compete for the cores (inception-v3 forward+backward at 28: 1.5 s -> 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def meta_params(name: str) -> int:
     with torch.device("meta"):  # shapes only: counting VGG's 129M parameters without allocating them

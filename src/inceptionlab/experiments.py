@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from inceptionlab import analysis
+from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
 from inceptionlab.config import TrainConfig
-from inceptionlab.errors import ConfigError, InputSizeError, RunDirError
+from inceptionlab.errors import ConfigError, InputSizeError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
 
 RESULTS = "results.json"
@@ -133,18 +133,8 @@ def _host() -> str:
 
 
 def experiment_dir(root: str | os.PathLike, kind: str) -> Path:
-    """A new ``<root>/<kind>-<YYYYmmdd-HHMMSS>/`` (``-2``... on a clash; ``mkdir`` is the atomic claim)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stem = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 10_000):
-        path = root / (stem if n == 1 else f"{stem}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RunDirError(f"could not create an experiment directory under {root}")
+    """A new ``<root>/<kind>-<YYYYmmdd-HHMMSS>/`` (``-2``... on a clash)."""
+    return runs.create_unique_dir(root, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _slug(label: str) -> str:

@@ -83,14 +83,13 @@ def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu
     return model.to(device).eval(), config
 
 
-def create_run_dir(root: str | os.PathLike, model: str) -> Path:
-    """A new ``<root>/<YYYYmmdd-HHMMSS>-<model>/``; ``-2``, ``-3``... when two runs start in the same second.
+def create_unique_dir(root: str | os.PathLike, stem: str) -> Path:
+    """A new ``<root>/<stem>/``; ``<stem>-2``, ``<stem>-3``... when it exists already.
 
     ``mkdir`` without ``exist_ok`` is the atomic claim, so concurrent starts never share a directory.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
     for n in range(1, 10_000):
         path = root / (stem if n == 1 else f"{stem}-{n}")
         try:
@@ -98,7 +97,12 @@ def create_run_dir(root: str | os.PathLike, model: str) -> Path:
             return path
         except FileExistsError:
             continue
-    raise RunDirError(f"could not create a run directory under {root}")
+    raise RunDirError(f"could not create a new directory {stem!r} under {root}")
+
+
+def create_run_dir(root: str | os.PathLike, model: str) -> Path:
+    """A new ``<root>/<YYYYmmdd-HHMMSS>-<model>/`` (unique even when two runs start in the same second)."""
+    return create_unique_dir(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{model}")
 
 
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:

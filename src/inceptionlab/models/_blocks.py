@@ -35,3 +35,20 @@ class BasicConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
+
+
+class StagedClassifier(nn.Module):
+    """Stages run in ``stage_names`` order; the last one is the head (what ``inceptionlab shapes`` walks)."""
+
+    stage_names: tuple[str, ...] = ()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.stage_names[:-1]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.stage_names[-1])(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -14,30 +14,13 @@ while NiN ends in global average pooling like GoogLeNet.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from inceptionlab.models._blocks import StagedClassifier
 from inceptionlab.models._registry import register_model
 
 
-class _FeaturesHead(nn.Module):
-    """Stages run in ``stage_names`` order; the last one is the head (what ``inceptionlab shapes`` walks)."""
-
-    stage_names: tuple[str, ...] = ()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.stage_names[:-1]:
-            x = getattr(self, name)(x)
-        return x
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.stage_names[-1])(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-class AlexNet(_FeaturesHead):
+class AlexNet(StagedClassifier):
     stage_names = ("conv1", "conv2", "conv3_5", "flatten", "head")
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.5):
@@ -75,7 +58,7 @@ def _vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequen
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 
 
-class VGG(_FeaturesHead):
+class VGG(StagedClassifier):
     stage_names = ("block1", "block2", "block3", "block4", "block5", "flatten", "head")
 
     def __init__(self, arch=VGG11_ARCH, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.5):
@@ -101,7 +84,7 @@ def _nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: in
     )
 
 
-class NiN(_FeaturesHead):
+class NiN(StagedClassifier):
     """Network in Network: the classifier is a NiN block with one channel per class, then global average pooling."""
 
     stage_names = ("block1", "block2", "block3", "head")
@@ -120,7 +103,7 @@ class NiN(_FeaturesHead):
         )  # N x num_classes
 
 
-class LeNet(_FeaturesHead):
+class LeNet(StagedClassifier):
     """d2l's classic LeNet-5: sigmoid and average pooling, as in the chapter (and LeCun et al. 1998)."""
 
     stage_names = ("conv1", "conv2", "flatten", "head")

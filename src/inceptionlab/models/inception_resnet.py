@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d
+from inceptionlab.models._blocks import BasicConv2d, StagedClassifier
 from inceptionlab.models._registry import register_model
 
 
@@ -109,7 +109,7 @@ class Reduction(nn.Module):
         return torch.cat([branch(x) for branch in self.branches] + [self.branch_pool(x)], dim=1)
 
 
-class InceptionResNet(nn.Module):
+class InceptionResNet(StagedClassifier):
     """Inception-ResNet-v1 layout, sized for 96x96 (stage table in the module docstring)."""
 
     stage_names = ("stem", "block35", "reduce_a", "block17", "reduce_b", "block8", "pool", "head")
@@ -158,17 +158,6 @@ class InceptionResNet(nn.Module):
         self.block8 = nn.Sequential(*[block8(1536) for _ in range(blocks[2])])  # N x 1536 x 3 x 3
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Dropout(p=dropout))  # N x 1536
         self.head = nn.Linear(1536, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.stage_names[:-1]:
-            x = getattr(self, name)(x)
-        return x
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("inception-resnet", natural_size=96, family="inception-resnet")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d
+from inceptionlab.models._blocks import BasicConv2d, StagedClassifier
 from inceptionlab.models._registry import register_model
 
 
@@ -158,7 +158,7 @@ def reduction_b(in_channels: int, n: int = 3) -> GridReduction:
     )
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(StagedClassifier):
     """Inception-v3 sized for 96x96 (see the module docstring for the stage table)."""
 
     stage_names = ("stem", "mixed5", "reduce6", "mixed6", "reduce7", "mixed7", "pool", "head")
@@ -181,17 +181,6 @@ class InceptionV3(nn.Module):
         self.mixed7 = nn.Sequential(InceptionC(1280), InceptionC(1024))  # N x 1024 x 3 x 3
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Dropout(p=dropout))  # N x 1024
         self.head = nn.Linear(1024, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.stage_names[:-1]:
-            x = getattr(self, name)(x)
-        return x
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("inception-v3", natural_size=96, family="inception-v3")
