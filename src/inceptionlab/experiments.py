@@ -31,7 +31,8 @@ from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
 from inceptionlab.config import TrainConfig
 from inceptionlab.errors import ConfigError, InputSizeError
-from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
+from inceptionlab.fileio import atomic_write_json, atomic_write_text
+from inceptionlab.plots import pyplot, save_figure
 
 RESULTS = "results.json"
 TABLE = "table.md"
@@ -338,15 +339,9 @@ def markdown_table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    from inceptionlab.plots import _pyplot as plots_pyplot
-
-    return plots_pyplot()
-
-
 def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
     """Mean test accuracy per epoch of every row on one axis; a band of ± one std where there are >= 2 seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for r in rows:
         m = r.curve_mean()
@@ -366,13 +361,12 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str =
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_accuracy_vs_size(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
     """Final test accuracy (mean, error bar ± std) against the input side."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
     sizes = [r.image_size for r in rows]
     errors = [r.test_acc_std or 0.0 for r in rows]
@@ -384,5 +378,4 @@ def plot_accuracy_vs_size(path: str | os.PathLike, rows: Sequence[RowResult], ti
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -9,7 +9,8 @@ import torch
 from inceptionlab.fileio import atomic_write_with
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (imported on first use: plotting is not on the training path)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -18,9 +19,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG atomically (never a half-written image) and release it."""
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
+    pyplot().close(fig)
+
+
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """Train loss, train acc and test acc against epoch on one axis, like d2l's ``Animator`` plot."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["train_loss"] for r in rows], "-", label="train loss")
@@ -33,13 +40,12 @@ def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> N
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted), counts printed in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = confusion.cpu().double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     n = len(class_names)
@@ -56,5 +62,4 @@ def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
