@@ -160,3 +160,17 @@ def test_cli_errors_and_exit_codes(capsys):
 )
 def test_documented_stage_shapes(name, size, expected):
     assert [row.shape for row in stage_shapes(name, size)] == expected
+
+
+def test_models_command_lists_the_registry(capsys):
+    import json
+
+    from inceptionlab.models import list_models
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list_models()
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {m["name"]: m["natural_size"] for m in listed}["googlenet"] == 96
+    assert len(listed) == len(list_models())

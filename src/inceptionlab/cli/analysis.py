@@ -1,4 +1,4 @@
-"""``inceptionlab shapes | params | min-size``: the chapter's analysis questions.
+"""``inceptionlab models | shapes | params | min-size``: the registry and the chapter's analysis questions.
 
 A thin layer over :mod:`inceptionlab.analysis`; every command has ``--json``.
 """
@@ -9,10 +9,18 @@ import argparse
 
 from inceptionlab import analysis
 from inceptionlab.cli._args import model_name, positive_int, print_json
-from inceptionlab.models import get_model_spec
+from inceptionlab.models import get_model_spec, list_models
 
 
 def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the registered models",
+        description="Every model name `--model` accepts, with its natural input size and a one-line description.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
     p = subparsers.add_parser(
         "shapes",
         help="per-stage output shapes of a model (the chapter's shape printout)",
@@ -124,3 +132,15 @@ def cmd_min_size(args: argparse.Namespace) -> int:
         else:
             print("; nothing smaller to try")
     return 0 if r.verified is not False and r.failed_below is not False else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    specs = [get_model_spec(name) for name in list_models()]
+    if args.json:
+        print_json([{"name": s.name, "family": s.family, "natural_size": s.natural_size,
+                     "description": s.description} for s in specs])
+        return 0
+    width = max(len(s.name) for s in specs)
+    for s in specs:
+        print(f"{s.name:<{width}}  {s.natural_size:>4}px  {s.description}")
+    return 0
