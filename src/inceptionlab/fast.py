@@ -26,7 +26,7 @@ The pieces (``step_mode`` in :class:`~inceptionlab.config.TrainConfig`):
 Not graph-captured: fp16 (GradScaler reads the inf check on the host every step) and torchrun/DDP (the
 all-reduce hooks need their own capture rules); ``auto`` falls back to eager for both.
 
-On the device, :func:`pre_resize` also resizes each split once at the start (uint8, the exact pixels of
+On every device, :func:`pre_resize` also resizes each split once at the start (uint8, the exact pixels of
 d2l's PIL resize) so a training batch is one gather and one division instead of the two resampling matmuls.
 """
 
@@ -298,8 +298,13 @@ class StaticTrainStep:
 
 
 def want_pre_resize(config: TrainConfig, device: torch.device, num_images: int) -> bool:
-    """Resize each split once on CUDA devices, when the resized uint8 copy is small enough."""
-    return device.type == "cuda" and num_images * config.image_size**2 <= PRE_RESIZE_MAX_BYTES
+    """Resize each split once, on any device, when the resized uint8 copy is small enough.
+
+    The pixels are the same either way; once per run instead of once per batch of every epoch. Measured on the
+    2-core CPU (BENCHMARKS.md): batches from the pre-resized split 199,508 images/s vs 16,115 with the exact
+    per-batch resize, for a one-time 8.3 s at 96 px (527 MiB of uint8).
+    """
+    return num_images * config.image_size**2 <= PRE_RESIZE_MAX_BYTES
 
 
 @torch.no_grad()
