@@ -125,6 +125,9 @@ def child_ours(config_dict: dict) -> dict:
         "train_acc": summary.get("train_acc"),
         "train_loss": summary.get("train_loss"),
         "trainer_elapsed_seconds": summary.get("elapsed_seconds"),
+        "branch_streams": summary.get("branch_streams"),
+        "cudnn_benchmark": summary.get("cudnn_benchmark"),
+        "timings": summary.get("timings"),  # setup / train / eval / write / graph capture, inside the trainer
         # the trainer's per-epoch figure: images / time of the epoch's training loop (loader included)
         "d2l_examples_per_sec": summary.get("images_per_sec"),
         "epochs": [{k: row[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "images_per_sec",
@@ -187,21 +190,74 @@ def child_steps(config_dict: dict, warmup_steps: int, steps: int) -> dict:
     }
 
 
-PROBE_ROWS = (  # (label, step mode, precision, channels_last, batch, cudnn.benchmark)
-    ("eager fp32, NCHW (what d2l does)", "eager", "fp32", False, 128, False),
-    ("eager bf16 autocast, channels_last", "eager", "bf16", True, 128, False),
-    ("CUDA graph, fp32, NCHW", "cudagraph", "fp32", False, 128, False),
-    ("CUDA graph, bf16, channels_last", "cudagraph", "bf16", True, 128, False),
-    ("CUDA graph, bf16, channels_last, cudnn.benchmark", "cudagraph", "bf16", True, 128, True),
-    ("CUDA graph, bf16, channels_last, batch 256", "cudagraph", "bf16", True, 256, False),
-    ("CUDA graph, bf16, channels_last, batch 512", "cudagraph", "bf16", True, 512, False),
-    ("googlenet-bn 64 px, CUDA graph, bf16, channels_last, batch 256 (preset fast)", "cudagraph", "bf16", True,
-     256, False),
+def _row(label, mode="cudagraph", precision="bf16", channels_last=True, batch=128, benchmark=False, streams=False,
+         model="googlenet", size=None):
+    return {"setup": label, "mode": mode, "precision": precision, "channels_last": channels_last, "batch": batch,
+            "cudnn_benchmark": benchmark, "branch_streams": streams, "model": model, "size": size}
+
+
+PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model build, a capture and the steps
+    _row("eager fp32, NCHW (what d2l does)", mode="eager", precision="fp32", channels_last=False),
+    _row("eager bf16 autocast, channels_last", mode="eager"),
+    _row("CUDA graph, bf16, channels_last"),
+    _row("CUDA graph, bf16, channels_last, cudnn.benchmark", benchmark=True),
+    _row("CUDA graph, bf16, channels_last, branch streams", streams=True),
+    _row("CUDA graph, bf16, channels_last, branch streams, cudnn.benchmark", streams=True, benchmark=True),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL (preset fast)", model="googlenet-bn", size=64, batch=256),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, benchmark", model="googlenet-bn", size=64, batch=256,
+         streams=True, benchmark=True),
 )
 
 
-def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int) -> dict:
-    """ms per training step on random inputs already on the device (no loader), one configuration at a time."""
+def _kernel_profile(device, image_size: int) -> dict:
+    """GPU kernel time of one eager bf16 channels_last googlenet step (torch.profiler), and its top kernels:
+    the floor a graph replay can approach when its kernels run one after another."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from inceptionlab.config import TrainConfig
+    from inceptionlab.models import create_model, init_xavier_
+    from inceptionlab.train import build_optimizer, make_train_step
+
+    config = TrainConfig(image_size=image_size, precision="bf16", channels_last=True, step_mode="eager")
+    torch.manual_seed(0)
+    model = init_xavier_(create_model("googlenet")).to(device).to(memory_format=torch.channels_last)
+    step = make_train_step(model, build_optimizer(model, config, device), config)
+    x = torch.rand(128, 1, image_size, image_size, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    for _ in range(3):
+        step(x, y)
+    torch.cuda.synchronize()
+    steps = 3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(x, y)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    attr = "device_time_total" if hasattr(kernels[0], "device_time_total") else "cuda_time_total"
+    total_us = sum(getattr(e, attr) for e in kernels)
+    count = sum(e.count for e in kernels)
+    top = sorted(kernels, key=lambda e: -getattr(e, attr))[:20]
+    return {"gpu_kernel_ms_per_step": total_us / 1000 / steps, "kernels_per_step": count / steps,
+            "top": [{"name": e.key[:120], "ms_per_step": getattr(e, attr) / 1000 / steps,
+                     "calls_per_step": e.count / steps} for e in top]}
+
+
+def _probe_checks(device, checks: dict, cases) -> None:
+    """Graph-vs-eager parameter difference (fast.graph_vs_eager_max_diff) for (model, branch streams) cases."""
+    from inceptionlab import fast
+
+    for model_name, streams in cases:
+        key = f"{model_name}{', branch streams' if streams else ''}"
+        try:
+            checks[key] = fast.graph_vs_eager_max_diff(device, model=model_name, branch_streams=streams)
+        except Exception as exc:  # noqa: BLE001 - a probe reports every failure and goes on
+            checks[key] = f"{type(exc).__name__}: {exc}"
+        print(f"graph vs eager step ({key}), max relative parameter difference: {checks[key]}", file=sys.stderr,
+              flush=True)
+
+
+def _probe_rows(device, image_size: int, warmup_steps: int, steps: int, probe_rows, rows: list) -> None:
     import torch
 
     from inceptionlab import fast
@@ -209,46 +265,87 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
     from inceptionlab.models import create_model, init_xavier_
     from inceptionlab.train import build_optimizer, make_train_step
 
-    device = torch.device(device_name)
-    # first, is the captured step right? (relative parameter difference to the eager step after 6 steps)
-    graph_check = fast.graph_vs_eager_max_diff(device)
-    print(f"graph vs eager step, max relative parameter difference: {graph_check:.2e}", file=sys.stderr)
-    rows = []
-    for label, mode, precision, channels_last, batch, benchmark in PROBE_ROWS:
-        if mode == "cudagraph" and device.type != "cuda":
+    for row in probe_rows:
+        if row["mode"] == "cudagraph" and device.type != "cuda":
             continue
-        model_name, size = ("googlenet-bn", 64) if "googlenet-bn" in label else ("googlenet", image_size)
-        config = TrainConfig(model=model_name, image_size=size, batch_size=batch, precision=precision,
-                             channels_last=channels_last, step_mode=mode, device=device.type)
-        torch.backends.cudnn.benchmark = benchmark
-        torch.manual_seed(0)
-        model = init_xavier_(create_model(model_name)).to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, config, device)
-        if mode == "cudagraph":
-            step = fast.StaticTrainStep(model, optimizer, config, batch_size=batch, capture=True)
-        else:
-            step = make_train_step(model, optimizer, config)
-        x = torch.rand(batch, 1, size, size, device=device)
-        y = torch.randint(0, 10, (batch,), device=device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        for _ in range(warmup_steps):
-            step(x, y)
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(x, y)
-        sync()
-        ms = 1000 * (time.perf_counter() - start) / steps
-        rows.append({"setup": label, "ms_per_step": ms, "images_per_sec": batch * 1000 / ms})
-        print(f"{label:<80} {ms:8.2f} ms/step {batch * 1000 / ms:>10,.0f} img/s", file=sys.stderr, flush=True)
-        del step, model, optimizer
+        size, batch = row["size"] or image_size, row["batch"]
+        config = TrainConfig(model=row["model"], image_size=size, batch_size=batch, precision=row["precision"],
+                             channels_last=row["channels_last"], step_mode=row["mode"], device=device.type)
+        torch.backends.cudnn.benchmark = row["cudnn_benchmark"]
+        try:
+            torch.manual_seed(0)
+            model = init_xavier_(create_model(row["model"])).to(device)
+            if row["channels_last"]:
+                model.to(memory_format=torch.channels_last)
+            fast.set_branch_streams(model, row["branch_streams"])
+            optimizer = build_optimizer(model, config, device)
+            if row["mode"] == "cudagraph":
+                step = fast.StaticTrainStep(model, optimizer, config, batch_size=batch, capture=True)
+            else:
+                step = make_train_step(model, optimizer, config)
+            x = torch.rand(batch, 1, size, size, device=device)
+            y = torch.randint(0, 10, (batch,), device=device)
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            for _ in range(warmup_steps):
+                step(x, y)
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(x, y)
+            sync()
+            ms = 1000 * (time.perf_counter() - start) / steps
+            result = {"ms_per_step": ms, "images_per_sec": batch * 1000 / ms,
+                      "prepare_seconds": getattr(step, "prepare_seconds", None)}  # warm-up + capture
+            print(f"{row['setup']:<72} {ms:8.2f} ms/step {batch * 1000 / ms:>10,.0f} img/s", file=sys.stderr,
+                  flush=True)
+            del step, model, optimizer
+        except Exception as exc:  # noqa: BLE001
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"{row['setup']:<72} FAILED {result['error'][:200]}", file=sys.stderr, flush=True)
+        rows.append({**row, **result})
     torch.backends.cudnn.benchmark = False
-    return {"probe": rows, "graph_vs_eager_max_rel_diff": graph_check, "image_size": image_size, "steps": steps,
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "torch_version": torch.__version__, **_memory(device)}
+
+
+def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int,
+                json_path: Path | None = None) -> dict:
+    """ms per training step on random inputs already on the device (no loader), one configuration at a time.
+    What is done so far is written to ``json_path`` after each part, so a probe cut short still reports."""
+    import torch
+
+    device = torch.device(device_name)
+    out = {"image_size": image_size, "steps": steps, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+           "torch_version": torch.__version__}
+    # Plain graph first, branch streams last: a capture that fails can leave the process's CUDA state unusable,
+    # and then only the rows after it are lost.
+    checks, rows = {}, []
+    out["graph_vs_eager_max_rel_diff"] = checks
+
+    def save() -> None:
+        if json_path is not None:
+            json_path.write_text(json.dumps({**out, "probe": rows, **_memory(device)}, indent=1))
+
+    _probe_checks(device, checks, [("googlenet-bn", False)])
+    if device.type == "cuda":
+        try:
+            out["kernel_profile"] = _kernel_profile(device, image_size)
+            kp = out["kernel_profile"]
+            print(f"eager bf16 CL step: {kp['gpu_kernel_ms_per_step']:.2f} ms of GPU kernels, "
+                  f"{kp['kernels_per_step']:.0f} kernels", file=sys.stderr, flush=True)
+            for k in kp["top"][:12]:
+                print(f"  {k['ms_per_step']:7.3f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001
+            out["kernel_profile"] = f"{type(exc).__name__}: {exc}"
+    save()
+    _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if not r["branch_streams"]], rows)
+    save()
+    _probe_checks(device, checks, [("googlenet", True), ("googlenet-bn", True), ("inception-v3", True),
+                                   ("inception-resnet", True)])
+    save()
+    _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if r["branch_streams"]], rows)
+    rows.sort(key=lambda r: [p["setup"] for p in PROBE_ROWS].index(r["setup"]))
+    torch.backends.cudnn.benchmark = False
+    return {**out, "probe": rows, **_memory(device)}
 
 
 # --------------------------------------------------------------------------------------------- the parent
@@ -334,7 +431,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit-test", type=int, help="default on cpu: 1024 (both sides evaluate the same images)")
     p.add_argument("--ours", default="precision=bf16,channels_last=true",
                    help="overrides of the d2l preset for our side, key=value[,key=value]")
-    p.add_argument("--also-preset", action="append", default=[], help="also run our trainer with this preset")
+    p.add_argument("--also-preset", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="also run our trainer with this preset (and these overrides, e.g. fast:cudnn_benchmark=true)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--workers", type=int, default=4, help="d2l's DataLoader worker processes")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every child (both sides alike); default: "
@@ -354,7 +452,7 @@ def main(argv=None) -> int:
         elif args.child == "steps":
             out = child_steps(json.loads(args.child_config), args.warmup_steps, steps)
         else:
-            out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps)
+            out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps, args.child_json)
         args.child_json.write_text(json.dumps(out, indent=1))
         return 0
 
@@ -373,7 +471,9 @@ def main(argv=None) -> int:
           "--warmup-steps", str(args.warmup_steps), "--image-size", str(args.image_size)]
 
     if args.probe:
-        probe = _run([*me, "--child", "probe", "--child-json", str(tmp / "probe.json")], tmp / "probe.json", env)
+        child_json = args.json or tmp / "probe.json"  # the child writes as it goes: a probe cut short still reports
+        child_json.parent.mkdir(parents=True, exist_ok=True)
+        probe = _run([*me, "--child", "probe", "--child-json", str(child_json)], child_json, env)
         meta["loadavg_after"] = os.getloadavg()
         report = {"meta": meta, **probe}
         if args.json:
@@ -404,9 +504,10 @@ def main(argv=None) -> int:
                          "--child-json", str(tmp / "steps.json")], tmp / "steps.json", env)
     results[-1][1]["steady_images_per_sec"] = steps_result.get("steady_images_per_sec")
     results[-1][1]["steps_child"] = steps_result
-    for preset in args.also_preset:
+    for spec in args.also_preset:
+        preset, _, overrides = spec.partition(":")
         config = {"preset": preset, "device": args.device, "limit_train": args.limit_train,
-                  "limit_test": args.limit_test}
+                  "limit_test": args.limit_test, **_parse_overrides(overrides)}
         results.append((f"ours (preset {preset})", _run(
             [*me, "--child", "ours", "--child-config", json.dumps(config),
              "--child-json", str(tmp / f"{preset}.json")], tmp / f"{preset}.json", env)))

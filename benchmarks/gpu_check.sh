@@ -1,34 +1,81 @@
 #!/usr/bin/env bash
-# The one GPU check: d2l's loop and our trainer back to back on one CUDA device, plus the step-time probe.
+# The one GPU check, sized for a 15-minute device lease: every GPU figure of BENCHMARKS.md and EXPERIMENTS.md.
 #
-#   bash benchmarks/gpu_check.sh            # from the repo root; results under $OUT (default: bench-out/)
+#   bash benchmarks/gpu_check.sh                     # from the repo root; results in $OUT (default bench-out/gpu)
+#   SMOKE=1 bash benchmarks/gpu_check.sh             # the same stages on the CPU, tiny: checks the plumbing
 #
-# For a machine with PyTorch preinstalled (Python 3.12, torch 2.11 tested by the lead's plan) and NO network:
-# it installs nothing. The package is used from src/ (PYTHONPATH); the four Fashion-MNIST .gz files must be in
-# data/ (git-ignored: copy them from /usr/share/datasets/fashion-mnist, and carry `data` to the device) or in
-# $INCEPTIONLAB_DATA. numpy and Pillow are required (our loader; the reference's PIL resize); matplotlib and
-# safetensors are optional (bench_train.py stands in for them); pytest is optional (the CUDA-graph
-# correctness test also runs inside the probe).
-# Sized for < 6 minutes on an H100/H200: reference 10 epochs (~135 s on an H200), ours d2l recipe,
-# ours `--preset fast`, then the probe (~1 min). Each stage has its own timeout, so a hang costs one stage.
+# For a machine with PyTorch preinstalled (Python 3.12, torch 2.11) and NO network: it installs nothing. The
+# package runs from src/ (PYTHONPATH); the four Fashion-MNIST .gz files must be in data/ (git-ignored: copy them
+# from /usr/share/datasets/fashion-mnist and carry `data` to the device) or in $INCEPTIONLAB_DATA.
+#
+# Stages, each with its own time limit inside one overall budget ($BUDGET seconds, default 570):
+#   1 probe    step time of each setup on random inputs, graph-vs-eager checks (with and without branch streams),
+#              a kernel profile of the eager step                                                (~1 min)
+#   2 choose   the CUDA switches for each run from the probe (benchmarks/choose_cuda_options.py)
+#   3 speed    bench_train.py: d2l's loop, then our trainer on the chapter's recipe, then --preset fast, one
+#              after the other, nothing else on the GPU                                         (~4 min)
+#   4 exps     the exercises at full budget, three processes at a time on the GPU (their wall times are not
+#              speed figures): compare the four models, the best preset, the size sweep, then label smoothing;
+#              stopped at the budget, finished rows kept
+#   5 tests    tests/test_fast.py's CUDA tests, if time is left
+# Everything lands in $WORK; after each stage it is packed into $OUT/gpu-check.tgz (checkpoints and weights left
+# out) next to $OUT/gpu_check.log, so a run cut short still returns what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-bench-out}"
-mkdir -p "$OUT"
+T0=$(date +%s)
+OUT="${OUT:-bench-out/gpu}"
+WORK="${WORK:-/tmp/gpu-check}"
+BUDGET="${BUDGET:-570}"
+SMOKE="${SMOKE:-0}"
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export INCEPTIONLAB_DATA="${INCEPTIONLAB_DATA:-$PWD/data}"
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/inceptionlab-cache}"  # the loader's verification cache
-LOG="$OUT/gpu_check.log"
-log() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+export PYTHONUNBUFFERED=1
+LOG="$WORK/gpu_check.log"
+log() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+pack() {
+    tar -czf "$OUT/gpu-check.tgz.part" --exclude='*.pt' --exclude='*.safetensors' -C "$WORK" . \
+        && mv "$OUT/gpu-check.tgz.part" "$OUT/gpu-check.tgz"
+    cp "$LOG" "$OUT/gpu_check.log"
+}
+stragglers() {  # a stage cut by its timeout must not leave a child process on the GPU for the next one
+    pkill -f "benchmarks/bench_train.py" 2> /dev/null; pkill -f "benchmarks/d2l_reference.py" 2> /dev/null
+    pkill -f "python3 -m inceptionlab" 2> /dev/null; sleep 1; true
+}
+limit() {  # limit SECONDS: the smaller of SECONDS and what is left of the budget (at least 1)
+    local l; l=$(left); (( l < $1 )) && echo $(( l > 1 ? l : 1 )) || echo "$1"
+}
 
-log "environment"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-"$PY" - > "$OUT/env.json" <<'EOF'
+if [[ "$SMOKE" == 1 ]]; then
+    DEVICE=cpu
+    PROBE_ARGS=(--steps 1 --warmup-steps 1 --image-size 32)
+    SPEED_ARGS=(--epochs 1 --limit-train 384 --limit-test 256 --steps 2 --image-size 32)
+    FAST_LIMITS=",limit_train=384,limit_test=256,epochs=1,warmup_epochs=0,image_size=32,batch_size=128"
+    EXP_ARGS=(--epochs 1 --limit-train 256 --limit-test 128 --num-threads 1)
+    CMP_ARGS=(--image-size 28)
+    BEST_ARGS=(--epochs 1 --warmup-epochs 0 --limit-train 256 --limit-test 128 --image-size 28 --num-threads 1)
+    SWEEP_SIZES=16,24
+else
+    DEVICE=cuda
+    PROBE_ARGS=(--steps 50 --warmup-steps 5)
+    SPEED_ARGS=(--epochs 10 --steps 200)
+    FAST_LIMITS=""
+    EXP_ARGS=(--precision bf16 --channels-last)
+    CMP_ARGS=()
+    BEST_ARGS=(--epochs 30)  # the preset's 40 do not fit beside the other lanes in this lease
+    SWEEP_SIZES=16,24,32,48,64
+fi
+
+log "environment (smoke=$SMOKE, device=$DEVICE, budget ${BUDGET}s)"
+nvidia-smi > "$WORK/nvidia-smi.txt" 2>&1 || true
+"$PY" - > "$WORK/env.json" <<'EOF'
 import importlib, json, os, platform
 import torch
 mods = {}
-for name in ("numpy", "PIL", "safetensors", "matplotlib", "tqdm", "pytest", "torchvision"):
+for name in ("numpy", "PIL", "safetensors", "matplotlib", "tqdm", "pytest", "onnx", "onnxruntime"):
     try:
         mods[name] = getattr(importlib.import_module(name), "__version__", "present")
     except Exception:
@@ -39,23 +86,75 @@ print(json.dumps({
     "cpu_count": os.cpu_count(), "modules": mods,
 }, indent=1))
 EOF
-cat "$OUT/env.json" | tee -a "$LOG"
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device: stop"; exit 1; }
-"$PY" -c "import numpy, PIL" || { log "numpy and Pillow are required: stop"; exit 1; }
-ls "$INCEPTIONLAB_DATA"/*-ubyte* > /dev/null 2>&1 || { log "no Fashion-MNIST files in $INCEPTIONLAB_DATA: stop"; exit 1; }
-
-if "$PY" -c "import pytest" 2>/dev/null; then
-    log "tests/test_fast.py (includes the CUDA-graph vs eager test)"
-    timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py 2>&1 | tail -5 | tee -a "$LOG"
+tee -a "$LOG" < "$WORK/env.json"
+if [[ "$DEVICE" == cuda ]]; then
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || { log "no CUDA device: stop"; pack; exit 1; }
 fi
+"$PY" -c "import numpy, PIL" || { log "numpy and Pillow are required: stop"; pack; exit 1; }
+ls "$INCEPTIONLAB_DATA"/*-ubyte* > /dev/null 2>&1 || { log "no Fashion-MNIST files in $INCEPTIONLAB_DATA: stop"; pack; exit 1; }
+pack
 
-log "d2l reference vs ours (d2l recipe, bf16 + channels_last, step_mode auto), then ours --preset fast"
-timeout 420 "$PY" benchmarks/bench_train.py --device cuda --epochs 10 --also-preset fast \
-    --json "$OUT/bench_train_cuda.json" 2> "$OUT/bench_train_cuda.stderr" | tee "$OUT/bench_train_cuda.txt"
-log "bench_train exit $?"
-
-log "step-time probe (random inputs on the GPU, googlenet 96 px)"
-timeout 150 "$PY" benchmarks/bench_train.py --probe --device cuda --steps 50 \
-    --json "$OUT/probe_cuda.json" 2>&1 | tee "$OUT/probe_cuda.txt"
+log "1 probe"
+timeout "$(limit 150)" "$PY" benchmarks/bench_train.py --probe --device "$DEVICE" "${PROBE_ARGS[@]}" \
+    --json "$WORK/probe.json" > "$WORK/probe.txt" 2>&1
 log "probe exit $?"
-log "done: $OUT"
+stragglers
+tail -n 40 "$WORK/probe.txt" | tee -a "$LOG"
+pack
+
+log "2 choose"
+RECIPE_OPTS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target recipe 2>> "$LOG")
+FAST_OPTS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target fast 2>> "$LOG")
+COMPARE_FLAGS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target compare --cli 2>> "$LOG")
+log "recipe: $RECIPE_OPTS | fast: $FAST_OPTS | compare: $COMPARE_FLAGS"
+
+log "3 speed: d2l reference, ours (chapter recipe), ours (--preset fast), one at a time"
+timeout "$(limit 330)" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${SPEED_ARGS[@]}" \
+    --ours "precision=bf16,channels_last=true,$RECIPE_OPTS" --also-preset "fast:$FAST_OPTS$FAST_LIMITS" \
+    --json "$WORK/bench_train.json" > "$WORK/bench_train.txt" 2> "$WORK/bench_train.stderr"
+log "bench_train exit $?"
+stragglers
+tee -a "$LOG" < "$WORK/bench_train.txt"
+pack
+
+log "4 exercises (three lanes, $(left)s left)"
+EXP="$WORK/exp"
+mkdir -p "$EXP"
+(   # lane 1: (1) the four models on the chapter's recipe
+    timeout "$(limit 400)" "$PY" -m inceptionlab compare googlenet googlenet-bn inception-v3 inception-resnet \
+        --preset d2l "${EXP_ARGS[@]}" "${CMP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/compare" > "$EXP/compare.log" 2>&1
+    echo "compare exit $?" >> "$EXP/compare.log"
+) &
+LANE1=$!
+(   # lane 2: (5) the best preset
+    timeout "$(limit 400)" "$PY" -m inceptionlab train --preset best "${BEST_ARGS[@]}" $COMPARE_FLAGS \
+        --out "$EXP/best" --no-progress > "$EXP/best.log" 2>&1
+    echo "best exit $?" >> "$EXP/best.log"
+) &
+LANE2=$!
+(   # lane 3: (3) the size sweep of the chapter's GoogLeNet (96 px is lane 1's row), then (2) label smoothing
+    timeout "$(limit 400)" "$PY" -m inceptionlab sweep --model googlenet --image-size "$SWEEP_SIZES" \
+        --preset d2l "${EXP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/sweep" > "$EXP/sweep.log" 2>&1
+    echo "sweep exit $?" >> "$EXP/sweep.log"
+    timeout "$(limit 400)" "$PY" -m inceptionlab compare googlenet googlenet-bn --label-smoothing 0.1 \
+        --preset d2l "${EXP_ARGS[@]}" "${CMP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/compare-ls" \
+        > "$EXP/compare-ls.log" 2>&1
+    echo "compare-ls exit $?" >> "$EXP/compare-ls.log"
+) &
+LANE3=$!
+while kill -0 "$LANE1" 2> /dev/null || kill -0 "$LANE2" 2> /dev/null || kill -0 "$LANE3" 2> /dev/null; do
+    sleep 5
+    (( $(left) % 60 < 5 )) && pack
+done
+for f in "$EXP"/*.log; do log "--- $(basename "$f")"; tail -n 14 "$f" | tee -a "$LOG"; done
+pack
+
+if (( $(left) > 45 )) && "$PY" -c "import pytest" 2> /dev/null; then
+    log "5 tests/test_fast.py"
+    timeout "$(limit 120)" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py > "$WORK/pytest.txt" 2>&1
+    log "pytest exit $?"
+    tail -n 6 "$WORK/pytest.txt" | tee -a "$LOG"
+fi
+log "done in $(( $(date +%s) - T0 ))s: $OUT/gpu-check.tgz"
+pack

@@ -133,3 +133,42 @@ def test_cuda_graph_step_trains_like_the_eager_step():
     from inceptionlab.fast import graph_vs_eager_max_diff
 
     assert graph_vs_eager_max_diff(torch.device("cuda")) < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize("model", ["googlenet", "inception-v3", "inception-resnet"])
+def test_cuda_graph_with_branch_streams_trains_like_the_eager_step(model):
+    from inceptionlab.fast import graph_vs_eager_max_diff
+
+    assert graph_vs_eager_max_diff(torch.device("cuda"), model=model, branch_streams=True) < 1e-3
+
+
+def test_branch_streams_switch_every_multi_branch_block_and_change_nothing_on_cpu():
+    from inceptionlab.models import create_model
+
+    counts = {}
+    for name in ("googlenet", "googlenet-bn", "inception-v3", "inception-resnet"):
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        x = torch.rand(2, 1, 32, 32)
+        with torch.no_grad():
+            before = model(x)
+            counts[name] = fast.set_branch_streams(model, True)
+            after = model(x)  # on a CPU the flag has no effect: the same function, the same numbers
+        assert torch.equal(before, after)
+        assert all(m.branch_streams for m in model.modules() if hasattr(m, "run_branches"))
+    assert counts == {"googlenet": 9, "googlenet-bn": 9, "inception-v3": 9, "inception-resnet": 10}
+
+
+def test_cuda_options_are_off_on_cpu_and_explicit_values_win_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    on = TrainConfig(branch_streams=True, cudnn_benchmark=True)
+    assert fast.resolve_cuda_options(on, cpu, "eager") == {"branch_streams": False, "cudnn_benchmark": False}
+    assert fast.resolve_cuda_options(on, cuda, "eager") == {"branch_streams": True, "cudnn_benchmark": True}
+    off = TrainConfig(branch_streams=False, cudnn_benchmark=False)
+    assert fast.resolve_cuda_options(off, cuda, "cudagraph") == {"branch_streams": False, "cudnn_benchmark": False}
+    auto = fast.resolve_cuda_options(TrainConfig(), cuda, "cudagraph")
+    assert auto == {"branch_streams": fast.AUTO_BRANCH_STREAMS["cudagraph"],
+                    "cudnn_benchmark": fast.AUTO_CUDNN_BENCHMARK["cudagraph"]}
+    with pytest.raises(ConfigError, match="branch_streams must be true or false"):
+        TrainConfig(branch_streams="yes").validate()

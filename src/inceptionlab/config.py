@@ -53,6 +53,9 @@ class TrainConfig:
     num_threads: int | None = None
     device: str = "auto"
     step_mode: str = "auto"  # "auto": the whole step as one CUDA graph on CUDA, eager elsewhere (inceptionlab.fast)
+    # CUDA only; None = auto (inceptionlab.fast.resolve_cuda_options says what auto picks and why)
+    branch_streams: bool | None = None  # run an Inception block's branches on parallel CUDA streams
+    cudnn_benchmark: bool | None = None  # let cuDNN time its convolution algorithms for each new shape
     # reproducibility and data
     seed: int = 0
     limit_train: int | None = None
@@ -95,6 +98,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        for name in ("branch_streams", "cudnn_benchmark", "channels_last", "normalize", "flip"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and name in ("branch_streams", "cudnn_benchmark"))):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
         for name in ("limit_train", "limit_test", "num_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -33,6 +33,7 @@ d2l's PIL resize) so a training batch is one gather and one division instead of 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable
 
@@ -47,7 +48,8 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 WARMUP_STEPS = 3  # PyTorch's CUDA-graph recipe: a few eager iterations on a side stream before capture
 PRE_RESIZE_MAX_BYTES = 4 << 30  # 60,000 x 96 x 96 uint8 is 553 MB; at 299 px (5.4 GB) keep resizing per batch
 
-__all__ = ["STEP_MODES", "StaticTrainStep", "build_train_step", "pre_resize", "resolve_step_mode", "want_pre_resize"]
+__all__ = ["STEP_MODES", "StaticTrainStep", "build_train_step", "cuda_options", "pre_resize", "resolve_cuda_options",
+           "resolve_step_mode", "set_branch_streams", "want_pre_resize"]
 
 
 def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int = 1) -> str:
@@ -71,6 +73,49 @@ def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int
         if world_size > 1:
             raise ConfigError("--step-mode cudagraph is not supported under torchrun (DDP); use eager (or auto)")
     return mode
+
+
+# What ``None`` (auto) means for the two CUDA switches, per resolved step mode. PLACEHOLDER until measured on a GPU.
+AUTO_BRANCH_STREAMS = {"cudagraph": False}
+AUTO_CUDNN_BENCHMARK = {"cudagraph": False}
+
+
+def resolve_cuda_options(config: TrainConfig, device: torch.device, step_mode: str) -> dict[str, bool]:
+    """``branch_streams`` and ``cudnn_benchmark`` made concrete: both off off CUDA; ``None`` = the measured default.
+
+    Branch streams only pay inside a CUDA graph (eagerly, each fork and join is more host work for a step that
+    is already bound by the host); cuDNN benchmarking pays when the shapes stay fixed, as in a graph-captured run.
+    """
+    if device.type != "cuda":
+        return {"branch_streams": False, "cudnn_benchmark": False}
+    streams = config.branch_streams
+    benchmark = config.cudnn_benchmark
+    return {
+        "branch_streams": AUTO_BRANCH_STREAMS.get(step_mode, False) if streams is None else bool(streams),
+        "cudnn_benchmark": AUTO_CUDNN_BENCHMARK.get(step_mode, False) if benchmark is None else bool(benchmark),
+    }
+
+
+def set_branch_streams(model: nn.Module, enabled: bool) -> int:
+    """Switch the parallel-stream branches of every multi-branch block of ``model``; returns how many blocks."""
+    from inceptionlab.models._blocks import MultiBranch
+
+    blocks = [m for m in model.modules() if isinstance(m, MultiBranch)]
+    for block in blocks:
+        block.branch_streams = enabled
+    return len(blocks)
+
+
+@contextlib.contextmanager
+def cuda_options(model: nn.Module, options: dict[str, bool]):
+    """Apply :func:`resolve_cuda_options`'s result for the duration of a run and restore the global flag after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = options["cudnn_benchmark"]
+    set_branch_streams(model, options["branch_streams"])
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def build_train_step(
@@ -135,6 +180,7 @@ class StaticTrainStep:
         self._use_tensor_lr = device.type == "cuda" or isinstance(optimizer, torch.optim.SGD)
         self._eager = make_train_step(model, optimizer, config)  # the last, smaller batch of an epoch
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.prepare_seconds: float | None = None  # warm-up + capture, once (the trainer reports it)
         self._ready = False
 
     # ----------------------------------------------------------------------------------------- the body
@@ -145,7 +191,7 @@ class StaticTrainStep:
         from inceptionlab.train import autocast_context, prepare_input
 
         x = prepare_input(self.static_x, self.config)
-        with autocast_context(self.config, x.device):
+        with autocast_context(self.config, x.device, cache_enabled=False):
             output = self.model(x)
             loss = classification_loss(output, self.static_y, self.criterion, self.aux_loss_weight)
         loss.backward()
@@ -224,6 +270,7 @@ class StaticTrainStep:
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Warm up on the first real batch, roll the state back, then capture (on CUDA)."""
+        started = time.perf_counter()
         if self.capture:
             self._graph_ready_optimizer()
         self.static_x.copy_(x)
@@ -251,6 +298,8 @@ class StaticTrainStep:
             with torch.cuda.graph(self.graph):
                 self._body()
             # the capture ran nothing: the first replay (in __call__) is the first real step
+            torch.cuda.synchronize()
+        self.prepare_seconds = time.perf_counter() - started
         self._ready = True
 
     # ----------------------------------------------------------------------------------------- the call
@@ -327,16 +376,26 @@ def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tens
     return out
 
 
-def graph_vs_eager_max_diff(device: torch.device, steps: int = 5, batch_size: int = 16, image_size: int = 32) -> float:
+def graph_vs_eager_max_diff(
+    device: torch.device,
+    steps: int = 5,
+    batch_size: int = 16,
+    image_size: int = 32,
+    *,
+    model: str = "googlenet-bn",
+    branch_streams: bool = False,
+) -> float:
     """Largest relative parameter difference between the captured step and the eager step after ``steps`` full
-    batches (lr changing every step) and one partial batch, fp32, random data: the GPU check of the graph path.
+    batches (lr changing every step) and one partial batch, fp32, random data, dropout off: the GPU check of the
+    graph path.
+    ``branch_streams``: the captured side runs each block's branches on parallel streams (the eager side never).
 
     Not zero: cuDNN's backward kernels may sum in another order in the graph than eagerly.
     """
     from inceptionlab.models import create_model, init_xavier_
     from inceptionlab.train import build_optimizer, make_train_step
 
-    config = TrainConfig(model="googlenet-bn", image_size=image_size, batch_size=batch_size, optimizer="nesterov",
+    config = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, optimizer="nesterov",
                          weight_decay=5e-4, channels_last=True)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.rand(n, 1, image_size, image_size, generator=gen), torch.randint(0, 10, (n,), generator=gen))
@@ -344,18 +403,21 @@ def graph_vs_eager_max_diff(device: torch.device, steps: int = 5, batch_size: in
     models = []
     for graphed in (False, True):
         torch.manual_seed(0)
-        model = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, config, device)
-        step = (StaticTrainStep(model, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
-                if graphed else make_train_step(model, optimizer, config))
+        net = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
+        for module in net.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0  # masks from the graph's RNG offsets need not match eager ones: compare arithmetic only
+        set_branch_streams(net, graphed and branch_streams)
+        optimizer = build_optimizer(net, config, device)
+        step = (StaticTrainStep(net, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
+                if graphed else make_train_step(net, optimizer, config))
         for i, (x, y) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = 0.05 * (1 + i) / len(batches)
             step(x.to(device), y.to(device))
-        models.append(model)
+        models.append(net)
     worst = 0.0
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         a, b = a.detach(), b.detach()
         worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
     return worst
-

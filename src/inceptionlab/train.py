@@ -42,7 +42,9 @@ from inceptionlab.models import classification_loss, create_model, init_xavier_
 
 SYNC_EVERY = 50  # steps between host reads of the running loss (progress bar, NaN check)
 CHECKPOINT_FORMAT = 1
-
+# curves.png is redrawn after an epoch only if this long has passed since the last drawing (and always at the end):
+# matplotlib takes ~0.3 s per figure, which is 10% of a 3-second GPU epoch.
+PLOT_EVERY_SECONDS = 15.0
 
 
 class TrainingDiverged(InceptionLabError):
@@ -126,12 +128,16 @@ def _init_process_group(dist_info: Distributed, device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------- the step
 
 
-def autocast_context(config: TrainConfig, device: torch.device):
-    """The one place mixed precision is switched on (bf16 on CPU uses AVX-512 BF16 where the CPU has it)."""
+def autocast_context(config: TrainConfig, device: torch.device, *, cache_enabled: bool = True):
+    """The one place mixed precision is switched on (bf16 on CPU uses AVX-512 BF16 where the CPU has it).
+
+    ``cache_enabled=False`` inside CUDA-graph capture, as PyTorch's graph notes ask (no cast cache kept across
+    the capture boundary); every weight is cast once per forward here anyway, so the cache saves nothing.
+    """
     if config.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def prepare_input(x: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -434,6 +440,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     step_fn = fast.build_train_step(train_model, optimizer, config, device, scaler=scaler,
                                     batch_size=config.batch_size // dist_info.world_size,
                                     world_size=dist_info.world_size)  # eager, or one CUDA graph (step_mode)
+    step_mode = fast.resolve_step_mode(config, device, dist_info.world_size)
+    cuda_opts = fast.resolve_cuda_options(config, device, step_mode)
 
     # the run directory (rank 0 creates it; the others learn its path)
     start_epoch, rows, elapsed_before = 0, [], 0.0
@@ -466,13 +474,18 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
         + f": {len(train_labels):,} training / {len(test_labels):,} test images at {config.image_size}x"
         f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
-        f"{config.precision}{', channels_last' if config.channels_last else ''} -> {run_dir}"
+        f"{config.precision}{', channels_last' if config.channels_last else ''}, {step_mode} step"
+        + "".join(f", {k.replace('_', ' ')}" for k, on in cuda_opts.items() if on)
+        + f" -> {run_dir}"
     )
     show_bar = progress if progress is not None else sys.stderr.isatty()
     show_bar = show_bar and is_main
 
     status, stop_signal, last_eval = "completed", None, None
-    with _StopFlag() as stop:
+    timings = {"setup_seconds": time.perf_counter() - started, "train_seconds": 0.0, "eval_seconds": 0.0,
+               "write_seconds": 0.0}
+    last_plot, plotted = -math.inf, len(rows)
+    with _StopFlag() as stop, fast.cuda_options(model, cuda_opts):
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout etc. depend only on (seed, epoch)
             loader.set_epoch(epoch)
@@ -525,6 +538,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
             train_seconds = time.perf_counter() - epoch_start  # after the float() reads above, which synchronise
             last_eval = evaluate(model, test_images, test_labels, config, rank=dist_info.rank,
                                  world_size=dist_info.world_size)
+            timings["train_seconds"] += train_seconds
+            timings["eval_seconds"] += time.perf_counter() - epoch_start - train_seconds
             elapsed = elapsed_before + time.perf_counter() - started
             row = {
                 "epoch": epoch + 1,
@@ -539,17 +554,23 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
             }
             rows.append(row)
             if is_main:
+                write_start = time.perf_counter()
                 # checkpoint first: the metrics files are rebuilt from it on resume
                 runs.save_checkpoint(run_dir, _checkpoint_state(model, optimizer, scaler, epoch + 1, rows, elapsed,
                                                                 steps_per_epoch))
                 runs.write_metrics(run_dir, rows)
-                _plot_curves(run_dir, rows, config)
+                if write_start - last_plot >= PLOT_EVERY_SECONDS:
+                    _plot_curves(run_dir, rows, config)
+                    last_plot, plotted = write_start, len(rows)
+                timings["write_seconds"] += time.perf_counter() - write_start
                 say(
                     f"epoch {epoch + 1:>3}/{config.epochs}  loss {train_loss:.3f}  train acc {train_acc:.3f}  "
                     f"test acc {row['test_acc']:.3f}  {row['images_per_sec']:,.0f} img/s  "
                     f"elapsed {_format_time(elapsed)}"
                 )
 
+    if is_main and rows and plotted != len(rows):
+        _plot_curves(run_dir, rows, config)
     elapsed = elapsed_before + time.perf_counter() - started
     if status == "completed" and last_eval is None:  # resumed a finished run: evaluate the final model
         last_eval = evaluate(model, test_images, test_labels, config, rank=dist_info.rank,
@@ -563,7 +584,11 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         "num_parameters": num_params,
         "device": str(device),
         "world_size": dist_info.world_size,
+        "step_mode": step_mode,
+        **cuda_opts,
         "elapsed_seconds": elapsed,
+        # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
+        "timings": {**timings, "graph_capture_seconds": getattr(step_fn, "prepare_seconds", None)},
     }
     if rows:
         last = rows[-1]

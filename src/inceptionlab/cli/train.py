@@ -11,7 +11,8 @@ from inceptionlab.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, STEP
 from inceptionlab.errors import ConfigError
 
 # Options that may change when resuming (they do not change what the run computes, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size")
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "branch_streams",
+             "cudnn_benchmark")
 
 
 def nonnegative_float(text: str) -> float:
@@ -86,6 +87,10 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--step-mode", choices=STEP_MODES,
                    help="auto (one CUDA graph per step on CUDA, eager elsewhere), eager, cudagraph, compile")
+    g.add_argument("--branch-streams", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA: run each Inception block's branches on parallel streams (default: auto)")
+    g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA: let cuDNN time its convolution algorithms (default: auto)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--seed", type=nonnegative_int)

@@ -7,6 +7,8 @@ where it goes (the residual branches of Inception-ResNet end in a linear unit).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -52,3 +54,56 @@ class StagedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------------------------- branch streams
+
+_SIDE_STREAMS: dict[int, list] = {}  # CUDA device index -> side streams shared by every multi-branch block
+
+
+def _side_streams(device: torch.device, count: int) -> list:
+    streams = _SIDE_STREAMS.setdefault(device.index if device.index is not None else torch.cuda.current_device(), [])
+    while len(streams) < count:
+        streams.append(torch.cuda.Stream(device))
+    return streams[:count]
+
+
+class MultiBranch(nn.Module):
+    """A block whose branches read the same input and can run concurrently.
+
+    ``branch_streams = True`` (set through :func:`inceptionlab.fast.set_branch_streams`) runs branch k > 0 on
+    side CUDA stream k; branch 0 stays on the current stream. Inside a captured CUDA graph the branches become
+    parallel graph nodes, so the small convolutions of the 12x12 / 6x6 / 3x3 stages overlap instead of queueing
+    one after another. Autograd runs each backward op on its forward op's stream and joins the streams before
+    ``backward()`` returns (PyTorch's stream semantics of backward passes), so nothing else changes. On a CPU,
+    when off, and while tracing (ONNX export), the branches simply run in order: same function, same result.
+    """
+
+    branch_streams: bool = False
+
+    def run_branches(self, x: torch.Tensor, branches: Sequence[Callable]) -> list[torch.Tensor]:
+        """``[branch(x) for branch in branches]``, flattened where a branch returns several tensors."""
+        if not (self.branch_streams and x.is_cuda) or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return _flatten([branch(x) for branch in branches])
+        current = torch.cuda.current_stream(x.device)
+        side = _side_streams(x.device, len(branches) - 1)
+        outputs = [None] * len(branches)
+        for k, stream in enumerate(side, start=1):
+            stream.wait_stream(current)  # fork: the input is ready
+            with torch.cuda.stream(stream):
+                outputs[k] = branches[k](x)
+            x.record_stream(stream)  # the allocator must not hand x's memory out while a side stream reads it
+        outputs[0] = branches[0](x)
+        for stream in side:
+            current.wait_stream(stream)  # join: every branch is done before the concatenation
+        flat = _flatten(outputs)
+        for out in flat:
+            out.record_stream(current)
+        return flat
+
+
+def _flatten(outputs: list) -> list[torch.Tensor]:
+    flat = []
+    for out in outputs:
+        flat.extend(out) if isinstance(out, (tuple, list)) else flat.append(out)
+    return flat

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inceptionlab.models._blocks import ConvBN
+from inceptionlab.models._blocks import ConvBN, MultiBranch
 from inceptionlab.models._registry import register_model
 
 # A convolution factory with nn.Conv2d's signature (in, out, kernel_size, stride=, padding=). Swapping it is the
@@ -44,7 +44,7 @@ from inceptionlab.models._registry import register_model
 ConvFactory = Callable[..., nn.Module]
 
 
-class Inception(nn.Module):
+class Inception(MultiBranch):
     """The chapter's Inception block. Argument names follow the chapter (c1..c4) and the paper's table:
     c1 = #1x1, c2 = (#3x3 reduce, #3x3), c3 = (#5x5 reduce, #5x5), c4 = pool proj."""
 
@@ -68,11 +68,19 @@ class Inception(nn.Module):
         self.out_channels = c1 + c2[1] + c3[1] + c4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = F.relu(self.b1_1(x))
-        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
-        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
-        b4 = F.relu(self.b4_2(self.b4_1(x)))
-        return torch.cat((b1, b2, b3, b4), dim=1)
+        return torch.cat(self.run_branches(x, (self._branch1, self._branch2, self._branch3, self._branch4)), dim=1)
+
+    def _branch1(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.b1_1(x))
+
+    def _branch2(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.b2_2(F.relu(self.b2_1(x))))
+
+    def _branch3(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.b3_2(F.relu(self.b3_1(x))))
+
+    def _branch4(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.b4_2(self.b4_1(x)))
 
 
 def _pool() -> nn.MaxPool2d:

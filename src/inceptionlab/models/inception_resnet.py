@@ -29,11 +29,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d, StagedClassifier
+from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier
 from inceptionlab.models._registry import register_model
 
 
-class ResidualInception(nn.Module):
+class ResidualInception(MultiBranch):
     """``relu(x + scale * up(cat(branches(x))))``: the common shape of blocks A, B and C."""
 
     def __init__(self, in_channels: int, branches: list[nn.Module], branch_channels: int, scale: float):
@@ -44,7 +44,7 @@ class ResidualInception(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.up(torch.cat([branch(x) for branch in self.branches], dim=1))
+        residual = self.up(torch.cat(self.run_branches(x, self.branches), dim=1))
         return self.relu(x + self.scale * residual)
 
 
@@ -97,7 +97,7 @@ def block8(c: int, scale: float = 0.20) -> ResidualInception:
     )
 
 
-class Reduction(nn.Module):
+class Reduction(MultiBranch):
     """Grid reduction: stride-2 conv branches in parallel with a stride-2 max-pool (Figs. 7 and 12)."""
 
     def __init__(self, branches: list[nn.Module]):
@@ -106,7 +106,7 @@ class Reduction(nn.Module):
         self.branch_pool = nn.MaxPool2d(3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches] + [self.branch_pool(x)], dim=1)
+        return torch.cat(self.run_branches(x, [*self.branches, self.branch_pool]), dim=1)
 
 
 class InceptionResNet(StagedClassifier):

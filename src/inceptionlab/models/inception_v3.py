@@ -34,11 +34,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d, StagedClassifier
+from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier
 from inceptionlab.models._registry import register_model
 
 
-class InceptionA(nn.Module):
+class InceptionA(MultiBranch):
     """Fig. 5: 1x1 | 1x1-3x3 | 1x1-3x3-3x3 (the factorized 5x5) | avg-pool-1x1."""
 
     def __init__(self, in_channels: int, pool_proj: int):
@@ -53,10 +53,10 @@ class InceptionA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = (self.branch1x1, self.branch3x3, self.branch3x3dbl, self.branch_pool)
-        return torch.cat([branch(x) for branch in branches], dim=1)
+        return torch.cat(self.run_branches(x, branches), dim=1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(MultiBranch):
     """Fig. 6: n x n convolutions factorized into 1 x n then n x 1 (``c7`` = width of the factorized branches)."""
 
     def __init__(self, in_channels: int, c7: int, n: int = 3):
@@ -80,10 +80,10 @@ class InceptionB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = (self.branch1x1, self.branch_nxn, self.branch_nxn_dbl, self.branch_pool)
-        return torch.cat([branch(x) for branch in branches], dim=1)
+        return torch.cat(self.run_branches(x, branches), dim=1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(MultiBranch):
     """Fig. 7: the expanded filter bank for the coarsest grid; the 3x3s split into parallel 1x3 and 3x1 outputs."""
 
     def __init__(self, in_channels: int, c1: int = 160, c3: int = 192, c3dbl_red: int = 224, pool_proj: int = 96):
@@ -100,20 +100,19 @@ class InceptionC(nn.Module):
         self.out_channels = c1 + 4 * c3 + pool_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = (self.branch1x1, self._branch3x3, self._branch3x3dbl, self.branch_pool)
+        return torch.cat(self.run_branches(x, branches), dim=1)  # 1x1, 3x3 a/b, 3x3dbl a/b, pool
+
+    def _branch3x3(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b3 = self.branch3x3_1(x)
+        return self.branch3x3_2a(b3), self.branch3x3_2b(b3)
+
+    def _branch3x3dbl(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        return torch.cat(
-            [
-                self.branch1x1(x),
-                self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                self.branch3x3dbl_3a(b3dbl), self.branch3x3dbl_3b(b3dbl),
-                self.branch_pool(x),
-            ],
-            dim=1,
-        )
+        return self.branch3x3dbl_3a(b3dbl), self.branch3x3dbl_3b(b3dbl)
 
 
-class GridReduction(nn.Module):
+class GridReduction(MultiBranch):
     """Fig. 10: stride-2 convolution branches in parallel with a stride-2 max-pool, concatenated."""
 
     def __init__(self, in_channels: int, conv_branches: list[nn.Sequential], out_channels: int):
@@ -123,7 +122,7 @@ class GridReduction(nn.Module):
         self.out_channels = out_channels + in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches] + [self.branch_pool(x)], dim=1)
+        return torch.cat(self.run_branches(x, [*self.branches, self.branch_pool]), dim=1)
 
 
 def reduction_a(in_channels: int) -> GridReduction:
