@@ -244,7 +244,7 @@ def _kernel_profile(device, image_size: int) -> dict:
 
 
 def _probe_checks(device, checks: dict, cases) -> None:
-    """Graph-vs-eager parameter difference (fast.graph_vs_eager_max_diff) for (model, branch streams) cases."""
+    """Graph-vs-eager training drift (fast.graph_vs_eager_max_diff) for (model, branch streams) cases."""
     from inceptionlab import fast
 
     for model_name, streams in cases:
@@ -253,7 +253,7 @@ def _probe_checks(device, checks: dict, cases) -> None:
             checks[key] = fast.graph_vs_eager_max_diff(device, model=model_name, branch_streams=streams)
         except Exception as exc:  # noqa: BLE001 - a probe reports every failure and goes on
             checks[key] = f"{type(exc).__name__}: {exc}"
-        print(f"graph vs eager step ({key}), max relative parameter difference: {checks[key]}", file=sys.stderr,
+        print(f"graph vs eager step ({key}), relative drift of the parameter change: {checks[key]}", file=sys.stderr,
               flush=True)
 
 
@@ -306,8 +306,12 @@ def _probe_rows(device, image_size: int, warmup_steps: int, steps: int, probe_ro
     torch.backends.cudnn.benchmark = False
 
 
+CHECK_CASES = (("googlenet", False), ("googlenet-bn", False), ("googlenet", True), ("googlenet-bn", True),
+               ("inception-v3", True), ("inception-resnet", True))
+
+
 def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int,
-                json_path: Path | None = None) -> dict:
+                json_path: Path | None = None, checks_only: bool = False) -> dict:
     """ms per training step on random inputs already on the device (no loader), one configuration at a time.
     What is done so far is written to ``json_path`` after each part, so a probe cut short still reports."""
     import torch
@@ -325,7 +329,10 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
         if json_path is not None:
             json_path.write_text(json.dumps({**out, "probe": rows, **_memory(device)}, indent=1))
 
-    _probe_checks(device, checks, [("googlenet-bn", False)])
+    if checks_only:
+        _probe_checks(device, checks, CHECK_CASES)
+        return {**out, "probe": rows, **_memory(device)}
+    _probe_checks(device, checks, [c for c in CHECK_CASES if not c[1]])
     if device.type == "cuda":
         try:
             out["kernel_profile"] = _kernel_profile(device, image_size)
@@ -339,8 +346,7 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
     save()
     _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if not r["branch_streams"]], rows)
     save()
-    _probe_checks(device, checks, [("googlenet", True), ("googlenet-bn", True), ("inception-v3", True),
-                                   ("inception-resnet", True)])
+    _probe_checks(device, checks, [c for c in CHECK_CASES if c[1]])
     save()
     _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if r["branch_streams"]], rows)
     rows.sort(key=lambda r: [p["setup"] for p in PROBE_ROWS].index(r["setup"]))
@@ -438,6 +444,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every child (both sides alike); default: "
                    "PyTorch's own choice (one per core)")
     p.add_argument("--probe", action="store_true", help="the step-time probe table instead of the runs")
+    p.add_argument("--checks-only", action="store_true", help="with --probe: only the graph-vs-eager checks")
     p.add_argument("--json", type=Path, help="write everything here")
     p.add_argument("--child", choices=("ours", "steps", "probe"), help=argparse.SUPPRESS)
     p.add_argument("--child-config", help=argparse.SUPPRESS)
@@ -452,7 +459,8 @@ def main(argv=None) -> int:
         elif args.child == "steps":
             out = child_steps(json.loads(args.child_config), args.warmup_steps, steps)
         else:
-            out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps, args.child_json)
+            out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps, args.child_json,
+                              args.checks_only)
         args.child_json.write_text(json.dumps(out, indent=1))
         return 0
 
@@ -469,6 +477,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(steps),
           "--warmup-steps", str(args.warmup_steps), "--image-size", str(args.image_size)]
+    me += ["--checks-only"] if args.checks_only else []
 
     if args.probe:
         child_json = args.json or tmp / "probe.json"  # the child writes as it goes: a probe cut short still reports

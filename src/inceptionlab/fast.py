@@ -379,18 +379,21 @@ def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tens
 def graph_vs_eager_max_diff(
     device: torch.device,
     steps: int = 5,
-    batch_size: int = 16,
+    batch_size: int = 32,
     image_size: int = 32,
     *,
     model: str = "googlenet-bn",
     branch_streams: bool = False,
 ) -> float:
-    """Largest relative parameter difference between the captured step and the eager step after ``steps`` full
-    batches (lr changing every step) and one partial batch, fp32, random data, dropout off: the GPU check of the
-    graph path.
-    ``branch_streams``: the captured side runs each block's branches on parallel streams (the eager side never).
+    """How far the captured step's training drifts from the eager step's: ``|d_graph - d_eager| / |d_eager|``, where
+    ``d`` is the change of all parameters (one vector) after ``steps`` full batches (lr changing every step) and one
+    partial batch. fp32 without TF32, deterministic cuDNN algorithms, dropout off, random data: both sides do the
+    same arithmetic, so the result is rounding-level (or 0). ``branch_streams``: the captured side runs each block's
+    branches on parallel streams (the eager side never).
 
-    Not zero: cuDNN's backward kernels may sum in another order in the graph than eagerly.
+    Why this measure: an earlier version reported the largest per-tensor difference relative to the tensor's largest
+    value, with TF32 on and lr 0.05; on an H200 that read 1.5 for googlenet-bn (BatchNorm shifts start at 0, so any
+    rounding looks large next to them) although the graph-trained models reach the eager accuracy.
     """
     from inceptionlab.models import create_model, init_xavier_
     from inceptionlab.train import build_optimizer, make_train_step
@@ -400,24 +403,30 @@ def graph_vs_eager_max_diff(
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.rand(n, 1, image_size, image_size, generator=gen), torch.randint(0, 10, (n,), generator=gen))
                for n in [batch_size] * steps + [batch_size // 2]]
-    models = []
-    for graphed in (False, True):
-        torch.manual_seed(0)
-        net = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
-        for module in net.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0  # masks from the graph's RNG offsets need not match eager ones: compare arithmetic only
-        set_branch_streams(net, graphed and branch_streams)
-        optimizer = build_optimizer(net, config, device)
-        step = (StaticTrainStep(net, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
-                if graphed else make_train_step(net, optimizer, config))
-        for i, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = 0.05 * (1 + i) / len(batches)
-            step(x.to(device), y.to(device))
-        models.append(net)
-    worst = 0.0
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        a, b = a.detach(), b.detach()
-        worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
-    return worst
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        deltas = []
+        for graphed in (False, True):
+            torch.manual_seed(0)
+            net = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
+            for module in net.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0  # the graph's RNG offsets need not match eager ones: compare the arithmetic only
+            set_branch_streams(net, graphed and branch_streams)
+            start = torch.cat([p.detach().flatten().double() for p in net.parameters()])
+            optimizer = build_optimizer(net, config, device)
+            step = (StaticTrainStep(net, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
+                    if graphed else make_train_step(net, optimizer, config))
+            for i, (x, y) in enumerate(batches):
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.01 * (1 + i) / len(batches)
+                step(x.to(device), y.to(device))
+            deltas.append(torch.cat([p.detach().flatten().double() for p in net.parameters()]) - start)
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = flags
+    eager, graph = deltas
+    return float((graph - eager).norm() / eager.norm().clamp_min(1e-30))
