@@ -114,3 +114,24 @@ def test_cli_compare_and_sweep(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2, argv
+
+
+def test_a_diverged_run_is_a_row_of_the_table_and_the_experiment_goes_on(fmnist, tmp_path):
+    """A NaN loss in one run (seen on an H200: the chapter's recipe at 48 px) must not throw the other rows away."""
+    out = tmp_path / "div"
+    variants = [experiments.Variant("boom", tiny(model="googlenet", lr=1e9)),
+                experiments.Variant("ok", tiny(model="lenet"))]
+    result = experiments.run_variants("compare", variants, out_dir=out, data=fmnist, log=None)
+
+    assert result.status == "completed" and result.exit_code == 0
+    boom, ok = result.rows
+    assert boom.test_acc == [] and [d["seed"] for d in boom.diverged] == [0]
+    assert "learning rate" in boom.diverged[0]["error"]
+    assert len(ok.test_acc) == 1 and not ok.diverged
+    rows = table_rows((out / "table.md").read_text())
+    assert rows[0][0] == "boom" and rows[0][3] == "diverged" and rows[0][5] == "0 (+1 diverged)"
+    assert rows[1][0] == "ok" and float(rows[1][3].split()[0]) == pytest.approx(ok.test_acc[0], abs=1e-4)
+    saved = json.loads((out / "results.json").read_text())  # strict JSON: no NaN for the diverged row
+    assert saved["rows"][0]["test_acc_mean"] is None and saved["rows"][0]["diverged"][0]["seed"] == 0
+    assert json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert (tmp_path / "div" / "runs" / "boom-seed0" / "summary.json").is_file()  # the trainer's record of it

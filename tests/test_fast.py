@@ -136,11 +136,11 @@ def test_cuda_graph_step_trains_like_the_eager_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
-@pytest.mark.parametrize("model", ["googlenet", "inception-v3", "inception-resnet"])
-def test_cuda_graph_with_branch_streams_trains_like_the_eager_step(model):
+def test_cuda_graph_with_branch_streams_trains_like_the_eager_step():
+    """googlenet only: models with BatchNorm drifted on an H200 and are refused (next test)."""
     from inceptionlab.fast import graph_vs_eager_max_diff
 
-    assert graph_vs_eager_max_diff(torch.device("cuda"), model=model, branch_streams=True) < 1e-4
+    assert graph_vs_eager_max_diff(torch.device("cuda"), model="googlenet", branch_streams=True) < 1e-4
 
 
 def test_branch_streams_switch_every_multi_branch_block_and_change_nothing_on_cpu():
@@ -172,3 +172,17 @@ def test_cuda_options_are_off_on_cpu_and_explicit_values_win_on_cuda():
                     "cudnn_benchmark": fast.AUTO_CUDNN_BENCHMARK["cudagraph"]}
     with pytest.raises(ConfigError, match="branch_streams must be true or false"):
         TrainConfig(branch_streams="yes").validate()
+
+
+@pytest.mark.parametrize("name", ["googlenet-bn", "inception-v3", "inception-resnet"])
+def test_branch_streams_are_refused_for_models_with_batchnorm(name):
+    from inceptionlab.models import create_model
+
+    cuda = torch.device("cuda")  # only the device type is read: this runs without a GPU
+    config = TrainConfig(model=name, branch_streams=True)
+    with pytest.raises(ConfigError, match=f"refused for {name}.*--no-branch-streams"):
+        fast.resolve_cuda_options(config, cuda, "cudagraph", create_model(name))
+    plain = fast.resolve_cuda_options(config.replace(branch_streams=None), cuda, "cudagraph", create_model(name))
+    assert plain["branch_streams"] is False
+    ok = fast.resolve_cuda_options(TrainConfig(branch_streams=True), cuda, "cudagraph", create_model("googlenet"))
+    assert ok["branch_streams"] is True

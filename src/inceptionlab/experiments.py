@@ -64,6 +64,7 @@ class RowResult:
     images_per_sec: list[float] = field(default_factory=list)
     curves: list[list[float]] = field(default_factory=list)  # test accuracy per epoch, one list per seed
     run_dirs: list[str] = field(default_factory=list)
+    diverged: list[dict] = field(default_factory=list)  # seeds whose loss became NaN/inf: {seed, run_dir, error}
 
     @property
     def test_acc_mean(self) -> float:
@@ -82,8 +83,9 @@ class RowResult:
     def to_dict(self) -> dict:
         return {
             **asdict(self),
-            "test_acc_mean": self.test_acc_mean, "test_acc_std": self.test_acc_std,
-            "wall_seconds_mean": mean(self.wall_seconds),
+            # None, not NaN, where every seed diverged (JSON has no NaN)
+            "test_acc_mean": self.test_acc_mean if self.test_acc else None, "test_acc_std": self.test_acc_std,
+            "wall_seconds_mean": mean(self.wall_seconds) if self.wall_seconds else None,
             "curve_mean": self.curve_mean(), "curve_std": self.curve_std(),
         }
 
@@ -168,7 +170,7 @@ def run_variants(
     for v in variants:
         v.config.validate()
         analysis.check_input_size(v.config.model, v.config.image_size, v.config.in_channels)
-    from inceptionlab.train import resolve_device, train
+    from inceptionlab.train import TrainingDiverged, resolve_device, train
 
     base = variants[0].config
     say = log or (lambda _line: None)
@@ -191,7 +193,15 @@ def run_variants(
             config = variant.config.replace(seed=variant.config.seed + j)
             run_dir = out / "runs" / f"{_slug(variant.label)}-seed{config.seed}"
             say(f"[{kind} {i * seeds + j + 1}/{total}] {variant.label}, seed {config.seed} -> {run_dir}")
-            run = train(config, data=data, run_dir=run_dir, progress=progress, log=log)
+            try:
+                run = train(config, data=data, run_dir=run_dir, progress=progress, log=log)
+            except TrainingDiverged as exc:
+                # a result, not a crash: the row says so and the experiment goes on with the next run
+                say(f"[{kind}] {variant.label}, seed {config.seed}: diverged ({exc})")
+                row.diverged.append({"seed": config.seed, "run_dir": str(run_dir), "error": str(exc)})
+                result.total_seconds = time.perf_counter() - started
+                write_outputs(result)
+                continue
             if run.status != "completed":
                 result.status, result.exit_code = run.status, run.exit_code
                 break
@@ -208,7 +218,7 @@ def run_variants(
             break
     if result.status == "running":
         result.status = "completed"
-    if rows and not rows[-1].test_acc:
+    if rows and not rows[-1].test_acc and not rows[-1].diverged:
         rows.pop()  # interrupted during its first seed: nothing to report for it
     result.total_seconds = time.perf_counter() - started
     write_outputs(result)
@@ -323,19 +333,27 @@ def markdown_table(result: ExperimentResult) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result.rows:
-        if not r.test_acc:
-            continue
         label = f"{r.image_size}" if result.kind == "sweep" else r.label
+        seeds = f"{len(r.seeds)}" + (f" (+{len(r.diverged)} diverged)" if r.diverged else "")
+        if not r.test_acc:
+            if r.diverged:
+                lines.append(f"| {label} | {r.params:,} | {r.gflops:.3f} | diverged | - | {seeds} | - | - |")
+            continue
         lines.append(
             f"| {label} | {r.params:,} | {r.gflops:.3f} | {format_acc(r)} | {mean(r.best_test_acc):.4f} | "
-            f"{len(r.seeds)} | {mean(r.wall_seconds):,.0f} | {mean(r.images_per_sec):,.0f} |"
+            f"{seeds} | {mean(r.wall_seconds):,.0f} | {mean(r.images_per_sec):,.0f} |"
         )
     lines += [
         "",
         "Test accuracy is the final epoch's on the test images used; std is the sample std over seeds (n/a for one "
         "seed). GFLOP: forward pass, multiply-add = 2 FLOP. Wall time: training plus the per-epoch evaluation.",
-        "",
     ]
+    diverged = [(r, d) for r in result.rows for d in r.diverged]
+    if diverged:
+        runs_text = "; ".join(f"{r.label} seed {d['seed']}" for r, d in diverged)
+        lines.append(f"Diverged (training loss NaN/inf; not in the mean): {runs_text}. Each run directory keeps its "
+                     "last good checkpoint.")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -75,21 +75,35 @@ def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int
     return mode
 
 
-# What ``None`` (auto) means for the two CUDA switches, per resolved step mode. PLACEHOLDER until measured on a GPU.
+# What ``None`` (auto) means for the two CUDA switches, per resolved step mode. Measured on one H200 (PyTorch 2.11,
+# cuDNN 9.19, 2026-11-28, benchmarks/gpu_check.sh; BENCHMARKS.md), googlenet 96 px batch 128 bf16 channels_last:
+# - cudnn.benchmark: 6.35 ms per graph-replayed step with and without it (4.72 / 4.72 with branch streams): off.
+# - branch streams: 6.35 -> 4.72 ms per step (1.35x), and the captured training matches the eager step for
+#   googlenet (relative drift 7.8e-6), but NOT for the models with BatchNorm (googlenet-bn 0.60, inception-v3 0.84,
+#   inception-resnet 0.62, where the plain graph gives 0.0): the cause is not found, so those models refuse the
+#   switch, and auto leaves it off everywhere until a googlenet run with it has been measured end to end.
 AUTO_BRANCH_STREAMS = {"cudagraph": False}
 AUTO_CUDNN_BENCHMARK = {"cudagraph": False}
 
 
-def resolve_cuda_options(config: TrainConfig, device: torch.device, step_mode: str) -> dict[str, bool]:
+def resolve_cuda_options(config: TrainConfig, device: torch.device, step_mode: str,
+                         model: nn.Module | None = None) -> dict[str, bool]:
     """``branch_streams`` and ``cudnn_benchmark`` made concrete: both off off CUDA; ``None`` = the measured default.
 
     Branch streams only pay inside a CUDA graph (eagerly, each fork and join is more host work for a step that
-    is already bound by the host); cuDNN benchmarking pays when the shapes stay fixed, as in a graph-captured run.
+    is already bound by the host). Asking for them with a ``model`` that has BatchNorm is a :class:`ConfigError`
+    (see the measurements above ``AUTO_BRANCH_STREAMS``).
     """
     if device.type != "cuda":
         return {"branch_streams": False, "cudnn_benchmark": False}
     streams = config.branch_streams
     benchmark = config.cudnn_benchmark
+    if streams and model is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(
+            f"--branch-streams is refused for {config.model}: with BatchNorm, graph-captured training on parallel "
+            "streams drifted from the eager step on an H200 (relative drift 0.6-0.8; 0.0 without the switch). "
+            "Use --no-branch-streams (the default); it works for the chapter's googlenet."
+        )
     return {
         "branch_streams": AUTO_BRANCH_STREAMS.get(step_mode, False) if streams is None else bool(streams),
         "cudnn_benchmark": AUTO_CUDNN_BENCHMARK.get(step_mode, False) if benchmark is None else bool(benchmark),

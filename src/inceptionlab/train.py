@@ -408,6 +408,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    step_mode = fast.resolve_step_mode(config, device, dist_info.world_size)
+    cuda_opts = fast.resolve_cuda_options(config, device, step_mode, model)  # refuses what is known to be wrong
     transform = _build_transform(config)
 
     # the data lives on the device as uint8; batches are resized there
@@ -440,8 +442,6 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     step_fn = fast.build_train_step(train_model, optimizer, config, device, scaler=scaler,
                                     batch_size=config.batch_size // dist_info.world_size,
                                     world_size=dist_info.world_size)  # eager, or one CUDA graph (step_mode)
-    step_mode = fast.resolve_step_mode(config, device, dist_info.world_size)
-    cuda_opts = fast.resolve_cuda_options(config, device, step_mode)
 
     # the run directory (rank 0 creates it; the others learn its path)
     start_epoch, rows, elapsed_before = 0, [], 0.0
