@@ -1,10 +1,9 @@
 """The fast training step: the whole step (forward, backward, optimizer) replayed as one CUDA graph.
 
 Why this and not more arithmetic tricks: at this model size an eager step is bound by the host, not the GPU.
-Measured on one H200 (shared/ANCHORS.md, batch 128, 96 px): eager fp32 20.7 ms/step with the GPU busy only
-~8.7 ms of it; eager bf16 + channels_last is *slower* (25.8 ms, more launches); the same step captured in one
-CUDA graph takes 8.9 ms (fp32) and 6.3 ms (bf16 + channels_last), 3.3x the eager fp32 step. Those are the
-expected gains; BENCHMARKS.md says which numbers we have measured ourselves and on which card.
+Measured by us on one H200 (BENCHMARKS.md, googlenet, batch 128, 96 px): d2l's eager fp32 step 23.4 ms; eager
+bf16 + channels_last is *slower* (29.9 ms, more launches); the same step captured in one CUDA graph takes 6.35 ms
+in bf16 + channels_last (3.7x), about the sum of its 835 kernels (6.0 ms): once graphed, the step is GPU-bound.
 
 The pieces (``step_mode`` in :class:`~inceptionlab.config.TrainConfig`):
 
