@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from inceptionlab.cli._args import model_name, positive_int
-from inceptionlab.cli.train import _given, add_training_options
+from inceptionlab.cli.train import add_training_options, given_options
 from inceptionlab.config import TrainConfig, preset_config
 
 
@@ -63,7 +63,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _base_config(args) -> TrainConfig:
-    config = preset_config(args.preset or "d2l", **_given(args))
+    config = preset_config(args.preset or "d2l", **given_options(args))
     return config.validate()
 
 

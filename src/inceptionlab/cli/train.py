@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """The options of `inceptionlab train` (all default None = "not given"; see :func:`_given`), shared with
+    """The options of `inceptionlab train` (all default None = "not given"; see :func:`given_options`), shared with
     `compare` and `sweep`. ``skip``: option dests a command replaces with its own (e.g. "model")."""
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="named recipe: d2l (the chapter, default), quick (CPU, minutes), best (GPU)")
@@ -99,7 +99,7 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
                    help="progress bar (default: when stderr is a terminal)")
 
 
-def _given(args) -> dict:
+def given_options(args) -> dict:
     """Options the user gave (argparse defaults are None = 'not given')."""
     keys = [f for f in TrainConfig.__dataclass_fields__ if f not in ("preset", "model_options")]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -107,7 +107,7 @@ def _given(args) -> dict:
 
 def build_config(args) -> TrainConfig | None:
     """The TrainConfig of the command line; ``None`` when resuming without changes."""
-    given = _given(args)
+    given = given_options(args)
     if args.resume is not None:
         fixed = sorted(set(given) - set(RESUMABLE))
         if fixed or args.preset is not None:
