@@ -186,3 +186,14 @@ def test_branch_streams_are_refused_for_models_with_batchnorm(name):
     assert plain["branch_streams"] is False
     ok = fast.resolve_cuda_options(TrainConfig(branch_streams=True), cuda, "cudagraph", create_model("googlenet"))
     assert ok["branch_streams"] is True
+
+
+def test_cross_stream_boundary_is_the_identity_forward_and_backward():
+    """The autograd boundary of the branch streams changes no number (on a CPU it records nothing)."""
+    from inceptionlab.models._blocks import _CrossStream
+
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = _CrossStream.apply(x, None)
+    assert torch.equal(y, x)
+    (y * torch.arange(96.0).view(2, 3, 4, 4)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(96.0).view(2, 3, 4, 4))

@@ -79,8 +79,11 @@ def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int
 # - cudnn.benchmark: 6.35 ms per graph-replayed step with and without it (4.72 / 4.72 with branch streams): off.
 # - branch streams: 6.35 -> 4.72 ms per step (1.35x), and the captured training matches the eager step for
 #   googlenet (relative drift 7.8e-6), but NOT for the models with BatchNorm (googlenet-bn 0.60, inception-v3 0.84,
-#   inception-resnet 0.62, where the plain graph gives 0.0): the cause is not found, so those models refuse the
-#   switch, and auto leaves it off everywhere until a googlenet run with it has been measured end to end.
+#   inception-resnet 0.62, where the plain graph gives 0.0). Suspected cause, found after the lease: backward
+#   gradients crossing streams were not recorded for the allocator, so inside the graph their memory was reused
+#   by unordered nodes. models._blocks._CrossStream now records them; that fix is NOT yet measured, so the models
+#   with BatchNorm still refuse the switch, and auto leaves it off everywhere until a GPU run shows the checks
+#   (benchmarks/bench_train.py --probe --checks-only) below 1e-4 for every model and an end-to-end run with it.
 AUTO_BRANCH_STREAMS = {"cudagraph": False}
 AUTO_CUDNN_BENCHMARK = {"cudagraph": False}
 

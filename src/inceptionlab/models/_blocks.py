@@ -68,6 +68,30 @@ def _side_streams(device: torch.device, count: int) -> list:
     return streams[:count]
 
 
+class _CrossStream(torch.autograd.Function):
+    """Identity on a tensor that crosses from one CUDA stream to another; its backward marks the incoming gradient
+    as read by ``reader`` (``Tensor.record_stream``), so the caching allocator does not give that gradient's memory
+    to the next allocation of its own stream while ``reader`` may still be reading it.
+
+    Forward reads are covered by :meth:`MultiBranch.run_branches` itself. In the backward pass autograd orders the
+    streams (event waits) but does not tell the allocator: the gradient a concatenation hands to a branch on a
+    side stream is freed, and reusable by the main stream, as soon as the branch's kernels are *queued*. Inside a
+    CUDA graph that reuse becomes a pair of unordered nodes, i.e. a race on every replay: the suspected cause of the
+    drift measured for BatchNorm models on an H200 (see :data:`inceptionlab.fast.AUTO_BRANCH_STREAMS`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, reader) -> torch.Tensor:
+        ctx.reader = reader
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if grad is not None and grad.is_cuda:
+            grad.record_stream(ctx.reader)
+        return grad, None
+
+
 class MultiBranch(nn.Module):
     """A block whose branches read the same input and can run concurrently.
 
@@ -75,7 +99,8 @@ class MultiBranch(nn.Module):
     side CUDA stream k; branch 0 stays on the current stream. Inside a captured CUDA graph the branches become
     parallel graph nodes, so the small convolutions of the 12x12 / 6x6 / 3x3 stages overlap instead of queueing
     one after another. Autograd runs each backward op on its forward op's stream and joins the streams before
-    ``backward()`` returns (PyTorch's stream semantics of backward passes), so nothing else changes. On a CPU,
+    ``backward()`` returns (PyTorch's stream semantics of backward passes); every tensor that crosses streams,
+    forward or backward, is recorded on its reader stream for the allocator (:class:`_CrossStream`). On a CPU,
     when off, and while tracing (ONNX export), the branches simply run in order: same function, same result.
     """
 
@@ -87,18 +112,19 @@ class MultiBranch(nn.Module):
             return _flatten([branch(x) for branch in branches])
         current = torch.cuda.current_stream(x.device)
         side = _side_streams(x.device, len(branches) - 1)
-        outputs = [None] * len(branches)
+        outputs: list[list[torch.Tensor]] = [[] for _ in branches]
         for k, stream in enumerate(side, start=1):
             stream.wait_stream(current)  # fork: the input is ready
             with torch.cuda.stream(stream):
-                outputs[k] = branches[k](x)
+                outputs[k] = _flatten([branches[k](_CrossStream.apply(x, current))])
             x.record_stream(stream)  # the allocator must not hand x's memory out while a side stream reads it
-        outputs[0] = branches[0](x)
-        for stream in side:
+        outputs[0] = _flatten([branches[0](x)])
+        flat = list(outputs[0])
+        for stream, outs in zip(side, outputs[1:], strict=True):
             current.wait_stream(stream)  # join: every branch is done before the concatenation
-        flat = _flatten(outputs)
-        for out in flat:
-            out.record_stream(current)
+            for out in outs:
+                out.record_stream(current)
+                flat.append(_CrossStream.apply(out, stream))  # its gradient will be read on `stream`
         return flat
 
 
