@@ -135,3 +135,16 @@ def test_a_diverged_run_is_a_row_of_the_table_and_the_experiment_goes_on(fmnist,
     assert saved["rows"][0]["test_acc_mean"] is None and saved["rows"][0]["diverged"][0]["seed"] == 0
     assert json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert (tmp_path / "div" / "runs" / "boom-seed0" / "summary.json").is_file()  # the trainer's record of it
+
+
+def test_branch_streams_for_a_batchnorm_model_are_refused_before_the_first_run(fmnist, tmp_path, monkeypatch):
+    import torch
+
+    from inceptionlab import train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_device", lambda *args, **kwargs: torch.device("cuda"))
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="refused for googlenet-bn"):
+        experiments.compare(["googlenet", "googlenet-bn"], tiny(branch_streams=True), out_dir=out, data=fmnist,
+                            log=None)
+    assert not out.exists()  # nothing trained, nothing written
