@@ -39,6 +39,19 @@ class BasicConv2d(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
+def inception_v3_stem(in_channels: int) -> list[nn.Module]:
+    """The first six layers of the Inception-v3 stem (Szegedy et al. 2016, Table 1), which Inception-ResNet-v1 also
+    starts with: ``in -> 192`` channels, grid / 4 (96 -> 24). Each model adds its own last layer to reach 12x12."""
+    return [
+        BasicConv2d(in_channels, 32, 3, stride=2, padding=1),
+        BasicConv2d(32, 32, 3, padding=1),
+        BasicConv2d(32, 64, 3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        BasicConv2d(64, 80, 1),
+        BasicConv2d(80, 192, 3, padding=1),
+    ]
+
+
 class StagedClassifier(nn.Module):
     """Stages run in ``stage_names`` order; the last one is the head (what ``inceptionlab shapes`` walks)."""
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier
+from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier, inception_v3_stem
 from inceptionlab.models._registry import register_model
 
 
@@ -124,13 +124,7 @@ class InceptionResNet(StagedClassifier):
     ):
         super().__init__()
         self.stem = nn.Sequential(
-            BasicConv2d(in_channels, 32, 3, stride=2, padding=1),
-            BasicConv2d(32, 32, 3, padding=1),
-            BasicConv2d(32, 64, 3, padding=1),
-            nn.MaxPool2d(3, stride=2, padding=1),
-            BasicConv2d(64, 80, 1),
-            BasicConv2d(80, 192, 3, padding=1),
-            BasicConv2d(192, 256, 3, stride=2, padding=1),
+            *inception_v3_stem(in_channels), BasicConv2d(192, 256, 3, stride=2, padding=1)
         )  # N x 256 x 12 x 12
         self.block35 = nn.Sequential(*[block35(256) for _ in range(blocks[0])])  # N x 256 x 12 x 12
         self.reduce_a = Reduction(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier
+from inceptionlab.models._blocks import BasicConv2d, MultiBranch, StagedClassifier, inception_v3_stem
 from inceptionlab.models._registry import register_model
 
 
@@ -164,15 +164,7 @@ class InceptionV3(StagedClassifier):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.2, n: int = 3):
         super().__init__()
-        self.stem = nn.Sequential(
-            BasicConv2d(in_channels, 32, 3, stride=2, padding=1),
-            BasicConv2d(32, 32, 3, padding=1),
-            BasicConv2d(32, 64, 3, padding=1),
-            nn.MaxPool2d(3, stride=2, padding=1),
-            BasicConv2d(64, 80, 1),
-            BasicConv2d(80, 192, 3, padding=1),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )  # N x 192 x 12 x 12
+        self.stem = nn.Sequential(*inception_v3_stem(in_channels), nn.MaxPool2d(3, stride=2, padding=1))  # 192x12x12
         self.mixed5 = nn.Sequential(InceptionA(192, 32), InceptionA(256, 64), InceptionA(288, 64))  # N x 288 x 12 x 12
         self.reduce6 = reduction_a(288)  # N x 768 x 6 x 6
         self.mixed6 = nn.Sequential(InceptionB(768, 128, n), InceptionB(768, 160, n))  # N x 768 x 6 x 6
