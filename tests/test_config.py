@@ -139,3 +139,16 @@ def test_cli_impossible_step_mode_fails_before_any_work(tmp_path, capsys):
     assert main(["train", "--step-mode", "cudagraph", "--device", "cpu", "--out", str(tmp_path)]) == 1
     assert "cudagraph" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_speed_switches_reach_the_config_and_may_change_on_resume(tmp_path):
+    from inceptionlab.cli import build_parser
+    from inceptionlab.cli.train import build_config
+
+    parser = build_parser()
+    config = build_config(parser.parse_args(["train", "--fuse-1x1", "--no-batched-casts", "--branch-streams"]))
+    assert (config.fuse_1x1, config.batched_casts, config.branch_streams, config.cudnn_benchmark) == (
+        True, False, True, None)
+    (tmp_path / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    resumed = build_config(parser.parse_args(["train", "--resume", str(tmp_path), "--batched-casts"]))
+    assert resumed.batched_casts is True and resumed.fuse_1x1 is None

@@ -18,7 +18,7 @@ import torch
 from inceptionlab import runs
 from inceptionlab.analysis import input_size_report
 from inceptionlab.cli import main
-from inceptionlab.config import TrainConfig
+from inceptionlab.config import CUDA_SWITCHES, TrainConfig
 from inceptionlab.data import load_fashion_mnist
 from inceptionlab.evaluate import evaluate_run
 from inceptionlab.models import create_model, list_models
@@ -65,6 +65,12 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     # d2l-style summary lines
     assert lines[-2].startswith("loss ") and ", train acc " in lines[-2] and ", test acc " in lines[-2]
     assert lines[-1].endswith("examples/sec on cpu")
+    # where the time went: the setup's parts add up to (no more than) the setup, switches resolved (all off on a CPU)
+    timings = result.summary["timings"]
+    assert set(timings["setup"]) == {"model_seconds", "data_seconds", "step_seconds", "run_dir_seconds"}
+    assert 0 < sum(timings["setup"].values()) <= timings["setup_seconds"]
+    assert timings["train_seconds"] > 0 and timings["eval_seconds"] > 0
+    assert {k: result.summary[k] for k in CUDA_SWITCHES} == dict.fromkeys(CUDA_SWITCHES, False)
     rows = runs.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.metrics
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")

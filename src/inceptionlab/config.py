@@ -15,6 +15,8 @@ from typing import Any
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
+# Speed switches of the CUDA-graph step: None = auto (inceptionlab.fast.resolve_cuda_options); none changes the result
+CUDA_SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -56,6 +58,8 @@ class TrainConfig:
     # CUDA only; None = auto (inceptionlab.fast.resolve_cuda_options says what auto picks and why)
     branch_streams: bool | None = None  # run an Inception block's branches on parallel CUDA streams
     cudnn_benchmark: bool | None = None  # let cuDNN time its convolution algorithms for each new shape
+    batched_casts: bool | None = None  # bf16 copies of all conv/linear parameters in one multi-tensor kernel
+    fuse_1x1: bool | None = None  # an Inception block's three 1x1 convs on its input as one convolution
     # reproducibility and data
     seed: int = 0
     limit_train: int | None = None
@@ -98,9 +102,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-        for name in ("branch_streams", "cudnn_benchmark", "channels_last", "normalize", "flip"):
+        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip"):
             value = getattr(self, name)
-            if not (isinstance(value, bool) or (value is None and name in ("branch_streams", "cudnn_benchmark"))):
+            if not (isinstance(value, bool) or (value is None and name in CUDA_SWITCHES)):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
         for name in ("limit_train", "limit_test", "num_threads"):
             value = getattr(self, name)

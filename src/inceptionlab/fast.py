@@ -39,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from inceptionlab.config import STEP_MODES, TrainConfig
+from inceptionlab.config import CUDA_SWITCHES, STEP_MODES, TrainConfig
 from inceptionlab.errors import ConfigError
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -47,8 +47,9 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 WARMUP_STEPS = 3  # PyTorch's CUDA-graph recipe: a few eager iterations on a side stream before capture
 PRE_RESIZE_MAX_BYTES = 4 << 30  # 60,000 x 96 x 96 uint8 is 553 MB; at 299 px (5.4 GB) keep resizing per batch
 
-__all__ = ["STEP_MODES", "StaticTrainStep", "build_train_step", "cuda_options", "pre_resize", "resolve_cuda_options",
-           "resolve_step_mode", "set_branch_streams", "want_pre_resize"]
+__all__ = ["STEP_MODES", "BatchedCasts", "StaticTrainStep", "build_train_step", "cuda_options",
+           "graph_vs_eager_max_diff", "lr_sensitivity", "pre_resize", "resolve_cuda_options", "resolve_step_mode",
+           "set_branch_streams", "set_fuse_1x1", "want_pre_resize"]
 
 
 def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int = 1) -> str:
@@ -74,64 +75,149 @@ def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int
     return mode
 
 
-# What ``None`` (auto) means for the two CUDA switches, per resolved step mode. Measured on one H200 (PyTorch 2.11,
+# What ``None`` (auto) means for the CUDA switches, per resolved step mode. Measured on one H200 (PyTorch 2.11,
 # cuDNN 9.19, 2026-11-28, benchmarks/gpu_check.sh; BENCHMARKS.md), googlenet 96 px batch 128 bf16 channels_last:
 # - cudnn.benchmark: 6.35 ms per graph-replayed step with and without it (4.72 / 4.72 with branch streams): off.
 # - branch streams: 6.35 -> 4.72 ms per step (1.35x), and the captured training matches the eager step for
-#   googlenet (relative drift 7.8e-6), but NOT for the models with BatchNorm (googlenet-bn 0.60, inception-v3 0.84,
-#   inception-resnet 0.62, where the plain graph gives 0.0). Suspected cause, found after the lease: backward
-#   gradients crossing streams were not recorded for the allocator, so inside the graph their memory was reused
-#   by unordered nodes. models._blocks._CrossStream now records them; that fix is NOT yet measured, so the models
-#   with BatchNorm still refuse the switch, and auto leaves it off everywhere until a GPU run shows the checks
-#   (benchmarks/bench_train.py --probe --checks-only) below 1e-4 for every model and an end-to-end run with it.
+#   googlenet (relative drift 7.8e-6 in float32). For the models with BatchNorm that float32 check read 0.60
+#   (googlenet-bn), 0.84 (inception-v3), 0.62 (inception-resnet), so the trainer refuses the switch for them. Found on
+#   the CPU since: that check cannot tell rounding from error for BatchNorm models. Their short training is chaotic
+#   (an lr nudged by 1e-7 moves googlenet-bn's result by 0.36), and fuse_1x1, which only changes rounding, reads
+#   0.63 there in float32 but 4e-10 in float64 (graph_vs_eager_max_diff, now float64). With streams the arithmetic
+#   differs by rounding too (googlenet's 7.8e-6 is not 0; e.g. a block's input gradients summed in another order),
+#   so the 0.6-0.8 was most likely that, not a race; the refusal stays until the float64 check has passed on a GPU
+#   (tests/test_fast.py). Auto stays off everywhere until an end-to-end run with streams is measured.
+# - batched casts and fuse_1x1 (added after that lease): NOT yet measured on a GPU, so auto leaves them off. Both
+#   cut kernels from the 835 of a step (about 230 per-tensor weight/gradient casts become a few multi-tensor
+#   kernels; about 19 kernels fewer per Inception block, nine blocks); both compute what the plain step computes
+#   (tests/test_fast.py). On the 2-core CPU fuse_1x1 gains little (benchmarks/bench_threads.py --ab-fuse-1x1,
+#   googlenet 96 px, medians of alternating rounds: bf16 754 vs 765 ms per step, ranges overlapping; fp32 1,325 vs
+#   1,369 ms, 3 %): too little to change the default there, so it is a CUDA switch like the others.
 AUTO_BRANCH_STREAMS = {"cudagraph": False}
+# The refusal described above; benchmarks/bench_train.py --unverified-streams lifts it in its own child processes
+# to time a candidate (only after the float64 checks passed on that card), never in the library's own runs.
+REFUSE_STREAMS_WITH_BATCHNORM = True
 AUTO_CUDNN_BENCHMARK = {"cudagraph": False}
+AUTO_BATCHED_CASTS = {"cudagraph": False}
+AUTO_FUSE_1X1 = {"cudagraph": False}
+_AUTO = {"branch_streams": AUTO_BRANCH_STREAMS, "cudnn_benchmark": AUTO_CUDNN_BENCHMARK,
+         "batched_casts": AUTO_BATCHED_CASTS, "fuse_1x1": AUTO_FUSE_1X1}
 
 
 def resolve_cuda_options(config: TrainConfig, device: torch.device, step_mode: str,
                          model: nn.Module | None = None) -> dict[str, bool]:
-    """``branch_streams`` and ``cudnn_benchmark`` made concrete: both off off CUDA; ``None`` = the measured default.
+    """The CUDA switches (:data:`~inceptionlab.config.CUDA_SWITCHES`) made concrete: all off off CUDA; ``None`` =
+    the measured default for the step mode (the table above).
 
     Branch streams only pay inside a CUDA graph (eagerly, each fork and join is more host work for a step that
     is already bound by the host). Asking for them with a ``model`` that has BatchNorm is a :class:`ConfigError`
-    (see the measurements above ``AUTO_BRANCH_STREAMS``).
+    (see the measurements above ``AUTO_BRANCH_STREAMS``). Batched casts replace autocast's per-layer casts, so they
+    exist only for the captured bf16 step; asked for elsewhere they resolve to off.
     """
     if device.type != "cuda":
-        return {"branch_streams": False, "cudnn_benchmark": False}
-    streams = config.branch_streams
-    benchmark = config.cudnn_benchmark
-    if streams and model is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return {name: False for name in CUDA_SWITCHES}
+    if config.branch_streams and REFUSE_STREAMS_WITH_BATCHNORM and model is not None and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
         raise ConfigError(
-            f"--branch-streams is refused for {config.model}: with BatchNorm, graph-captured training on parallel "
-            "streams drifted from the eager step on an H200 (relative drift 0.6-0.8; 0.0 without the switch). "
-            "Use --no-branch-streams (the default); it works for the chapter's googlenet."
+            f"--branch-streams is refused for {config.model} until it is verified with BatchNorm: the float32 check "
+            "on an H200 read a drift of 0.6-0.8 from the eager step, within that check's rounding noise for BatchNorm "
+            "models, and the float64 check that decides has not run on a GPU yet. Use --no-branch-streams (the "
+            "default); the switch is verified for the chapter's googlenet."
         )
-    return {
-        "branch_streams": AUTO_BRANCH_STREAMS.get(step_mode, False) if streams is None else bool(streams),
-        "cudnn_benchmark": AUTO_CUDNN_BENCHMARK.get(step_mode, False) if benchmark is None else bool(benchmark),
-    }
+    options = {}
+    for name in CUDA_SWITCHES:
+        value = getattr(config, name)
+        options[name] = _AUTO[name].get(step_mode, False) if value is None else bool(value)
+    if step_mode != "cudagraph" or config.precision != "bf16":
+        options["batched_casts"] = False
+    return options
+
+
+def _set_block_flag(model: nn.Module, flag: str, enabled: bool) -> int:
+    blocks = [m for m in model.modules() if hasattr(type(m), flag)]
+    for block in blocks:
+        setattr(block, flag, enabled)
+    return len(blocks)
 
 
 def set_branch_streams(model: nn.Module, enabled: bool) -> int:
     """Switch the parallel-stream branches of every multi-branch block of ``model``; returns how many blocks."""
-    from inceptionlab.models._blocks import MultiBranch
+    return _set_block_flag(model, "branch_streams", enabled)
 
-    blocks = [m for m in model.modules() if isinstance(m, MultiBranch)]
-    for block in blocks:
-        block.branch_streams = enabled
-    return len(blocks)
+
+def set_fuse_1x1(model: nn.Module, enabled: bool) -> int:
+    """Switch the fused 1x1 convolutions of every googlenet Inception block of ``model``; returns how many blocks."""
+    return _set_block_flag(model, "fuse_1x1", enabled)
 
 
 @contextlib.contextmanager
 def cuda_options(model: nn.Module, options: dict[str, bool]):
-    """Apply :func:`resolve_cuda_options`'s result for the duration of a run and restore the global flag after."""
+    """Apply :func:`resolve_cuda_options`'s result to ``model`` for the duration of a run; the global cuDNN flag and
+    the blocks' switches are restored after (so an exported or evaluated model runs its plain forward).
+    (``batched_casts`` belongs to the step: :func:`build_train_step`.)"""
     saved = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = options["cudnn_benchmark"]
     set_branch_streams(model, options["branch_streams"])
+    set_fuse_1x1(model, options["fuse_1x1"])
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = saved
+        set_branch_streams(model, False)
+        set_fuse_1x1(model, False)
+
+
+# --------------------------------------------------------------------------------------------- batched casts
+
+
+class _CastAll(torch.autograd.Function):
+    """Copies of many tensors in ``dtype``, made by one multi-tensor kernel (``torch._foreach_copy_``, which takes
+    mixed dtypes on CUDA); the backward turns their gradients back into the originals' dtype the same way.
+
+    Under autocast every conv/linear call casts its fp32 weight and bias to bf16 on its own, and each cast's
+    backward is another cast: two small kernels per tensor and step (googlenet: 116 tensors). Casting all of them
+    up front gives autocast bf16 tensors it passes through untouched: the same values, the same arithmetic.
+    """
+
+    @staticmethod
+    def forward(ctx, dtype, *tensors):
+        ctx.set_materialize_grads(False)
+        ctx.dtypes = [t.dtype for t in tensors]
+        copies = [torch.empty_like(t, dtype=dtype) for t in tensors]
+        torch._foreach_copy_(copies, list(tensors))
+        return tuple(copies)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        present = [i for i, g in enumerate(grads) if g is not None]
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        if present:
+            back = [torch.empty_like(grads[i], dtype=ctx.dtypes[i]) for i in present]
+            torch._foreach_copy_(back, [grads[i] for i in present])
+            for i, g in zip(present, back, strict=True):
+                out[i] = g
+        return (None, *out)
+
+
+class BatchedCasts:
+    """``model(x)`` with every conv/linear weight and bias cast to ``dtype`` up front by :class:`_CastAll`, then
+    passed in through ``torch.func.functional_call``. Only the captured bf16 step uses it (``--batched-casts``): the
+    Python work happens once, at capture, and the replayed graph keeps only the multi-tensor kernels."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        self.model, self.dtype = model, dtype
+        self.names, self.params = [], []
+        for module_name, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):  # the layers autocast runs in bf16
+                for name, param in module.named_parameters(recurse=False):
+                    if param.requires_grad and param.is_floating_point():
+                        self.names.append(f"{module_name}.{name}" if module_name else name)
+                        self.params.append(param)
+
+    def __call__(self, x: torch.Tensor):
+        copies = _CastAll.apply(self.dtype, *self.params)
+        return torch.func.functional_call(self.model, dict(zip(self.names, copies, strict=True)), (x,))
 
 
 def build_train_step(
@@ -143,13 +229,16 @@ def build_train_step(
     batch_size: int,
     scaler: torch.amp.GradScaler | None = None,
     world_size: int = 1,
+    batched_casts: bool = False,
 ) -> StepFn:
-    """The trainer's step function for ``config.step_mode``: ``step(x, y) -> (loss * batch, #correct)``."""
+    """The trainer's step function for ``config.step_mode``: ``step(x, y) -> (loss * batch, #correct)``.
+    ``batched_casts``: :func:`resolve_cuda_options`'s value (used by the captured step only)."""
     from inceptionlab.train import make_train_step
 
     mode = resolve_step_mode(config, device, world_size)
     if mode == "cudagraph":
-        return StaticTrainStep(model, optimizer, config, batch_size=batch_size, capture=True)
+        return StaticTrainStep(model, optimizer, config, batch_size=batch_size, capture=True,
+                               batched_casts=batched_casts)
     if mode == "compile":
         return make_train_step(torch.compile(model), optimizer, config, scaler)
     return make_train_step(model, optimizer, config, scaler)
@@ -160,6 +249,7 @@ class StaticTrainStep:
 
     ``capture=False`` runs the very same body (static buffers, warm-up and roll-back, tensor learning rate,
     in-place outputs) without a graph: that is how the CPU test checks it against the eager step.
+    ``batched_casts``: the full-batch body runs the model through :class:`BatchedCasts` (bf16 only).
     Call it like the eager step: ``loss_times_batch, correct = step(x, y)``. The returned tensors are the
     static outputs, overwritten by the next call: add them into an accumulator before calling again.
     """
@@ -173,6 +263,7 @@ class StaticTrainStep:
         batch_size: int,
         capture: bool = True,
         warmup_steps: int = WARMUP_STEPS,
+        batched_casts: bool = False,
     ):
         from inceptionlab.train import make_criterion, make_train_step
 
@@ -182,9 +273,12 @@ class StaticTrainStep:
         self.model, self.optimizer, self.config = model, optimizer, config
         self.batch_size, self.capture, self.warmup_steps = batch_size, capture, warmup_steps
         self.criterion = make_criterion(config)
+        if batched_casts and config.precision != "bf16":
+            raise ConfigError(f"batched casts make bf16 copies; the run's precision is {config.precision}")
+        self.forward = BatchedCasts(model) if batched_casts else model
         self.aux_loss_weight = getattr(model, "aux_loss_weight", 0.3)
         shape = (batch_size, config.in_channels, config.image_size, config.image_size)
-        self.static_x = torch.zeros(shape, device=device)
+        self.static_x = torch.zeros(shape, device=device, dtype=next(model.parameters()).dtype)
         self.static_y = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.static_loss = torch.zeros((), dtype=torch.float32, device=device)  # loss x batch of the last step
         self.static_correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -208,7 +302,7 @@ class StaticTrainStep:
 
         x = prepare_input(self.static_x, self.config)
         with autocast_context(self.config, x.device, cache_enabled=False):
-            output = self.model(x)
+            output = self.forward(x)
             loss = classification_loss(output, self.static_y, self.criterion, self.aux_loss_weight)
         loss.backward()
         with self._tensor_lr():
@@ -392,6 +486,62 @@ def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tens
     return out
 
 
+def _check_batches(steps: int, batch_size: int, image_size: int, dtype: torch.dtype) -> list:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.rand(n, 1, image_size, image_size, generator=gen).to(dtype),
+             torch.randint(0, 10, (n,), generator=gen)) for n in [batch_size] * steps + [batch_size // 2]]
+
+
+def _parameter_change(device: torch.device, config: TrainConfig, batches: list, dtype: torch.dtype, *,
+                      captured: bool = False, branch_streams: bool = False, fuse_1x1: bool = False,
+                      batched_casts: bool = False, lr_scale: float = 1.0) -> torch.Tensor:
+    """Train a fresh seeded ``config.model`` on ``batches`` (lr 2^-8 * (1 + i): exact in float32, so the captured
+    step's float32 lr tensor holds the very value the eager step uses) and return the change of all parameters."""
+    from inceptionlab.models import create_model, init_xavier_
+    from inceptionlab.train import build_optimizer, make_train_step
+
+    torch.manual_seed(0)
+    net = init_xavier_(create_model(config.model)).to(device=device, dtype=dtype)
+    net.to(memory_format=torch.channels_last)
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0  # the graph's RNG offsets need not match eager ones: compare the arithmetic only
+    set_branch_streams(net, branch_streams)
+    set_fuse_1x1(net, fuse_1x1)
+    start = torch.cat([p.detach().flatten().double() for p in net.parameters()])
+    optimizer = build_optimizer(net, config, device)
+    step = (StaticTrainStep(net, optimizer, config, batch_size=config.batch_size, capture=device.type == "cuda",
+                            batched_casts=batched_casts)
+            if captured else make_train_step(net, optimizer, config))
+    for i, (x, y) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = 2.0**-8 * (1 + i) * lr_scale
+        step(x.to(device), y.to(device))
+    return torch.cat([p.detach().flatten().double() for p in net.parameters()]) - start
+
+
+@contextlib.contextmanager
+def _exact_arithmetic():
+    """No TF32, deterministic cuDNN algorithms, no autotuning; the flags are restored after."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = flags
+
+
+def _check_setup(model: str, precision: str, dtype: torch.dtype | None, batch_size: int, image_size: int):
+    if dtype is None:
+        dtype = torch.float64 if precision == "fp32" else torch.float32  # autocast needs float32 master weights
+    config = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, optimizer="nesterov",
+                         weight_decay=5e-4, channels_last=True, precision=precision)
+    return config, dtype
+
+
 def graph_vs_eager_max_diff(
     device: torch.device,
     steps: int = 5,
@@ -400,49 +550,50 @@ def graph_vs_eager_max_diff(
     *,
     model: str = "googlenet-bn",
     branch_streams: bool = False,
+    fuse_1x1: bool = False,
+    batched_casts: bool = False,
+    precision: str = "fp32",
+    dtype: torch.dtype | None = None,
 ) -> float:
     """How far the captured step's training drifts from the eager step's: ``|d_graph - d_eager| / |d_eager|``, where
     ``d`` is the change of all parameters (one vector) after ``steps`` full batches (lr changing every step) and one
-    partial batch. fp32 without TF32, deterministic cuDNN algorithms, dropout off, random data: both sides do the
-    same arithmetic, so the result is rounding-level (or 0). ``branch_streams``: the captured side runs each block's
-    branches on parallel streams (the eager side never).
+    partial batch. Deterministic algorithms, no TF32, dropout off, random data. The switches apply to the captured
+    side only (the eager side is the plain step): ``branch_streams``, ``fuse_1x1``, ``batched_casts`` (needs
+    ``precision="bf16"``). On a CPU the "captured" side is :class:`StaticTrainStep` without a graph.
 
-    Why this measure: an earlier version reported the largest per-tensor difference relative to the tensor's largest
-    value, with TF32 on and lr 0.05; on an H200 that read 1.5 for googlenet-bn (BatchNorm shifts start at 0, so any
-    rounding looks large next to them) although the graph-trained models reach the eager accuracy.
+    ``dtype`` (default: float64 for ``precision="fp32"``, float32 master weights under bf16 autocast) is the
+    arithmetic of model and data. Why float64: this short training is chaotic for the models with BatchNorm. Measured
+    on the CPU (:func:`lr_sensitivity`): scaling the lr by (1 + 1e-7) moves googlenet-bn's parameter change by
+    0.36 (float32) / 0.38 (float64) but googlenet's by 2.4e-4 / 1e-7. So any rounding difference, such as gradients
+    summed in another order, reads as O(1) drift in float32 for those models; in float64 rounding (1e-16) stays
+    far below the 1e-4 that the tests use, while a wrong result (a race, a missing gradient) does not.
+    An identical computation gives exactly 0.
     """
-    from inceptionlab.models import create_model, init_xavier_
-    from inceptionlab.train import build_optimizer, make_train_step
-
-    config = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, optimizer="nesterov",
-                         weight_decay=5e-4, channels_last=True)
-    gen = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(n, 1, image_size, image_size, generator=gen), torch.randint(0, 10, (n,), generator=gen))
-               for n in [batch_size] * steps + [batch_size // 2]]
-    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        deltas = []
-        for graphed in (False, True):
-            torch.manual_seed(0)
-            net = init_xavier_(create_model(config.model)).to(device).to(memory_format=torch.channels_last)
-            for module in net.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0  # the graph's RNG offsets need not match eager ones: compare the arithmetic only
-            set_branch_streams(net, graphed and branch_streams)
-            start = torch.cat([p.detach().flatten().double() for p in net.parameters()])
-            optimizer = build_optimizer(net, config, device)
-            step = (StaticTrainStep(net, optimizer, config, batch_size=batch_size, capture=device.type == "cuda")
-                    if graphed else make_train_step(net, optimizer, config))
-            for i, (x, y) in enumerate(batches):
-                for group in optimizer.param_groups:
-                    group["lr"] = 0.01 * (1 + i) / len(batches)
-                step(x.to(device), y.to(device))
-            deltas.append(torch.cat([p.detach().flatten().double() for p in net.parameters()]) - start)
-    finally:
-        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
-         torch.backends.cudnn.benchmark) = flags
-    eager, graph = deltas
+    config, dtype = _check_setup(model, precision, dtype, batch_size, image_size)
+    batches = _check_batches(steps, batch_size, image_size, dtype)
+    with _exact_arithmetic():
+        eager = _parameter_change(device, config, batches, dtype)
+        graph = _parameter_change(device, config, batches, dtype, captured=True, branch_streams=branch_streams,
+                                  fuse_1x1=fuse_1x1, batched_casts=batched_casts)
     return float((graph - eager).norm() / eager.norm().clamp_min(1e-30))
+
+
+def lr_sensitivity(
+    device: torch.device,
+    rel: float = 1e-7,
+    steps: int = 5,
+    batch_size: int = 32,
+    image_size: int = 32,
+    *,
+    model: str = "googlenet-bn",
+    precision: str = "fp32",
+    dtype: torch.dtype | None = None,
+) -> float:
+    """The scale of :func:`graph_vs_eager_max_diff`: the same relative drift between two *eager* trainings whose
+    learning rates differ by the factor ``1 + rel``. Large values mean the check cannot tell rounding from error."""
+    config, dtype = _check_setup(model, precision, dtype, batch_size, image_size)
+    batches = _check_batches(steps, batch_size, image_size, dtype)
+    with _exact_arithmetic():
+        base = _parameter_change(device, config, batches, dtype)
+        nudged = _parameter_change(device, config, batches, dtype, lr_scale=1 + rel)
+    return float((nudged - base).norm() / base.norm().clamp_min(1e-30))

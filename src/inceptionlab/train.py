@@ -411,6 +411,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     step_mode = fast.resolve_step_mode(config, device, dist_info.world_size)
     cuda_opts = fast.resolve_cuda_options(config, device, step_mode, model)  # refuses what is known to be wrong
     transform = _build_transform(config)
+    setup = {"model_seconds": time.perf_counter() - started}  # incl. the size check and the device's first use
+    mark = time.perf_counter()
 
     # the data lives on the device as uint8; batches are resized there
     if data is None:
@@ -431,6 +433,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size, transform=transform,
     )
     steps_per_epoch = len(loader)
+    setup["data_seconds"] = time.perf_counter() - mark  # read + verify, to the device, resize once
+    mark = time.perf_counter()
 
     optimizer = build_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
@@ -441,7 +445,11 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = fast.build_train_step(train_model, optimizer, config, device, scaler=scaler,
                                     batch_size=config.batch_size // dist_info.world_size,
-                                    world_size=dist_info.world_size)  # eager, or one CUDA graph (step_mode)
+                                    world_size=dist_info.world_size,
+                                    batched_casts=cuda_opts["batched_casts"])  # eager, or one CUDA graph (step_mode)
+
+    setup["step_seconds"] = time.perf_counter() - mark  # optimizer, step function (a graph is captured later)
+    mark = time.perf_counter()
 
     # the run directory (rank 0 creates it; the others learn its path)
     start_epoch, rows, elapsed_before = 0, [], 0.0
@@ -482,8 +490,9 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     show_bar = show_bar and is_main
 
     status, stop_signal, last_eval = "completed", None, None
-    timings = {"setup_seconds": time.perf_counter() - started, "train_seconds": 0.0, "eval_seconds": 0.0,
-               "write_seconds": 0.0}
+    setup["run_dir_seconds"] = time.perf_counter() - mark  # resume state, run directory, config.json
+    timings = {"setup_seconds": time.perf_counter() - started, "setup": setup, "train_seconds": 0.0,
+               "eval_seconds": 0.0, "write_seconds": 0.0}
     last_plot, plotted = -math.inf, len(rows)
     with _StopFlag() as stop, fast.cuda_options(model, cuda_opts):
         for epoch in range(start_epoch, config.epochs):

@@ -7,12 +7,20 @@ import argparse
 import sys
 
 from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
-from inceptionlab.config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, STEP_MODES, TrainConfig, preset_config
+from inceptionlab.config import (
+    CUDA_SWITCHES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    SCHEDULES,
+    STEP_MODES,
+    TrainConfig,
+    preset_config,
+)
 from inceptionlab.errors import ConfigError
 
 # Options that may change when resuming (they do not change what the run computes, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "branch_streams",
-             "cudnn_benchmark")
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", *CUDA_SWITCHES)
 
 
 def nonnegative_float(text: str) -> float:
@@ -91,6 +99,10 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
                    help="CUDA: run each Inception block's branches on parallel streams (default: auto)")
     g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA: let cuDNN time its convolution algorithms (default: auto)")
+    g.add_argument("--batched-casts", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA graph, bf16: cast all conv/linear weights in one multi-tensor kernel (default: auto)")
+    g.add_argument("--fuse-1x1", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA: run an Inception block's three 1x1 convs on its input as one conv (default: auto)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--seed", type=nonnegative_int)

@@ -89,8 +89,9 @@ class _CrossStream(torch.autograd.Function):
     Forward reads are covered by :meth:`MultiBranch.run_branches` itself. In the backward pass autograd orders the
     streams (event waits) but does not tell the allocator: the gradient a concatenation hands to a branch on a
     side stream is freed, and reusable by the main stream, as soon as the branch's kernels are *queued*. Inside a
-    CUDA graph that reuse becomes a pair of unordered nodes, i.e. a race on every replay: the suspected cause of the
-    drift measured for BatchNorm models on an H200 (see :data:`inceptionlab.fast.AUTO_BRANCH_STREAMS`).
+    CUDA graph that reuse would become a pair of unordered nodes, i.e. a race on every replay. (First suspected
+    behind the drift measured for BatchNorm models on an H200; that drift is more likely rounding read through a
+    chaotic check, see :data:`inceptionlab.fast.AUTO_BRANCH_STREAMS`. The recording is right either way.)
     """
 
     @staticmethod
@@ -119,19 +120,24 @@ class MultiBranch(nn.Module):
 
     branch_streams: bool = False
 
-    def run_branches(self, x: torch.Tensor, branches: Sequence[Callable]) -> list[torch.Tensor]:
-        """``[branch(x) for branch in branches]``, flattened where a branch returns several tensors."""
-        if not (self.branch_streams and x.is_cuda) or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return _flatten([branch(x) for branch in branches])
-        current = torch.cuda.current_stream(x.device)
-        side = _side_streams(x.device, len(branches) - 1)
+    def run_branches(self, x: torch.Tensor | Sequence[torch.Tensor],
+                     branches: Sequence[Callable]) -> list[torch.Tensor]:
+        """``[branch(x) for branch in branches]``, flattened where a branch returns several tensors. ``x`` may also
+        be one input per branch (``[branch(x_k) for ...]``)."""
+        inputs = list(x) if isinstance(x, (list, tuple)) else [x] * len(branches)
+        if len(inputs) != len(branches):
+            raise ValueError(f"{len(branches)} branches but {len(inputs)} inputs")
+        if not (self.branch_streams and inputs[0].is_cuda) or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return _flatten([branch(inp) for branch, inp in zip(branches, inputs, strict=True)])
+        current = torch.cuda.current_stream(inputs[0].device)
+        side = _side_streams(inputs[0].device, len(branches) - 1)
         outputs: list[list[torch.Tensor]] = [[] for _ in branches]
         for k, stream in enumerate(side, start=1):
             stream.wait_stream(current)  # fork: the input is ready
             with torch.cuda.stream(stream):
-                outputs[k] = _flatten([branches[k](_CrossStream.apply(x, current))])
-            x.record_stream(stream)  # the allocator must not hand x's memory out while a side stream reads it
-        outputs[0] = _flatten([branches[0](x)])
+                outputs[k] = _flatten([branches[k](_CrossStream.apply(inputs[k], current))])
+            inputs[k].record_stream(stream)  # the allocator must not hand the input out while a side stream reads it
+        outputs[0] = _flatten([branches[0](inputs[0])])
         flat = list(outputs[0])
         for stream, outs in zip(side, outputs[1:], strict=True):
             current.wait_stream(stream)  # join: every branch is done before the concatenation
