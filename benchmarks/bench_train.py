@@ -100,13 +100,17 @@ def _memory(device) -> dict:
     return out
 
 
-def child_ours(config_dict: dict) -> dict:
+def child_ours(config_dict: dict, unverified_streams: bool = False) -> dict:
     """Our trainer, end to end, exactly as `inceptionlab train` runs it (minus argument parsing)."""
     shimmed = _shim_optional_modules()
     import torch
 
     from inceptionlab import fast
+    from inceptionlab.config import CUDA_SWITCHES
     from inceptionlab.train import resolve_device, train
+
+    if unverified_streams:  # a candidate timed on purpose (--unverified-streams): say so in the result
+        fast.REFUSE_STREAMS_WITH_BATCHNORM = False
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         config = _config({**config_dict, "out": out})
@@ -125,8 +129,8 @@ def child_ours(config_dict: dict) -> dict:
         "train_acc": summary.get("train_acc"),
         "train_loss": summary.get("train_loss"),
         "trainer_elapsed_seconds": summary.get("elapsed_seconds"),
-        "branch_streams": summary.get("branch_streams"),
-        "cudnn_benchmark": summary.get("cudnn_benchmark"),
+        **{name: summary.get(name) for name in CUDA_SWITCHES},  # what the run resolved them to
+        "unverified_streams": unverified_streams,
         "timings": summary.get("timings"),  # setup / train / eval / write / graph capture, inside the trainer
         # the trainer's per-epoch figure: images / time of the epoch's training loop (loader included)
         "d2l_examples_per_sec": summary.get("images_per_sec"),
@@ -164,24 +168,28 @@ def child_steps(config_dict: dict, warmup_steps: int, steps: int) -> dict:
     loader = data_module.DeviceLoader(images, labels, config.batch_size, image_size=config.image_size,
                                       shuffle=True, seed=config.seed, transform=_build_transform(config))
     optimizer = build_optimizer(model, config, device)
-    step = fast.build_train_step(model, optimizer, config, device, batch_size=config.batch_size)
+    options = fast.resolve_cuda_options(config, device, fast.resolve_step_mode(config, device))
+    step = fast.build_train_step(model, optimizer, config, device, batch_size=config.batch_size,
+                                 batched_casts=options["batched_casts"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     loss_sum = torch.zeros((), device=device)
     batches = iter(loader)
-    for _ in range(warmup_steps):
-        x, y = next(batches)
-        loss_sum += step(x, y)[0]
-    float(loss_sum)
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(batches)
-        loss_sum += step(x, y)[0]
-    float(loss_sum)  # the one host sync: every queued step has finished
-    seconds = time.perf_counter() - start
+    with fast.cuda_options(model, options):  # the switches stay on for the capture and the timed steps
+        for _ in range(warmup_steps):
+            x, y = next(batches)
+            loss_sum += step(x, y)[0]
+        float(loss_sum)
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, y = next(batches)
+            loss_sum += step(x, y)[0]
+        float(loss_sum)  # the one host sync: every queued step has finished
+        seconds = time.perf_counter() - start
     return {
         "side": f"ours steps ({config.preset})",
         "step_mode": fast.resolve_step_mode(config, device),
+        **options,
         "steps": steps,
         "warmup_steps": warmup_steps,
         "ms_per_step": 1000 * seconds / steps,
@@ -191,22 +199,29 @@ def child_steps(config_dict: dict, warmup_steps: int, steps: int) -> dict:
 
 
 def _row(label, mode="cudagraph", precision="bf16", channels_last=True, batch=128, benchmark=False, streams=False,
-         model="googlenet", size=None):
+         casts=False, fuse=False, model="googlenet", size=None):
     return {"setup": label, "mode": mode, "precision": precision, "channels_last": channels_last, "batch": batch,
-            "cudnn_benchmark": benchmark, "branch_streams": streams, "model": model, "size": size}
+            "cudnn_benchmark": benchmark, "branch_streams": streams, "batched_casts": casts, "fuse_1x1": fuse,
+            "model": model, "size": size}
 
 
+_FAST = {"model": "googlenet-bn", "size": 64, "batch": 256}
 PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model build, a capture and the steps
     _row("eager fp32, NCHW (what d2l does)", mode="eager", precision="fp32", channels_last=False),
     _row("eager bf16 autocast, channels_last", mode="eager"),
     _row("CUDA graph, bf16, channels_last"),
-    _row("CUDA graph, bf16, channels_last, cudnn.benchmark", benchmark=True),
-    _row("CUDA graph, bf16, channels_last, branch streams", streams=True),
-    _row("CUDA graph, bf16, channels_last, branch streams, cudnn.benchmark", streams=True, benchmark=True),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL (preset fast)", model="googlenet-bn", size=64, batch=256),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, benchmark", model="googlenet-bn", size=64, batch=256,
-         streams=True, benchmark=True),
+    _row("CUDA graph, bf16, CL, batched casts", casts=True),
+    _row("CUDA graph, bf16, CL, fused 1x1", fuse=True),
+    _row("CUDA graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True),
+    _row("CUDA graph, bf16, CL, branch streams", streams=True),
+    _row("CUDA graph, bf16, CL, branch streams, batched casts, fused 1x1", streams=True, casts=True, fuse=True),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL (preset fast)", **_FAST),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True, **_FAST),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL, branch streams", streams=True, **_FAST),
+    _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, casts, fused 1x1", streams=True, casts=True, fuse=True,
+         **_FAST),
 )
+_SWITCHES = ("branch_streams", "batched_casts", "fuse_1x1")
 
 
 def _kernel_profile(device, image_size: int) -> dict:
@@ -244,16 +259,29 @@ def _kernel_profile(device, image_size: int) -> dict:
 
 
 def _probe_checks(device, checks: dict, cases) -> None:
-    """Graph-vs-eager training drift (fast.graph_vs_eager_max_diff) for (model, branch streams) cases."""
+    """Graph-vs-eager training drift (fast.graph_vs_eager_max_diff: float64, or float32 weights under bf16 autocast
+    for batched casts) per case, and the check's own scale (fast.lr_sensitivity) for the ``sensitivity`` cases."""
+    import torch
+
     from inceptionlab import fast
 
-    for model_name, streams in cases:
-        key = f"{model_name}{', branch streams' if streams else ''}"
+    for case in cases:
+        model_name, kind, options = case["model"], case.get("kind", "check"), case.get("options", {})
         try:
-            checks[key] = fast.graph_vs_eager_max_diff(device, model=model_name, branch_streams=streams)
+            if kind == "sensitivity":
+                dtype = getattr(torch, case["dtype"])
+                key = f"{model_name}, lr x (1 + 1e-7), eager vs eager, {case['dtype']}"
+                value = fast.lr_sensitivity(device, model=model_name, dtype=dtype)
+            else:
+                key = ", ".join([model_name, *(k.replace("_", " ") for k in _SWITCHES if options.get(k))]
+                                + (["bf16"] if options.get("precision") == "bf16" else [])
+                                + ([case["dtype"]] if "dtype" in case else []))
+                dtype = getattr(torch, case["dtype"]) if "dtype" in case else None
+                value = fast.graph_vs_eager_max_diff(device, model=model_name, dtype=dtype, **options)
         except Exception as exc:  # noqa: BLE001 - a probe reports every failure and goes on
-            checks[key] = f"{type(exc).__name__}: {exc}"
-        print(f"graph vs eager step ({key}), relative drift of the parameter change: {checks[key]}", file=sys.stderr,
+            value = f"{type(exc).__name__}: {exc}"
+        checks[key] = value
+        print(f"graph vs eager step ({key}), relative drift of the parameter change: {value}", file=sys.stderr,
               flush=True)
 
 
@@ -278,9 +306,11 @@ def _probe_rows(device, image_size: int, warmup_steps: int, steps: int, probe_ro
             if row["channels_last"]:
                 model.to(memory_format=torch.channels_last)
             fast.set_branch_streams(model, row["branch_streams"])
+            fast.set_fuse_1x1(model, row["fuse_1x1"])
             optimizer = build_optimizer(model, config, device)
             if row["mode"] == "cudagraph":
-                step = fast.StaticTrainStep(model, optimizer, config, batch_size=batch, capture=True)
+                step = fast.StaticTrainStep(model, optimizer, config, batch_size=batch, capture=True,
+                                            batched_casts=row["batched_casts"])
             else:
                 step = make_train_step(model, optimizer, config)
             x = torch.rand(batch, 1, size, size, device=device)
@@ -306,8 +336,22 @@ def _probe_rows(device, image_size: int, warmup_steps: int, steps: int, probe_ro
     torch.backends.cudnn.benchmark = False
 
 
-CHECK_CASES = (("googlenet", False), ("googlenet-bn", False), ("googlenet", True), ("googlenet-bn", True),
-               ("inception-v3", True), ("inception-resnet", True))
+def _case(model, kind="check", dtype=None, **options):
+    return {"model": model, "kind": kind, "options": options, **({"dtype": dtype} if dtype else {})}
+
+
+CHECK_CASES = (  # plain graph first; the stream cases last (a failed capture can spoil the process's CUDA state)
+    _case("googlenet"), _case("googlenet-bn"),
+    # the check's own scale, and why it runs in float64: the same rounding-only change in float32 and float64
+    *(_case(m, "sensitivity", dtype=d) for m in ("googlenet", "googlenet-bn") for d in ("float32", "float64")),
+    _case("googlenet", fuse_1x1=True, dtype="float32"), _case("googlenet-bn", fuse_1x1=True, dtype="float32"),
+    _case("googlenet", fuse_1x1=True), _case("googlenet-bn", fuse_1x1=True),
+    _case("googlenet", batched_casts=True, precision="bf16"),
+    _case("googlenet-bn", batched_casts=True, precision="bf16"),
+    _case("googlenet", branch_streams=True), _case("googlenet-bn", branch_streams=True),
+    _case("inception-v3", branch_streams=True), _case("inception-resnet", branch_streams=True),
+    _case("googlenet", branch_streams=True, fuse_1x1=True), _case("googlenet-bn", branch_streams=True, fuse_1x1=True),
+)
 
 
 def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int,
@@ -332,7 +376,7 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
     if checks_only:
         _probe_checks(device, checks, CHECK_CASES)
         return {**out, "probe": rows, **_memory(device)}
-    _probe_checks(device, checks, [c for c in CHECK_CASES if not c[1]])
+    _probe_checks(device, checks, [c for c in CHECK_CASES if not c.get("options", {}).get("branch_streams")])
     if device.type == "cuda":
         try:
             out["kernel_profile"] = _kernel_profile(device, image_size)
@@ -346,7 +390,7 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
     save()
     _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if not r["branch_streams"]], rows)
     save()
-    _probe_checks(device, checks, [c for c in CHECK_CASES if c[1]])
+    _probe_checks(device, checks, [c for c in CHECK_CASES if c.get("options", {}).get("branch_streams")])
     save()
     _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if r["branch_streams"]], rows)
     rows.sort(key=lambda r: [p["setup"] for p in PROBE_ROWS].index(r["setup"]))
@@ -407,17 +451,27 @@ def _config(spec: dict):
     return preset_config(spec.pop("preset", "d2l"), **spec).validate()
 
 
+def _run_label(preset: str, overrides: dict) -> str:
+    """``ours (preset fast; switches: fuse_1x1)``: the CUDA switches given are what tells two runs of one preset
+    apart (every other override is in the run's JSON)."""
+    switches = [k for k in ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1") if k in overrides]
+    if not switches:
+        return f"ours (preset {preset})"
+    on = [k for k in switches if overrides[k] is True]
+    return f"ours (preset {preset}; switches: {', '.join(on) if on else 'off'})"
+
+
 def _fmt(value, spec) -> str:
     return "-" if value is None else format(value, spec)
 
 
 def _table(rows: list[tuple[str, dict]]) -> str:
-    head = (f"{'side':<26} {'wall s':>8} {'steady img/s':>13} {'d2l-count img/s':>16} {'test acc':>9} "
+    head = (f"{'side':<44} {'wall s':>8} {'steady img/s':>13} {'d2l-count img/s':>16} {'test acc':>9} "
             f"{'peak RSS MiB':>13} {'worker RSS':>11} {'peak GPU MiB':>13}")
     lines = [head, "-" * len(head)]
     for name, r in rows:
         lines.append(
-            f"{name:<26} {_fmt(r.get('wall_seconds'), '8.1f')} {_fmt(r.get('steady_images_per_sec'), '13,.1f')} "
+            f"{name:<44} {_fmt(r.get('wall_seconds'), '8.1f')} {_fmt(r.get('steady_images_per_sec'), '13,.1f')} "
             f"{_fmt(r.get('d2l_examples_per_sec'), '16,.1f')} {_fmt(r.get('test_acc'), '9.4f')} "
             f"{_fmt(r.get('peak_rss_mib'), '13,.0f')} {_fmt(r.get('peak_worker_rss_mib'), '11,.0f')} "
             f"{_fmt(r.get('peak_gpu_mib'), '13,.0f')}")
@@ -445,6 +499,9 @@ def main(argv=None) -> int:
                    "PyTorch's own choice (one per core)")
     p.add_argument("--probe", action="store_true", help="the step-time probe table instead of the runs")
     p.add_argument("--checks-only", action="store_true", help="with --probe: only the graph-vs-eager checks")
+    p.add_argument("--unverified-streams", action="store_true",
+                   help="let our runs use --branch-streams with BatchNorm models, which the trainer refuses until "
+                   "the float64 check passed on a GPU (fast.REFUSE_STREAMS_WITH_BATCHNORM); for timing a candidate")
     p.add_argument("--json", type=Path, help="write everything here")
     p.add_argument("--child", choices=("ours", "steps", "probe"), help=argparse.SUPPRESS)
     p.add_argument("--child-config", help=argparse.SUPPRESS)
@@ -455,7 +512,7 @@ def main(argv=None) -> int:
     steps = args.steps or (30 if on_cpu else 300)
     if args.child:
         if args.child == "ours":
-            out = child_ours(json.loads(args.child_config))
+            out = child_ours(json.loads(args.child_config), args.unverified_streams)
         elif args.child == "steps":
             out = child_steps(json.loads(args.child_config), args.warmup_steps, steps)
         else:
@@ -478,6 +535,7 @@ def main(argv=None) -> int:
     me = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--steps", str(steps),
           "--warmup-steps", str(args.warmup_steps), "--image-size", str(args.image_size)]
     me += ["--checks-only"] if args.checks_only else []
+    me += ["--unverified-streams"] if args.unverified_streams else []
 
     if args.probe:
         child_json = args.json or tmp / "probe.json"  # the child writes as it goes: a probe cut short still reports
@@ -513,13 +571,14 @@ def main(argv=None) -> int:
                          "--child-json", str(tmp / "steps.json")], tmp / "steps.json", env)
     results[-1][1]["steady_images_per_sec"] = steps_result.get("steady_images_per_sec")
     results[-1][1]["steps_child"] = steps_result
-    for spec in args.also_preset:
+    for k, spec in enumerate(args.also_preset):
         preset, _, overrides = spec.partition(":")
         config = {"preset": preset, "device": args.device, "limit_train": args.limit_train,
                   "limit_test": args.limit_test, **_parse_overrides(overrides)}
-        results.append((f"ours (preset {preset})", _run(
+        name = _run_label(preset, _parse_overrides(overrides))
+        results.append((name, _run(
             [*me, "--child", "ours", "--child-config", json.dumps(config),
-             "--child-json", str(tmp / f"{preset}.json")], tmp / f"{preset}.json", env)))
+             "--child-json", str(tmp / f"also-{k}.json")], tmp / f"also-{k}.json", env)))
     meta["loadavg_after"] = os.getloadavg()
 
     ref = dict(results)["d2l reference"] if not args.skip_reference else {}
@@ -528,6 +587,9 @@ def main(argv=None) -> int:
         "steady_images_per_sec": _ratio(ours.get("steady_images_per_sec"), ref.get("steady_images_per_sec")),
         "d2l_count_images_per_sec": _ratio(ours.get("d2l_examples_per_sec"), ref.get("d2l_examples_per_sec")),
         "end_to_end_speedup": _ratio(ref.get("wall_seconds"), ours.get("wall_seconds")),
+        # every run of ours (the recipe, and each --also-preset) against the same reference
+        "end_to_end_speedup_by_run": {name: _ratio(ref.get("wall_seconds"), r.get("wall_seconds"))
+                                      for name, r in results if name != "d2l reference"},
     }
     report = {"meta": meta, "settings": {"device": args.device, "image_size": args.image_size,
                                          "batch_size": args.batch_size, "epochs": epochs,
@@ -539,7 +601,11 @@ def main(argv=None) -> int:
     print(_table(results))
     print()
     for key, value in ratios.items():
-        print(f"ours / reference, {key.replace('_', ' ')}: {_fmt(value, '.2f')}x")
+        if isinstance(value, dict):
+            for name, ratio in value.items():
+                print(f"reference wall / {name} wall: {_fmt(ratio, '.2f')}x")
+        else:
+            print(f"ours / reference, {key.replace('_', ' ')}: {_fmt(value, '.2f')}x")
     print(f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

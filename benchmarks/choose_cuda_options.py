@@ -1,16 +1,18 @@
-"""Pick the CUDA switches (branch streams, cuDNN benchmark) for a run from a step-time probe made on the same card.
+"""Pick the CUDA switches for a run from a step-time probe made on the same card.
 
     python benchmarks/choose_cuda_options.py PROBE.json --target recipe      # googlenet 96 px, batch 128, 10 epochs
     python benchmarks/choose_cuda_options.py PROBE.json --target fast        # the fast preset
     python benchmarks/choose_cuda_options.py PROBE.json --target compare     # the four Inception models
 
-Prints ``branch_streams=<bool>,cudnn_benchmark=<bool>`` (bench_train.py's override syntax; ``--cli`` prints the
-``inceptionlab train`` flags instead). A variant counts only if its probe row ran and, when it uses branch
-streams, the graph-vs-eager check of every model it will train passed (relative drift < 1e-4, as in
-tests/test_fast.py). Among those,
-the winner has the smallest predicted time ``(1 + benchmark) * prepare + steps * ms_per_step``: warm-up and capture
-once, plus (with cudnn.benchmark) about as much again for the shapes that are new after capture (the epoch's last
-batch and the evaluation batches); a guess that the end-to-end runs check.
+Prints ``branch_streams=<bool>,cudnn_benchmark=<bool>,batched_casts=<bool>,fuse_1x1=<bool>`` (bench_train.py's
+override syntax; ``--cli`` prints the ``inceptionlab train`` flags instead). A probe row counts only if it ran and,
+for each switch it turns on, the graph-vs-eager check of that switch passed (relative drift < 1e-4, as in
+tests/test_fast.py) for every model the run trains. Branch streams with a BatchNorm model are also refused by the
+trainer itself (``inceptionlab.fast.REFUSE_STREAMS_WITH_BATCHNORM``): allowed here only for the targets that
+bench_train.py runs with ``--unverified-streams`` (recipe, fast), never for ``compare``, which runs the CLI.
+Among the rows that count, the winner has the smallest predicted time ``(1 + benchmark) * prepare + steps *
+ms_per_step``: warm-up and capture once, plus (with cudnn.benchmark) about as much again for the shapes that are
+new after capture; a guess that the end-to-end runs check.
 """
 
 from __future__ import annotations
@@ -20,22 +22,28 @@ import json
 import sys
 from pathlib import Path
 
-# target -> (model, size, batch of the probe rows that stand for it; steps of the run; the checks that must pass for
-# branch streams, or None where the run trains a model with BatchNorm: the trainer refuses the switch for those,
-# see inceptionlab.fast.AUTO_BRANCH_STREAMS)
+SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
+CHECKED = {"branch_streams": "branch streams", "batched_casts": "batched casts, bf16", "fuse_1x1": "fuse 1x1"}
+BATCHNORM = ("googlenet-bn", "inception-v3", "inception-resnet")
+
+# target -> (model, size, batch of the probe rows that stand for it; steps of the run; the models it trains;
+# whether bench_train.py runs it, so --unverified-streams can lift the trainer's refusal)
 TARGETS = {
-    "recipe": ("googlenet", 96, 128, 10 * 469, ["googlenet, branch streams"]),
-    "fast": ("googlenet-bn", 64, 256, 12 * 235, None),
-    "compare": ("googlenet", 96, 128, 4 * 10 * 469, None),
+    "recipe": ("googlenet", 96, 128, 10 * 469, ("googlenet",), True),
+    "fast": ("googlenet-bn", 64, 256, 12 * 235, ("googlenet-bn",), True),
+    "compare": ("googlenet", 96, 128, 4 * 10 * 469, ("googlenet", *BATCHNORM), False),
 }
 
 
+def _passed(checks: dict, key: str) -> bool:
+    value = checks.get(key)
+    return isinstance(value, (int, float)) and value < 1e-4
+
+
 def choose(probe: dict, target: str) -> tuple[dict, list[str]]:
-    model, size, batch, steps, checks_needed = TARGETS[target]
+    model, size, batch, steps, trained, via_bench = TARGETS[target]
     checks = probe.get("graph_vs_eager_max_rel_diff", {})
-    streams_ok = checks_needed is not None and all(
-        isinstance(checks.get(k), (int, float)) and checks[k] < 1e-4 for k in checks_needed)
-    notes, best, best_cost = [], {"branch_streams": False, "cudnn_benchmark": False}, float("inf")
+    notes, best, best_cost = [], dict.fromkeys(SWITCHES, False), float("inf")
     for row in probe.get("probe", []):
         if (row["mode"], row["model"], row["size"] or probe.get("image_size", 96), row["batch"], row["precision"],
                 row["channels_last"]) != ("cudagraph", model, size, batch, "bf16", True):
@@ -43,16 +51,24 @@ def choose(probe: dict, target: str) -> tuple[dict, list[str]]:
         if "ms_per_step" not in row:
             notes.append(f"{row['setup']}: failed ({row.get('error', '?')[:80]})")
             continue
-        if row["branch_streams"] and not streams_ok:
-            why = "BatchNorm models refuse them" if checks_needed is None else f"a check did not pass ({checks_needed})"
-            notes.append(f"{row['setup']}: skipped, {why}")
+        why = []
+        for switch, label in CHECKED.items():
+            if not row.get(switch):
+                continue
+            failed = [m for m in trained if not _passed(checks, f"{m}, {label}")]
+            if failed:
+                why.append(f"{label}: no passing check for {', '.join(failed)}")
+            if switch == "branch_streams" and not via_bench and any(m in BATCHNORM for m in trained):
+                why.append("the trainer refuses branch streams for BatchNorm models")
+        if why:
+            notes.append(f"{row['setup']}: skipped ({'; '.join(why)})")
             continue
         prepare = row.get("prepare_seconds") or 0.0
-        cost = (1 + row["cudnn_benchmark"]) * prepare + steps * row["ms_per_step"] / 1000
+        cost = (1 + row.get("cudnn_benchmark", False)) * prepare + steps * row["ms_per_step"] / 1000
         notes.append(f"{row['setup']}: {row['ms_per_step']:.2f} ms/step, prepare {prepare:.1f} s -> {cost:.1f} s")
         if cost < best_cost:
             best_cost = cost
-            best = {"branch_streams": bool(row["branch_streams"]), "cudnn_benchmark": bool(row["cudnn_benchmark"])}
+            best = {switch: bool(row.get(switch, False)) for switch in SWITCHES}
     return best, notes
 
 
