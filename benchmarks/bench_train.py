@@ -258,6 +258,63 @@ def _kernel_profile(device, image_size: int) -> dict:
                      "calls_per_step": e.count / steps} for e in top]}
 
 
+def _pool_layouts(device, image_size: int, batch: int = 128, replays: int = 20) -> dict:
+    """Max-pool forward + backward, the largest kernels of the profile, alone: googlenet's 13 pools at their real
+    shapes (found by hooks on one forward pass), bf16, each layout captured in one CUDA graph and replayed.
+    ``channels_last`` is what the model runs now; ``nchw`` the same pools on NCHW tensors; ``nchw_via_copies`` the
+    channels_last tensors copied to NCHW for the pool and back, i.e. what a layout switch for the pools would do."""
+    import torch
+    import torch.nn.functional as F
+
+    from inceptionlab.models import create_model
+
+    model = create_model("googlenet").to(device)
+    pools = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: pools.append((tuple(a[0].shape), m.kernel_size, m.stride,
+                                                                    m.padding)))
+             for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, image_size, image_size, device=device))
+    for h in hooks:
+        h.remove()
+
+    def one_pass(layout: str, inputs, grads) -> None:
+        for x, g, (_, k, s, p) in zip(inputs, grads, pools, strict=True):
+            x.grad = None
+            if layout == "nchw_via_copies":
+                y = F.max_pool2d(x.contiguous(), k, s, p).contiguous(memory_format=torch.channels_last)
+            else:
+                y = F.max_pool2d(x, k, s, p)
+            y.backward(g)
+
+    out = {"pools": len(pools)}
+    for layout in ("channels_last", "nchw", "nchw_via_copies"):
+        fmt = torch.contiguous_format if layout == "nchw" else torch.channels_last
+        inputs = [torch.rand((batch, *shape[1:]), device=device, dtype=torch.bfloat16)
+                  .to(memory_format=fmt).requires_grad_() for shape, *_ in pools]
+        with torch.no_grad():
+            grads = [torch.rand_like(F.max_pool2d(x, k, s, p)).to(memory_format=fmt)
+                     for x, (_, k, s, p) in zip(inputs, pools, strict=True)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                one_pass(layout, inputs, grads)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            one_pass(layout, inputs, grads)
+        graph.replay()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+        out[f"{layout}_ms"] = 1000 * (time.perf_counter() - start) / replays
+        del graph
+    return out
+
+
 def _probe_checks(device, checks: dict, cases) -> None:
     """Graph-vs-eager training drift (fast.graph_vs_eager_max_diff: float64, or float32 weights under bf16 autocast
     for batched casts) per case, and the check's own scale (fast.lr_sensitivity) for the ``sensitivity`` cases."""
@@ -387,6 +444,12 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
                 print(f"  {k['ms_per_step']:7.3f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001
             out["kernel_profile"] = f"{type(exc).__name__}: {exc}"
+        try:
+            out["pool_layouts"] = _pool_layouts(device, image_size)
+            print(f"max-pool fwd+bwd of googlenet's pools (bf16, graph): {out['pool_layouts']}", file=sys.stderr,
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001
+            out["pool_layouts"] = f"{type(exc).__name__}: {exc}"
     save()
     _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if not r["branch_streams"]], rows)
     save()

@@ -11,7 +11,8 @@
 #
 # Stages, each with its own time limit inside one overall budget ($BUDGET seconds, default 360):
 #   1 probe    graph-vs-eager checks in float64 (plain graph, each CUDA switch, every model with branch streams)
-#              and the check's own scale (lr_sensitivity); a kernel profile of the eager step; the step time of
+#              and the check's own scale (lr_sensitivity); a kernel profile of the eager step; the 13 max-pools
+#              alone in three layouts (is a pool-layout switch worth building?); the step time of
 #              each setup on random inputs (plain graph, batched casts, fused 1x1, branch streams, together)
 #   2 choose   the CUDA switches for each run from the probe (benchmarks/choose_cuda_options.py: a switch only
 #              where its check passed for every model of the run)
