@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from inceptionlab import runs
 from inceptionlab.analysis import input_size_report
@@ -234,3 +235,20 @@ def test_one_training_step_for_every_model(name, fmnist):
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     result = evaluate(model, fmnist.test_images[:4], fmnist.test_labels[:4], config)
     assert result["count"] == 4 and model.training  # evaluation restores the training mode
+
+
+def test_evaluate_counts_match_a_direct_computation(fmnist):
+    """Accuracy, loss and the confusion matrix (built without a host sync) against a plain forward pass."""
+    from inceptionlab.data import resize_batch
+
+    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37)  # batches of 37: a ragged last one
+    torch.manual_seed(0)
+    model = create_model("lenet").eval()
+    images, labels = fmnist.test_images[:300], fmnist.test_labels[:300]
+    result = evaluate(model, images, labels, config)
+    with torch.no_grad():
+        logits = model(resize_batch(images, 28))
+    pred = logits.argmax(dim=1)
+    assert result["correct"] == int((pred == labels).sum()) and result["count"] == 300
+    assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert torch.equal(result["confusion"], torch.bincount(labels * 10 + pred, minlength=100).view(10, 10))
