@@ -15,7 +15,8 @@ from typing import Any
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
-# Speed switches of the CUDA-graph step: None = auto (inceptionlab.fast.resolve_cuda_options); none changes the result
+# CUDA speed switches: None = auto (inceptionlab.fast.resolve_cuda_options); none changes what is computed,
+# only how (the order of some sums may differ, i.e. rounding)
 CUDA_SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
