@@ -70,7 +70,7 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     timings = result.summary["timings"]
     assert set(timings["setup"]) == {"model_seconds", "data_seconds", "step_seconds", "run_dir_seconds"}
     assert 0 < sum(timings["setup"].values()) <= timings["setup_seconds"]
-    assert timings["train_seconds"] > 0 and timings["eval_seconds"] > 0
+    assert timings["train_seconds"] > 0 and timings["eval_seconds"] > 0 and timings["write_wait_seconds"] >= 0
     assert {k: result.summary[k] for k in CUDA_SWITCHES} == dict.fromkeys(CUDA_SWITCHES, False)
     rows = runs.read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.metrics
@@ -252,3 +252,26 @@ def test_evaluate_counts_match_a_direct_computation(fmnist):
     assert result["correct"] == int((pred == labels).sum()) and result["count"] == 300
     assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     assert torch.equal(result["confusion"], torch.bincount(labels * 10 + pred, minlength=100).view(10, 10))
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_nothing_later_is_written(fmnist, tmp_path, monkeypatch):
+    """The per-epoch files are written on a worker thread; its failure still reaches the caller, and the metrics
+    files (rebuilt from the checkpoint on resume) never get ahead of the checkpoint."""
+    real = runs.save_checkpoint
+    calls = []
+
+    def save_checkpoint(run_dir, state):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        real(run_dir, state)
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_checkpoint)
+    with pytest.raises(OSError, match="No space left"):
+        train(lenet_config(tmp_path, epochs=4), data=fmnist, log=None)
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last complete one
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1]
+    # the snapshot was taken on the host: a checkpoint holds CPU tensors whatever the device
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(t.device.type == "cpu" for t in saved.values())

@@ -38,6 +38,7 @@ from inceptionlab import data as data_module
 from inceptionlab import fast, runs
 from inceptionlab.config import TrainConfig
 from inceptionlab.errors import ConfigError, InceptionLabError
+from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.models import classification_loss, create_model, init_xavier_
 
 SYNC_EVERY = 50  # steps between host reads of the running loss (progress bar, NaN check)
@@ -495,7 +496,8 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     timings = {"setup_seconds": time.perf_counter() - started, "setup": setup, "train_seconds": 0.0,
                "eval_seconds": 0.0, "write_seconds": 0.0}
     last_plot, plotted = -math.inf, len(rows)
-    with _StopFlag() as stop, fast.cuda_options(model, cuda_opts):
+    # the per-epoch files are written on a worker thread (rank 0 only), in order; leaving the block waits for them
+    with _StopFlag() as stop, fast.cuda_options(model, cuda_opts), BackgroundWrites(enabled=is_main) as writes:
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout etc. depend only on (seed, epoch)
             loader.set_epoch(epoch)
@@ -565,12 +567,14 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
             rows.append(row)
             if is_main:
                 write_start = time.perf_counter()
-                # checkpoint first: the metrics files are rebuilt from it on resume
-                runs.save_checkpoint(run_dir, _checkpoint_state(model, optimizer, scaler, epoch + 1, rows, elapsed,
-                                                                steps_per_epoch))
-                runs.write_metrics(run_dir, rows)
+                # checkpoint first: the metrics files are rebuilt from it on resume. The state is copied to the
+                # host now (training goes on changing the tensors); the disk work happens on the writer thread.
+                state = _host_copy(_checkpoint_state(model, optimizer, scaler, epoch + 1, rows, elapsed,
+                                                     steps_per_epoch))
+                writes.submit(runs.save_checkpoint, run_dir, state)
+                writes.submit(runs.write_metrics, run_dir, [dict(r) for r in rows])
                 if write_start - last_plot >= PLOT_EVERY_SECONDS:
-                    _plot_curves(run_dir, rows, config)
+                    writes.submit(_plot_curves, run_dir, [dict(r) for r in rows], config)
                     last_plot, plotted = write_start, len(rows)
                 timings["write_seconds"] += time.perf_counter() - write_start
                 say(
@@ -578,9 +582,10 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
                     f"test acc {row['test_acc']:.3f}  {row['images_per_sec']:,.0f} img/s  "
                     f"elapsed {_format_time(elapsed)}"
                 )
-
-    if is_main and rows and plotted != len(rows):
-        _plot_curves(run_dir, rows, config)
+        if is_main and rows and plotted != len(rows):
+            writes.submit(_plot_curves, run_dir, [dict(r) for r in rows], config)
+        wait_start = time.perf_counter()
+    timings["write_wait_seconds"] = time.perf_counter() - wait_start  # the writes still queued after the last epoch
     elapsed = elapsed_before + time.perf_counter() - started
     if status == "completed" and last_eval is None:  # resumed a finished run: evaluate the final model
         last_eval = evaluate(model, test_images, test_labels, config, rank=dist_info.rank,
@@ -654,6 +659,17 @@ def _check_finite(loss, epoch, step, lr, config, run_dir, rows, is_main) -> None
         f"{config.lr:g} is most likely too high for {config.model} with this recipe; try --lr {config.lr / 10:g}"
         f"{' or --warmup-epochs 1' if config.warmup_epochs == 0 else ''}. {good[0].upper() + good[1:]}."
     )
+
+
+def _host_copy(obj):
+    """``obj`` with every tensor copied to host memory (a snapshot the training loop cannot change any more)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
 
 def _checkpoint_state(model, optimizer, scaler, epoch, rows, elapsed, steps_per_epoch) -> dict:
