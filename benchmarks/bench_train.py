@@ -515,13 +515,16 @@ def _config(spec: dict):
 
 
 def _run_label(preset: str, overrides: dict) -> str:
-    """``ours (preset fast; switches: fuse_1x1)``: the CUDA switches given are what tells two runs of one preset
-    apart (every other override is in the run's JSON)."""
+    """``ours (preset fast; epochs=10; switches: fuse_1x1)``: what tells two runs of one preset apart (the data limits
+    and the device are left out; the run's JSON has its whole config)."""
     switches = [k for k in ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1") if k in overrides]
-    if not switches:
-        return f"ours (preset {preset})"
-    on = [k for k in switches if overrides[k] is True]
-    return f"ours (preset {preset}; switches: {', '.join(on) if on else 'off'})"
+    other = [f"{k}={v}" for k, v in overrides.items()
+             if k not in switches and k not in ("limit_train", "limit_test", "device")]
+    parts = [f"preset {preset}", *other]
+    if switches:
+        on = [k for k in switches if overrides[k] is True]
+        parts.append(f"switches: {', '.join(on) if on else 'off'}")
+    return f"ours ({'; '.join(parts)})"
 
 
 def _fmt(value, spec) -> str:
@@ -639,6 +642,8 @@ def main(argv=None) -> int:
         config = {"preset": preset, "device": args.device, "limit_train": args.limit_train,
                   "limit_test": args.limit_test, **_parse_overrides(overrides)}
         name = _run_label(preset, _parse_overrides(overrides))
+        while name in dict(results):  # the same label twice: keep both runs
+            name += " (again)"
         results.append((name, _run(
             [*me, "--child", "ours", "--child-config", json.dumps(config),
              "--child-json", str(tmp / f"also-{k}.json")], tmp / f"also-{k}.json", env)))
