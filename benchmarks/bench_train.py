@@ -224,12 +224,14 @@ PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model
 _SWITCHES = ("branch_streams", "batched_casts", "fuse_1x1")
 
 
-def _kernel_profile(device, image_size: int) -> dict:
+def _kernel_profile(device, image_size: int, fuse_1x1: bool = False, batched_casts: bool = False) -> dict:
     """GPU kernel time of one eager bf16 channels_last googlenet step (torch.profiler), and its top kernels:
-    the floor a graph replay can approach when its kernels run one after another."""
+    the floor a graph replay can approach when its kernels run one after another. With a switch on, the step is
+    the static step's body run without a graph (the body the graph would capture)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from inceptionlab import fast
     from inceptionlab.config import TrainConfig
     from inceptionlab.models import create_model, init_xavier_
     from inceptionlab.train import build_optimizer, make_train_step
@@ -237,7 +239,13 @@ def _kernel_profile(device, image_size: int) -> dict:
     config = TrainConfig(image_size=image_size, precision="bf16", channels_last=True, step_mode="eager")
     torch.manual_seed(0)
     model = init_xavier_(create_model("googlenet")).to(device).to(memory_format=torch.channels_last)
-    step = make_train_step(model, build_optimizer(model, config, device), config)
+    fast.set_fuse_1x1(model, fuse_1x1)
+    optimizer = build_optimizer(model, config, device)
+    if fuse_1x1 or batched_casts:
+        step = fast.StaticTrainStep(model, optimizer, config, batch_size=128, capture=False,
+                                    batched_casts=batched_casts)
+    else:
+        step = make_train_step(model, optimizer, config)
     x = torch.rand(128, 1, image_size, image_size, device=device)
     y = torch.randint(0, 10, (128,), device=device)
     for _ in range(3):
@@ -444,6 +452,13 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
                 print(f"  {k['ms_per_step']:7.3f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001
             out["kernel_profile"] = f"{type(exc).__name__}: {exc}"
+        try:  # the same step's body with the two kernel-cutting switches on
+            kp = _kernel_profile(device, image_size, fuse_1x1=True, batched_casts=True)
+            out["kernel_profile_fused_casts"] = kp
+            print(f"... with fused 1x1 + batched casts: {kp['gpu_kernel_ms_per_step']:.2f} ms of GPU kernels, "
+                  f"{kp['kernels_per_step']:.0f} kernels", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001
+            out["kernel_profile_fused_casts"] = f"{type(exc).__name__}: {exc}"
         try:
             out["pool_layouts"] = _pool_layouts(device, image_size)
             print(f"max-pool fwd+bwd of googlenet's pools (bf16, graph): {out['pool_layouts']}", file=sys.stderr,
