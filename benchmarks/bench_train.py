@@ -332,16 +332,17 @@ def _probe_checks(device, checks: dict, cases) -> None:
 
     for case in cases:
         model_name, kind, options = case["model"], case.get("kind", "check"), case.get("options", {})
+        if kind == "sensitivity":
+            key = f"{model_name}, lr x (1 + 1e-7), eager vs eager, {case['dtype']}"
+        else:
+            key = ", ".join([model_name, *(k.replace("_", " ") for k in _SWITCHES if options.get(k))]
+                            + (["bf16"] if options.get("precision") == "bf16" else [])
+                            + ([case["dtype"]] if "dtype" in case else []))
         try:
+            dtype = getattr(torch, case["dtype"]) if "dtype" in case else None
             if kind == "sensitivity":
-                dtype = getattr(torch, case["dtype"])
-                key = f"{model_name}, lr x (1 + 1e-7), eager vs eager, {case['dtype']}"
                 value = fast.lr_sensitivity(device, model=model_name, dtype=dtype)
             else:
-                key = ", ".join([model_name, *(k.replace("_", " ") for k in _SWITCHES if options.get(k))]
-                                + (["bf16"] if options.get("precision") == "bf16" else [])
-                                + ([case["dtype"]] if "dtype" in case else []))
-                dtype = getattr(torch, case["dtype"]) if "dtype" in case else None
                 value = fast.graph_vs_eager_max_diff(device, model=model_name, dtype=dtype, **options)
         except Exception as exc:  # noqa: BLE001 - a probe reports every failure and goes on
             value = f"{type(exc).__name__}: {exc}"
