@@ -258,7 +258,7 @@ def evaluate(
         pred = logits.argmax(dim=1)
         correct += (pred == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        # scatter_add_, not bincount: bincount reads its input's max on the host (a sync per batch on CUDA)
+        # scatter_add_, not bincount: on CUDA bincount reads its input's min and max on the host (syncs every batch)
         confusion.scatter_add_(0, y * k + pred, torch.ones_like(pred))
     count = torch.tensor(len(index), dtype=torch.int64, device=device)
     if world_size > 1:
