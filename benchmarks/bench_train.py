@@ -221,7 +221,6 @@ PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model
     _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, casts, fused 1x1", streams=True, casts=True, fuse=True,
          **_FAST),
 )
-_SWITCHES = ("branch_streams", "batched_casts", "fuse_1x1")
 
 
 def _kernel_profile(device, image_size: int, fuse_1x1: bool = False, batched_casts: bool = False) -> dict:
@@ -329,13 +328,14 @@ def _probe_checks(device, checks: dict, cases) -> None:
     import torch
 
     from inceptionlab import fast
+    from inceptionlab.config import CUDA_SWITCHES
 
     for case in cases:
         model_name, kind, options = case["model"], case.get("kind", "check"), case.get("options", {})
         if kind == "sensitivity":
             key = f"{model_name}, lr x (1 + 1e-7), eager vs eager, {case['dtype']}"
         else:
-            key = ", ".join([model_name, *(k.replace("_", " ") for k in _SWITCHES if options.get(k))]
+            key = ", ".join([model_name, *(k.replace("_", " ") for k in CUDA_SWITCHES if options.get(k))]
                             + (["bf16"] if options.get("precision") == "bf16" else [])
                             + ([case["dtype"]] if "dtype" in case else []))
         try:
@@ -533,7 +533,9 @@ def _config(spec: dict):
 def _run_label(preset: str, overrides: dict) -> str:
     """``ours (preset fast; epochs=10; switches: fuse_1x1)``: what tells two runs of one preset apart (the data limits
     and the device are left out; the run's JSON has its whole config)."""
-    switches = [k for k in ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1") if k in overrides]
+    from inceptionlab.config import CUDA_SWITCHES
+
+    switches = [k for k in CUDA_SWITCHES if k in overrides]
     other = [f"{k}={v}" for k, v in overrides.items()
              if k not in switches and k not in ("limit_train", "limit_test", "device")]
     parts = [f"preset {preset}", *other]

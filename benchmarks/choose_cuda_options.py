@@ -22,7 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
+from inceptionlab.config import CUDA_SWITCHES as SWITCHES  # the package: installed, or PYTHONPATH=src (gpu_check.sh)
+
 CHECKED = {"branch_streams": "branch streams", "batched_casts": "batched casts, bf16", "fuse_1x1": "fuse 1x1"}
 BATCHNORM = ("googlenet-bn", "inception-v3", "inception-resnet")
 
