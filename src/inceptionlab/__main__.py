@@ -1,6 +1,4 @@
-import sys
-
-from inceptionlab.cli import main
+from inceptionlab.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
