@@ -36,6 +36,7 @@ import time
 import types
 from pathlib import Path
 
+STARTED = time.time()  # a child's first moment in Python (wall clock, comparable with the parent's spawn time)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -102,6 +103,7 @@ def _memory(device) -> dict:
 
 def child_ours(config_dict: dict, unverified_streams: bool = False) -> dict:
     """Our trainer, end to end, exactly as `inceptionlab train` runs it (minus argument parsing)."""
+    marks = {"python_started": STARTED}  # where the wall time outside the trainer goes (see _phases)
     shimmed = _shim_optional_modules()
     import torch
 
@@ -109,12 +111,16 @@ def child_ours(config_dict: dict, unverified_streams: bool = False) -> dict:
     from inceptionlab.config import CUDA_SWITCHES
     from inceptionlab.train import resolve_device, train
 
+    marks["imported"] = time.time()
+
     if unverified_streams:  # a candidate timed on purpose (--unverified-streams): say so in the result
         fast.REFUSE_STREAMS_WITH_BATCHNORM = False
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         config = _config({**config_dict, "out": out})
         result = train(config, progress=False, log=lambda line: print(line, file=sys.stderr, flush=True))
+        marks["trained"] = time.time()
+    marks["run_dir_removed"] = time.time()
     device = resolve_device(config.device)
     summary = result.summary
     return {
@@ -137,8 +143,24 @@ def child_ours(config_dict: dict, unverified_streams: bool = False) -> dict:
         "epochs": [{k: row[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "images_per_sec",
                                         "epoch_seconds")} for row in result.metrics],
         "shimmed": shimmed,
+        "marks": marks,
         **_memory(device),
     }
+
+
+def _phases(marks: dict, spawned: float, exited: float) -> dict:
+    """Seconds from spawn to exit of a child that recorded ``marks`` (wall clock): interpreter start, imports,
+    the trainer's call (its ``timings`` say what is inside), removing the run directory, then the report and the
+    interpreter's exit (CUDA teardown included)."""
+    phases = (("python_start", "python_started"), ("imports", "imported"), ("train_call", "trained"),
+              ("run_dir_cleanup", "run_dir_removed"))
+    out, last = {}, spawned
+    for phase, key in phases:
+        if key not in marks:
+            return out
+        out[phase], last = marks[key] - last, marks[key]
+    out["report_and_exit"] = exited - last
+    return out
 
 
 def child_steps(config_dict: dict, warmup_steps: int, steps: int) -> dict:
@@ -220,6 +242,10 @@ PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model
     _row("googlenet-bn 64 px b256, graph, bf16, CL, branch streams", streams=True, **_FAST),
     _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, casts, fused 1x1", streams=True, casts=True, fuse=True,
          **_FAST),
+    # a candidate for the fast preset: half the steps of batch 256 (its accuracy: BENCHMARKS.md)
+    _row("googlenet-bn 64 px b512, graph, bf16, CL", **{**_FAST, "batch": 512}),
+    _row("googlenet-bn 64 px b512, graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True,
+         **{**_FAST, "batch": 512}),
 )
 
 
@@ -483,14 +509,16 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
 def _run(cmd: list[str], json_path: Path, env: dict) -> dict:
     """Run one side in a fresh process; wall clock from spawn to exit; the child's own rusage via wait4."""
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    start = time.perf_counter()
+    start, spawned = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
+    wall, exited = time.perf_counter() - start, time.time()
     result = json.loads(json_path.read_text()) if json_path.exists() else {}
     result.update(wall_seconds=wall, returncode=proc.returncode,
                   wait4_peak_rss_mib=usage.ru_maxrss / 1024)  # the process and its waited-for children
+    if "marks" in result:
+        result["phases"] = _phases(result["marks"], spawned, exited)
     if proc.returncode != 0:
         print(f"  exited with {proc.returncode}", file=sys.stderr)
     return result
@@ -603,7 +631,9 @@ def main(argv=None) -> int:
             out = child_probe(args.device, args.image_size, args.warmup_steps or 5, steps, args.child_json,
                               args.checks_only)
         args.child_json.write_text(json.dumps(out, indent=1))
-        return 0
+        from inceptionlab.cli import exit_now
+
+        exit_now(0)  # as the `inceptionlab` command exits (without the interpreter's module teardown)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                                        os.environ.get("PYTHONPATH")]))}
@@ -692,6 +722,12 @@ def main(argv=None) -> int:
                 print(f"reference wall / {name} wall: {_fmt(ratio, '.2f')}x")
         else:
             print(f"ours / reference, {key.replace('_', ' ')}: {_fmt(value, '.2f')}x")
+    for name, r in results:  # where each run's wall time went (ours only: the reference records no marks)
+        if r.get("phases"):
+            t = r.get("timings") or {}
+            inside = ", ".join(f"{k.removesuffix('_seconds')} {v:.2f}" for k, v in t.items()
+                               if k.endswith("_seconds") and isinstance(v, (int, float)))
+            print(f"{name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items()) + f" (inside: {inside})")
     print(f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

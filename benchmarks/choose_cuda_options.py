@@ -22,17 +22,28 @@ import json
 import sys
 from pathlib import Path
 
-from inceptionlab.config import CUDA_SWITCHES as SWITCHES  # the package: installed, or PYTHONPATH=src (gpu_check.sh)
+# the package: installed, or PYTHONPATH=src (gpu_check.sh)
+from inceptionlab.config import CUDA_SWITCHES as SWITCHES
+from inceptionlab.config import preset_config
+from inceptionlab.data import NUM_EXAMPLES
 
 CHECKED = {"branch_streams": "branch streams", "batched_casts": "batched casts, bf16", "fuse_1x1": "fuse 1x1"}
 BATCHNORM = ("googlenet-bn", "inception-v3", "inception-resnet")
 
-# target -> (model, size, batch of the probe rows that stand for it; steps of the run; the models it trains;
-# whether bench_train.py runs it, so --unverified-streams can lift the trainer's refusal)
+
+def _target(preset: str, trained: tuple[str, ...] | None = None, runs: int = 1, via_bench: bool = True) -> tuple:
+    """(model, size, batch of the probe rows that stand for the preset's run; its steps; the models it trains;
+    whether bench_train.py runs it, so --unverified-streams can lift the trainer's refusal)"""
+    c = preset_config(preset)
+    steps = runs * c.epochs * -(-NUM_EXAMPLES["train"] // c.batch_size)
+    return c.model, c.image_size, c.batch_size, steps, trained or (c.model,), via_bench
+
+
 TARGETS = {
-    "recipe": ("googlenet", 96, 128, 10 * 469, ("googlenet",), True),
-    "fast": ("googlenet-bn", 64, 256, 12 * 235, ("googlenet-bn",), True),
-    "compare": ("googlenet", 96, 128, 4 * 10 * 469, ("googlenet", *BATCHNORM), False),
+    "recipe": _target("d2l"),
+    "fast": _target("fast"),
+    # `inceptionlab compare` on the chapter's recipe: four models, each probed as googlenet
+    "compare": _target("d2l", ("googlenet", *BATCHNORM), runs=4, via_bench=False),
 }
 
 
