@@ -21,6 +21,7 @@ from inceptionlab.analysis import input_size_report
 from inceptionlab.cli import main
 from inceptionlab.config import CUDA_SWITCHES, TrainConfig
 from inceptionlab.data import load_fashion_mnist
+from inceptionlab.errors import ConfigError
 from inceptionlab.evaluate import evaluate_run
 from inceptionlab.models import create_model, list_models
 from inceptionlab.train import TrainingDiverged, build_optimizer, evaluate, make_train_step, train
@@ -275,3 +276,17 @@ def test_a_failed_checkpoint_write_stops_the_run_and_nothing_later_is_written(fm
     # the snapshot was taken on the host: a checkpoint holds CPU tensors whatever the device
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     assert all(t.device.type == "cpu" for t in saved.values())
+
+
+def test_drop_last_skips_the_short_batch_and_refuses_an_empty_epoch(fmnist, tmp_path):
+    """300 images in batches of 64: five steps (the last of 44 images) as d2l trains, four with --drop-last."""
+    steps = {}
+    for drop in (False, True):
+        result = train(lenet_config(tmp_path, epochs=1, limit_train=300, limit_test=64, drop_last=drop),
+                       data=fmnist, log=None)
+        assert result.status == "completed"
+        state = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+        steps[drop] = state["schedule"]["steps_per_epoch"]
+    assert steps == {False: 5, True: 4}
+    with pytest.raises(ConfigError, match="--no-drop-last"):
+        train(lenet_config(tmp_path, epochs=1, limit_train=50, drop_last=True), data=fmnist, log=None)

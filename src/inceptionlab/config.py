@@ -39,6 +39,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size
     eval_batch_size: int = 1000
+    drop_last: bool = False  # d2l trains on each epoch's last, smaller batch; True skips it (other images each epoch)
     lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9  # used by "momentum" and "nesterov"
@@ -103,7 +104,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip"):
+        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in CUDA_SWITCHES)):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")

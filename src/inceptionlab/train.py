@@ -433,8 +433,15 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
     loader = data_module.DeviceLoader(
         train_images, train_labels, config.batch_size // dist_info.world_size, image_size=config.image_size,
         shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size, transform=transform,
+        drop_last=config.drop_last,
     )
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"--drop-last leaves no training batch: {len(train_labels):,} training images"
+            + (f" over {dist_info.world_size} processes" if dist_info.enabled else "")
+            + f" are fewer than one batch of {config.batch_size}; use --no-drop-last or a smaller --batch-size"
+        )
     setup["data_seconds"] = time.perf_counter() - mark  # read + verify, to the device, resize once
     mark = time.perf_counter()
 

@@ -72,6 +72,8 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--epochs", type=positive_int)
     g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
     g.add_argument("--eval-batch-size", type=positive_int)
+    g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip each epoch's last, smaller training batch (d2l: kept)")
     g.add_argument("--lr", type=positive_float)
     g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--momentum", type=probability)
