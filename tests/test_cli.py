@@ -40,3 +40,13 @@ def test_console_command_exit_codes(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert res.stderr.startswith("inceptionlab train: error:") and "nowhere" in res.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "stream", "text"), [
+    (["--version"], 0, "stdout", "inceptionlab "),
+    (["train", "--lr", "0"], 2, "stderr", "--lr"),
+])
+def test_argparse_exits_keep_their_status_and_output(args, code, stream, text):
+    res = subprocess.run([sys.executable, "-m", "inceptionlab", *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == code
+    assert text in getattr(res, stream)

@@ -78,5 +78,12 @@ def exit_now(code: int) -> NoReturn:
 
 
 def run() -> NoReturn:
-    """The ``inceptionlab`` console command: :func:`main`, then :func:`exit_now`."""
-    exit_now(main())
+    """The ``inceptionlab`` console command: :func:`main`, then :func:`exit_now` (also after argparse's exits:
+    ``--help``, ``--version``, usage errors)."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        if not (exc.code is None or isinstance(exc.code, int)):
+            raise  # a message as the exit status: Python prints it
+        code = exc.code or 0
+    exit_now(code)
