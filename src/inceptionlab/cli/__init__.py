@@ -56,7 +56,7 @@ def exit_now(code: int) -> NoReturn:
     """Exit with ``code``, skipping the interpreter's final teardown of every loaded module.
 
     That teardown is all a finished command has left to do, and with torch loaded it is slow: 0.7 s after
-    ``import torch`` on the 2-core CPU (another job on the other core), 1.4 s once ``torch._dynamo`` is loaded,
+    ``import torch`` on the 2-core CPU (two other one-thread jobs on it), 1.4 s once ``torch._dynamo`` is loaded,
     which every optimizer does (docs/training.md). What a normal exit does that matters still happens: other
     (non-daemon) threads are waited for, :mod:`atexit` handlers run, stdout and stderr are flushed. Our files are
     complete by then (each is written and closed atomically). ``INCEPTIONLAB_NORMAL_EXIT=1`` keeps the normal
