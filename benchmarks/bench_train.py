@@ -227,7 +227,19 @@ def _row(label, mode="cudagraph", precision="bf16", channels_last=True, batch=12
             "model": model, "size": size}
 
 
-_FAST = {"model": "googlenet-bn", "size": 64, "batch": 256}
+def _fast_rows(batch: int) -> tuple:
+    """The fast preset's model and size at ``batch``: the plain graph and each CUDA switch."""
+    from inceptionlab.config import PRESETS
+
+    fast = PRESETS["fast"]
+    spec = {"model": fast["model"], "size": fast["image_size"], "batch": batch}
+    name = f"{fast['model']} {fast['image_size']} px b{batch}, graph, bf16, CL"
+    plain = f"{name} (preset fast)" if batch == fast["batch_size"] else name
+    return (_row(plain, **spec), _row(f"{name}, batched casts, fused 1x1", casts=True, fuse=True, **spec),
+            _row(f"{name}, branch streams", streams=True, **spec),
+            _row(f"{name}, streams, casts, fused 1x1", streams=True, casts=True, fuse=True, **spec))
+
+
 PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model build, a capture and the steps
     _row("eager fp32, NCHW (what d2l does)", mode="eager", precision="fp32", channels_last=False),
     _row("eager bf16 autocast, channels_last", mode="eager"),
@@ -237,15 +249,9 @@ PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model
     _row("CUDA graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True),
     _row("CUDA graph, bf16, CL, branch streams", streams=True),
     _row("CUDA graph, bf16, CL, branch streams, batched casts, fused 1x1", streams=True, casts=True, fuse=True),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL (preset fast)", **_FAST),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True, **_FAST),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL, branch streams", streams=True, **_FAST),
-    _row("googlenet-bn 64 px b256, graph, bf16, CL, streams, casts, fused 1x1", streams=True, casts=True, fuse=True,
-         **_FAST),
-    # a candidate for the fast preset: half the steps of batch 256 (its accuracy: BENCHMARKS.md)
-    _row("googlenet-bn 64 px b512, graph, bf16, CL", **{**_FAST, "batch": 512}),
-    _row("googlenet-bn 64 px b512, graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True,
-         **{**_FAST, "batch": 512}),
+    # the fast preset's model and size at batch 256 and 512 (its batch, and the other one of the two measured
+    # for it: BENCHMARKS.md)
+    *_fast_rows(256), *_fast_rows(512),
 )
 
 
