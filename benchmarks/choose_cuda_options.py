@@ -52,8 +52,11 @@ def _passed(checks: dict, key: str) -> bool:
     return isinstance(value, (int, float)) and value < 1e-4
 
 
-def choose(probe: dict, target: str) -> tuple[dict, list[str]]:
-    model, size, batch, steps, trained, via_bench = TARGETS[target]
+def choose(probe: dict, target: str, batch: int | None = None) -> tuple[dict, list[str]]:
+    """``batch``: the target's run at another batch size (same images per epoch, so steps scale inversely)."""
+    model, size, target_batch, steps, trained, via_bench = TARGETS[target]
+    batch = batch or target_batch
+    steps = steps * target_batch // batch
     checks = probe.get("graph_vs_eager_max_rel_diff", {})
     notes, best, best_cost = [], dict.fromkeys(SWITCHES, False), float("inf")
     for row in probe.get("probe", []):
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("probe", type=Path)
     p.add_argument("--target", choices=tuple(TARGETS), required=True)
+    p.add_argument("--batch", type=int, help="the target's run at this batch size instead of its own")
     p.add_argument("--cli", action="store_true", help="print inceptionlab train flags")
     args = p.parse_args(argv)
     try:
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"choose_cuda_options: cannot read {args.probe} ({exc}); using the plain graph", file=sys.stderr)
         probe = {}
-    best, notes = choose(probe, args.target)
+    best, notes = choose(probe, args.target, args.batch)
     for line in notes:
         print(f"  {args.target}: {line}", file=sys.stderr)
     if args.cli:

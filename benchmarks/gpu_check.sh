@@ -18,8 +18,9 @@
 #   2 choose   the CUDA switches for each run from the probe (benchmarks/choose_cuda_options.py: a switch only
 #              where its check passed for every model of the run)
 #   3 speed    bench_train.py: d2l's loop, our trainer on the chapter's recipe with the chosen switches, the same
-#              with every switch off (when any was chosen), then --preset fast with its chosen switches, and the
-#              same cut to 10 epochs; one process at a time, nothing else on the GPU
+#              with every switch off (when any was chosen), then --preset fast with its chosen switches, and
+#              the candidates in $FAST_CANDIDATES (batch 512: half the steps); one process at a time, nothing
+#              else on the GPU
 #   4 exps     what the last lease left of the exercises, three processes at a time (their wall times are not
 #              speed figures): inception-v3's full-budget row, the 64 px sweep row, the best preset's second seed
 #   5 tests    tests/test_fast.py's CUDA tests, if time is left
@@ -108,7 +109,7 @@ PLAIN="branch_streams=false,cudnn_benchmark=false,batched_casts=false,fuse_1x1=f
 if (( BUDGET < FULL_BUDGET )); then
     # lean: the speed table alone, every switch at its default (off), no probe: fits the issue's 6 minutes
     log "1-2 skipped (budget ${BUDGET}s < ${FULL_BUDGET}s): switches at their defaults"
-    RECIPE_OPTS="$PLAIN"; FAST_OPTS="$PLAIN"; COMPARE_FLAGS=""
+    RECIPE_OPTS="$PLAIN"; FAST_OPTS="$PLAIN"; CANDIDATE_OPTS="$PLAIN"; COMPARE_FLAGS=""
 else
     log "1 probe"
     timeout "$(limit 170)" "$PY" benchmarks/bench_train.py --probe --device "$DEVICE" "${PROBE_ARGS[@]}" \
@@ -121,19 +122,27 @@ else
     log "2 choose"
     RECIPE_OPTS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target recipe 2>> "$LOG")
     FAST_OPTS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target fast 2>> "$LOG")
+    CANDIDATE_OPTS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target fast --batch 512 \
+        2>> "$LOG")
     COMPARE_FLAGS=$("$PY" benchmarks/choose_cuda_options.py "$WORK/probe.json" --target compare --cli 2>> "$LOG")
-    log "recipe: $RECIPE_OPTS | fast: $FAST_OPTS | compare: $COMPARE_FLAGS"
+    log "recipe: $RECIPE_OPTS | fast: $FAST_OPTS | fast candidates: $CANDIDATE_OPTS | compare: $COMPARE_FLAGS"
 fi
 ALSO=()
 [[ "$RECIPE_OPTS" != "$PLAIN" ]] && ALSO+=(--also-preset "d2l:precision=bf16,channels_last=true,$PLAIN")
 ALSO+=(--also-preset "fast:$FAST_OPTS$FAST_LIMITS")
-# full budget: also the fast preset cut to 10 epochs (2 fewer than the preset: does it still reach 0.93, faster?)
-(( BUDGET >= FULL_BUDGET )) && ALSO+=(--also-preset "fast:epochs=10,$FAST_OPTS$FAST_LIMITS")
+# full budget: also candidates for the fast preset, timed and scored on the same card (their accuracy on the CPU:
+# BENCHMARKS.md). Space-separated override lists, all at batch 512 (the switches chosen for that batch).
+FAST_CANDIDATES="${FAST_CANDIDATES:-batch_size=512,lr=0.3,drop_last=true batch_size=512,lr=0.3,drop_last=true,epochs=10}"
+if (( BUDGET >= FULL_BUDGET )); then
+    for CANDIDATE in $FAST_CANDIDATES; do
+        ALSO+=(--also-preset "fast:$CANDIDATE,$CANDIDATE_OPTS$FAST_LIMITS")
+    done
+fi
 UNVERIFIED=()  # fast's model has BatchNorm: streams there only because its float64 check passed in stage 1
-[[ "$FAST_OPTS" == *branch_streams=true* ]] && UNVERIFIED=(--unverified-streams)
+[[ "$FAST_OPTS $CANDIDATE_OPTS" == *branch_streams=true* ]] && UNVERIFIED=(--unverified-streams)
 
 log "3 speed: d2l reference, ours (chapter recipe: chosen switches, then all off), ours (--preset fast)"
-timeout "$(limit 360)" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${SPEED_ARGS[@]}" "${UNVERIFIED[@]}" \
+timeout "$(limit 400)" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${SPEED_ARGS[@]}" "${UNVERIFIED[@]}" \
     --ours "precision=bf16,channels_last=true,$RECIPE_OPTS" "${ALSO[@]}" \
     --json "$WORK/bench_train.json" > "$WORK/bench_train.txt" 2> "$WORK/bench_train.stderr"
 log "bench_train exit $?"
