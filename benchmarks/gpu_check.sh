@@ -25,7 +25,7 @@
 #              speed figures): inception-v3's full-budget row, the 64 px sweep row, the best preset's second seed
 #   5 tests    tests/test_fast.py's CUDA tests, if time is left
 # Measured on one H200 (2026-11-28, the previous version of this script, BUDGET=565): environment 13 s, probe 27 s,
-# speed 225 s (reference, recipe, fast). This version's full probe and speed stages do more (about 110 s and 300 s
+# speed 225 s (reference, recipe, fast). This version's full probe and speed stages do more (about 120 s and 330 s
 # expected; not yet run on a GPU); the lean run is the old speed stage, about 240 s with the environment.
 # Everything lands in $WORK; after each stage it is packed into $OUT/gpu-check.tgz (checkpoints and weights left
 # out) next to $OUT/gpu_check.log, so a run cut short still returns what it finished.
