@@ -240,19 +240,22 @@ def _fast_rows(batch: int) -> tuple:
             _row(f"{name}, streams, casts, fused 1x1", streams=True, casts=True, fuse=True, **spec))
 
 
-PROBE_ROWS = (  # size None = --image-size (96); kept short: each row is a model build, a capture and the steps
-    _row("eager fp32, NCHW (what d2l does)", mode="eager", precision="fp32", channels_last=False),
-    _row("eager bf16 autocast, channels_last", mode="eager"),
-    _row("CUDA graph, bf16, channels_last"),
-    _row("CUDA graph, bf16, CL, batched casts", casts=True),
-    _row("CUDA graph, bf16, CL, fused 1x1", fuse=True),
-    _row("CUDA graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True),
-    _row("CUDA graph, bf16, CL, branch streams", streams=True),
-    _row("CUDA graph, bf16, CL, branch streams, batched casts, fused 1x1", streams=True, casts=True, fuse=True),
-    # the fast preset's model and size at batch 256 and 512 (its batch, and the other one of the two measured
-    # for it: BENCHMARKS.md)
-    *_fast_rows(256), *_fast_rows(512),
-)
+def probe_rows() -> tuple:
+    """The probe's step setups (size None = --image-size, 96); kept short: each row is a model build, a capture and
+    the steps. A function, not a constant: the fast rows read the package's presets, and importing the package
+    (torch) waits until a process needs it, as everywhere in this script."""
+    return (
+        _row("eager fp32, NCHW (what d2l does)", mode="eager", precision="fp32", channels_last=False),
+        _row("eager bf16 autocast, channels_last", mode="eager"),
+        _row("CUDA graph, bf16, channels_last"),
+        _row("CUDA graph, bf16, CL, batched casts", casts=True),
+        _row("CUDA graph, bf16, CL, fused 1x1", fuse=True),
+        _row("CUDA graph, bf16, CL, batched casts, fused 1x1", casts=True, fuse=True),
+        _row("CUDA graph, bf16, CL, branch streams", streams=True),
+        _row("CUDA graph, bf16, CL, branch streams, batched casts, fused 1x1", streams=True, casts=True, fuse=True),
+        # the fast preset's model and size at batch 256 (the preset's) and 512 (its candidates: BENCHMARKS.md)
+        *_fast_rows(256), *_fast_rows(512),
+    )
 
 
 def _kernel_profile(device, image_size: int, fuse_1x1: bool = False, batched_casts: bool = False) -> dict:
@@ -499,12 +502,13 @@ def child_probe(device_name: str, image_size: int, warmup_steps: int, steps: int
         except Exception as exc:  # noqa: BLE001
             out["pool_layouts"] = f"{type(exc).__name__}: {exc}"
     save()
-    _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if not r["branch_streams"]], rows)
+    setups = probe_rows()
+    _probe_rows(device, image_size, warmup_steps, steps, [r for r in setups if not r["branch_streams"]], rows)
     save()
     _probe_checks(device, checks, [c for c in CHECK_CASES if c.get("options", {}).get("branch_streams")])
     save()
-    _probe_rows(device, image_size, warmup_steps, steps, [r for r in PROBE_ROWS if r["branch_streams"]], rows)
-    rows.sort(key=lambda r: [p["setup"] for p in PROBE_ROWS].index(r["setup"]))
+    _probe_rows(device, image_size, warmup_steps, steps, [r for r in setups if r["branch_streams"]], rows)
+    rows.sort(key=lambda r: [p["setup"] for p in setups].index(r["setup"]))
     torch.backends.cudnn.benchmark = False
     return {**out, "probe": rows, **_memory(device)}
 

@@ -564,7 +564,7 @@ def graph_vs_eager_max_diff(
     ``dtype`` (default: float64 for ``precision="fp32"``, float32 master weights under bf16 autocast) is the
     arithmetic of model and data. Why float64: this short training is chaotic for the models with BatchNorm. Measured
     on the CPU (:func:`lr_sensitivity`): scaling the lr by (1 + 1e-7) moves googlenet-bn's parameter change by
-    0.36 (float32) / 0.38 (float64) but googlenet's by 2.4e-4 / 1e-7. So any rounding difference, such as gradients
+    0.36 (float32) / 0.24 (float64) but googlenet's by 2.4e-4 / 9.7e-8. So any rounding difference, such as gradients
     summed in another order, reads as O(1) drift in float32 for those models; in float64 rounding (1e-16) stays
     far below the 1e-4 that the tests use, while a wrong result (a race, a missing gradient) does not.
     An identical computation gives exactly 0.

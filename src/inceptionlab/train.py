@@ -579,9 +579,9 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
                 state = _host_copy(_checkpoint_state(model, optimizer, scaler, epoch + 1, rows, elapsed,
                                                      steps_per_epoch))
                 writes.submit(runs.save_checkpoint, run_dir, state)
-                writes.submit(runs.write_metrics, run_dir, [dict(r) for r in rows])
+                writes.submit(runs.write_metrics, run_dir, state["metrics"])  # the snapshot's copy of the rows
                 if write_start - last_plot >= PLOT_EVERY_SECONDS:
-                    writes.submit(_plot_curves, run_dir, [dict(r) for r in rows], config)
+                    writes.submit(_plot_curves, run_dir, state["metrics"], config)
                     last_plot, plotted = write_start, len(rows)
                 timings["write_seconds"] += time.perf_counter() - write_start
                 say(
