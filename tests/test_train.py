@@ -87,6 +87,8 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
                          fmnist.test_labels[:1000], fmnist.paths)
     report = evaluate_run(run_dir, data=small, device="cpu")
     assert report["test_acc"] == pytest.approx(result.summary["test_acc"], abs=1e-9)
+    # to the last bit: the same layout (channels_last) and precision as the trainer's evaluation
+    assert report["test_loss"] == rows[-1]["test_loss"]
 
 
 def test_resumed_run_ends_where_an_uninterrupted_run_ends(fmnist, tmp_path):

@@ -1,12 +1,14 @@
 """Evaluate a finished run: test accuracy, per-class accuracy and the confusion matrix of its saved model.
 
 The weights come from ``model.safetensors`` (never unpickled code); the preprocessing (image size,
-normalisation) comes from the run's ``config.json``.
+normalisation), memory layout and precision come from the run's ``config.json``, as the trainer evaluated.
 """
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 from inceptionlab import data as data_module
 from inceptionlab import runs
@@ -27,6 +29,8 @@ def evaluate_run(
     dev = resolve_device(device)
     model, config_dict = runs.load_run_model(run_dir, device=dev)
     config = TrainConfig.from_dict(config_dict)
+    if config.channels_last:  # as the trainer evaluated it: the layout changes the rounding, and so a borderline image
+        model.to(memory_format=torch.channels_last)
     if data is None:
         data = data_module.load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
     result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size)
