@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from inceptionlab import runs
 from inceptionlab.analysis import input_size_report
@@ -212,6 +213,11 @@ def test_evaluate_command_on_a_finished_run(lenet_run, capsys):
     assert report["test_acc"] == pytest.approx(confusion.diag().sum().item() / 10_000)
     assert main(["evaluate", str(lenet_run.run_dir)]) == 0
     assert "test acc" in capsys.readouterr().out
+    assert main(["evaluate", str(lenet_run.run_dir), "--json", "--flip-tta"]) == 0
+    mirrored = json.loads(capsys.readouterr().out)
+    assert mirrored["flip_tta"] and not report["flip_tta"] and mirrored["count"] == 10_000
+    assert main(["evaluate", str(lenet_run.run_dir), "--flip-tta"]) == 0
+    assert "each with its mirror image (--flip-tta)" in capsys.readouterr().out
 
 
 def test_two_runs_in_the_same_second_get_different_directories(tmp_path):
@@ -252,6 +258,26 @@ def test_evaluate_counts_match_a_direct_computation(fmnist):
     with torch.no_grad():
         logits = model(resize_batch(images, 28))
     pred = logits.argmax(dim=1)
+    assert result["correct"] == int((pred == labels).sum()) and result["count"] == 300
+    assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert torch.equal(result["confusion"], torch.bincount(labels * 10 + pred, minlength=100).view(10, 10))
+
+
+def test_flip_tta_averages_each_images_logits_with_its_mirror_images(fmnist):
+    from inceptionlab.data import resize_batch
+
+    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37)  # batches of 37: a ragged last one
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # any classifier; this one is not mirror-symmetric
+    images, labels = fmnist.test_images[:300], fmnist.test_labels[:300]
+    result = evaluate(model, images, labels, config, flip=True)
+    with torch.no_grad():
+        x = resize_batch(images, 28)
+        plain, mirrored = model(x), model(x.flip(-1))
+    assert (plain - mirrored).abs().max() > 0.1
+    logits = (plain + mirrored) / 2
+    pred = logits.argmax(dim=1)
+    assert (pred != plain.argmax(dim=1)).any()  # the average decides some images differently
     assert result["correct"] == int((pred == labels).sum()) and result["count"] == 300
     assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     assert torch.equal(result["confusion"], torch.bincount(labels * 10 + pred, minlength=100).view(10, 10))

@@ -23,9 +23,11 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int | None = None,
     data: data_module.FashionMNIST | None = None,
+    flip_tta: bool = False,
 ) -> dict:
-    """``{"run_dir", "model", "image_size", "test_acc", "test_loss", "count", "per_class_acc", "class_names",
-    "confusion"}`` for the run's final model on the full Fashion-MNIST test set."""
+    """``{"run_dir", "model", "image_size", "flip_tta", "test_acc", "test_loss", "count", "per_class_acc",
+    "class_names", "confusion"}`` for the run's final model on the full Fashion-MNIST test set. ``flip_tta``: each
+    image's logits averaged with its mirror image's (:func:`inceptionlab.train.evaluate`)."""
     dev = resolve_device(device)
     model, config_dict = runs.load_run_model(run_dir, device=dev)
     config = TrainConfig.from_dict(config_dict)
@@ -33,12 +35,14 @@ def evaluate_run(
         model.to(memory_format=torch.channels_last)
     if data is None:
         data = data_module.load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
-    result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size)
+    result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,
+                      flip=flip_tta)
     report = per_class_report(result["confusion"])
     return {
         "run_dir": str(run_dir),
         "model": config.model,
         "image_size": config.image_size,
+        "flip_tta": flip_tta,
         "test_acc": result["acc"],
         "test_loss": result["loss"],
         "count": result["count"],

@@ -232,8 +232,12 @@ def evaluate(
     batch_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    flip: bool = False,
 ) -> dict:
     """Accuracy, mean cross-entropy and the confusion matrix of ``model`` on uint8 ``images``.
+
+    ``flip``: test-time augmentation, each image's logits averaged with those of its mirror image (left-right; the
+    two in one forward pass). Training never uses it; ``inceptionlab evaluate --flip-tta`` reports it.
 
     With ``world_size > 1`` each rank evaluates a strided shard and the sums are all-reduced.
     Returns tensors: ``correct``, ``count``, ``loss_sum``, ``confusion`` (num_classes x num_classes, on CPU),
@@ -253,8 +257,10 @@ def evaluate(
         x = prepare_input(data_module.resize_batch(images[idx], config.image_size), config)
         y = labels[idx]
         with autocast_context(config, device):
-            logits = model(x)
+            logits = model(torch.cat([x, x.flip(-1)]) if flip else x)
         logits = logits.float()
+        if flip:
+            logits = logits.view(2, len(y), k).mean(dim=0)
         pred = logits.argmax(dim=1)
         correct += (pred == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     e.add_argument("--data-dir")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--batch-size", type=positive_int)
+    e.add_argument("--flip-tta", action="store_true",
+                   help="average each image's logits with its mirror image's (test-time augmentation; the saved model, "
+                        "its ONNX export and predict do not do this)")
     e.set_defaults(func=run_evaluate)
 
 
@@ -155,12 +158,14 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     from inceptionlab.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size)
+    result = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
+                          flip_tta=args.flip_tta)
     if args.json:
         print_json(result)
         return 0
+    tta = ", each with its mirror image (--flip-tta)" if result["flip_tta"] else ""
     print(f"{result['model']} ({result['run_dir']}): test acc {result['test_acc']:.4f} "
-          f"on {result['count']:,} images, test loss {result['test_loss']:.4f}")
+          f"on {result['count']:,} images{tta}, test loss {result['test_loss']:.4f}")
     width = max(len(n) for n in result["class_names"])
     for name in result["class_names"]:
         print(f"  {name:<{width}}  {result['per_class_acc'][name]:.3f}")
