@@ -86,7 +86,12 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     # the saved model, reloaded from safetensors, reproduces the final test accuracy
     small = type(fmnist)(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:1000],
                          fmnist.test_labels[:1000], fmnist.paths)
-    report = evaluate_run(run_dir, data=small, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)  # as the trainer ran: the arithmetic is then the same on any machine
+    try:
+        report = evaluate_run(run_dir, data=small, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     assert report["test_acc"] == pytest.approx(result.summary["test_acc"], abs=1e-9)
     # to the last bit: the same layout (channels_last) and precision as the trainer's evaluation
     assert report["test_loss"] == rows[-1]["test_loss"]
