@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from inceptionlab import data as data_module
 from inceptionlab import runs
 from inceptionlab.config import TrainConfig
-from inceptionlab.train import evaluate, per_class_report, resolve_device
+from inceptionlab.train import evaluate, per_class_report, prepare_model, resolve_device
 
 
 def evaluate_run(
@@ -31,8 +29,7 @@ def evaluate_run(
     dev = resolve_device(device)
     model, config_dict = runs.load_run_model(run_dir, device=dev)
     config = TrainConfig.from_dict(config_dict)
-    if config.channels_last:  # as the trainer evaluated it: the layout changes the rounding, and so a borderline image
-        model.to(memory_format=torch.channels_last)
+    prepare_model(model, config)  # the layout the trainer evaluated in
     if data is None:
         data = data_module.load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
     result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,

@@ -8,7 +8,7 @@ through :mod:`inceptionlab.runs`.
 Speed rules the loop keeps (they matter more than FLOPs at this model size, see ANCHORS.md):
 - no host synchronisation per step: loss and correct counts accumulate as device tensors and are read at
   epoch end (and every ``SYNC_EVERY`` steps for the progress bar and the divergence check);
-- channels_last, normalisation and autocast are applied in one place (:func:`prepare_input`,
+- channels_last, normalisation and autocast are applied in one place (:func:`prepare_model`, :func:`prepare_input`,
   :func:`autocast_context`) so a compiled / CUDA-graph step can replace :func:`make_train_step` whole.
 
 Reproducibility: data order and augmentation depend only on (seed, epoch) (``DeviceLoader.set_epoch``) and the
@@ -139,6 +139,14 @@ def autocast_context(config: TrainConfig, device: torch.device, *, cache_enabled
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The model's side of :func:`prepare_input`: the run's memory layout (it changes the rounding, so a reloaded
+    model evaluates exactly as the trainer's did only in the same layout)."""
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def prepare_input(x: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -413,9 +421,7 @@ def _train(config, dist_info, device, resume, data, run_dir, progress, log) -> T
                          **config.model_options)
     if config.init == "xavier":
         init_xavier_(model)
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    prepare_model(model.to(device), config)
     step_mode = fast.resolve_step_mode(config, device, dist_info.world_size)
     cuda_opts = fast.resolve_cuda_options(config, device, step_mode, model)  # refuses what is known to be wrong
     transform = _build_transform(config)
