@@ -98,7 +98,7 @@ def main() -> None:
 
     # What the trainer does on CUDA (inceptionlab.fast.pre_resize): resample each split once to uint8 at the
     # target size (the same pixels), so a batch is one gather and one division. The one-time cost is timed too.
-    from inceptionlab.fast import pre_resize
+    from inceptionlab.data.resize import pre_resize
 
     start = time.perf_counter()
     resized = pre_resize(on_device.train_images, args.size)

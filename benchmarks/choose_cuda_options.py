@@ -25,7 +25,7 @@ from pathlib import Path
 # the package: installed, or PYTHONPATH=src (gpu_check.sh)
 from inceptionlab.config import CUDA_SWITCHES as SWITCHES
 from inceptionlab.config import preset_config
-from inceptionlab.data import NUM_EXAMPLES
+from inceptionlab.data.fashion_mnist import NUM_EXAMPLES
 
 CHECKED = {"branch_streams": "branch streams", "batched_casts": "batched casts, bf16", "fuse_1x1": "fuse 1x1"}
 BATCHNORM = ("googlenet-bn", "inception-v3", "inception-resnet")

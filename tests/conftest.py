@@ -41,7 +41,7 @@ def fmnist(tmp_path_factory) -> FashionMNIST:
 def isolated_data_env(tmp_path, monkeypatch):
     """No $INCEPTIONLAB_DATA/$INCEPTIONLAB_MIRROR, an empty cache, and no Debian directory: only what a test
     puts in place is found. Returns the cache directory."""
-    import inceptionlab.data as data
+    import inceptionlab.data.fashion_mnist as data
 
     monkeypatch.delenv("INCEPTIONLAB_DATA", raising=False)
     monkeypatch.delenv("INCEPTIONLAB_MIRROR", raising=False)

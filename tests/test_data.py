@@ -318,19 +318,23 @@ def test_loader_rejects_bad_arguments():
         data.DeviceLoader(torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(2), 1)
 
 
-def test_loader_normalize_and_transform_order(fmnist):
+def test_loader_transform_sees_pixels_and_standardisation_is_the_models_input(fmnist):
+    from inceptionlab.config import TrainConfig
+    from inceptionlab.inputs import prepare_input
+
     images, labels = fmnist.test_images[:64], fmnist.test_labels[:64]
-    plain = next(iter(data.DeviceLoader(images, labels, 64, image_size=32)))[0]
-    normed = next(iter(data.DeviceLoader(images, labels, 64, image_size=32, normalize=True)))[0]
-    torch.testing.assert_close(normed, data.normalize(plain))
     seen = []
 
     def spy(x, generator):
-        seen.append((x.min().item(), isinstance(generator, torch.Generator)))
+        seen.append((x.min().item(), x.max().item() <= 1.0, isinstance(generator, torch.Generator)))
         return x
 
-    next(iter(data.DeviceLoader(images, labels, 64, image_size=32, transform=spy, normalize=True)))
-    assert seen == [(0.0, True)]  # the transform sees [0, 1] pixels, before normalisation
+    plain = next(iter(data.DeviceLoader(images, labels, 64, image_size=32, transform=spy)))[0]
+    assert seen == [(0.0, True, True)]  # the transform sees [0, 1] pixels with the loader's generator
+    pixels = fmnist.train_images.double() / 255  # the statistics, computed here from the training split
+    mean, std = pixels.mean().item(), pixels.std(unbiased=False).item()
+    normed = prepare_input(plain, TrainConfig(normalize=True))
+    torch.testing.assert_close(normed, (plain - mean) / std, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_tiny_runs_match_recorded_numbers(name, fmnist, tmp_path):
 def test_captured_step_on_cpu_matches_recorded_parameter_change():
     """The captured step's body (static buffers, warm-up and roll-back, tensor lr), run without a graph on the CPU,
     in float64: the same parameter change as recorded, and exactly the eager step's."""
-    from inceptionlab import fast
+    from inceptionlab.engine import checks as fast
 
     config, dtype = fast._check_setup("googlenet-bn", "fp32", None, 16, 32)
     batches = fast._check_batches(3, 16, 32, dtype)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from inceptionlab import data, runs
 from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig
 from inceptionlab.models import create_model, init_xavier_
 from inceptionlab.predict import ImageError, load_image, load_image_with_info, pixel_model, predict
 
@@ -29,7 +30,7 @@ def make_run(run_dir, fmnist, *, model_name="googlenet", image_size=SIZE, normal
     model = init_xavier_(create_model(model_name)).eval()
     config = {"model": model_name, "model_options": {}, "num_classes": 10, "in_channels": 1,
               "image_size": image_size, "normalize": normalize}
-    net = pixel_model(model, config)  # trains on what the model sees after its normalization
+    net = pixel_model(model, TrainConfig.from_dict(config))  # trains on what the model sees after its normalization
     if train_images:
         with torch.no_grad():
             x = data.resize_batch(fmnist.train_images[:train_images], image_size)
@@ -194,13 +195,10 @@ def test_run_dir_without_weights_is_refused(tmp_path, fmnist, run_dir, capsys):
 
 def test_normalized_run_takes_pixels(fmnist, monkeypatch):
     """With normalize=true the wrapper applies mean/std, so callers always pass [0, 1] pixels."""
-    if not hasattr(data, "FASHION_MNIST_MEAN"):
-        monkeypatch.setattr(data, "FASHION_MNIST_MEAN", 0.286, raising=False)
-        monkeypatch.setattr(data, "FASHION_MNIST_STD", 0.353, raising=False)
     model = create_model("googlenet").eval()
-    config = {"model": "googlenet", "image_size": SIZE, "normalize": True}
+    config = TrainConfig(model="googlenet", image_size=SIZE, normalize=True)
     x = data.resize_batch(fmnist.test_images[:4], SIZE)
     with torch.no_grad():
         expected = model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
         assert torch.allclose(pixel_model(model, config)(x), expected)
-    assert pixel_model(model, {"normalize": False}) is model
+    assert pixel_model(model, config.replace(normalize=False)) is model

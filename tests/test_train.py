@@ -22,8 +22,8 @@ from inceptionlab.analysis import input_size_report
 from inceptionlab.cli import main
 from inceptionlab.config import CUDA_SWITCHES, TrainConfig
 from inceptionlab.data import load_fashion_mnist
+from inceptionlab.engine.evaluate import evaluate_run
 from inceptionlab.errors import ConfigError
-from inceptionlab.evaluate import evaluate_run
 from inceptionlab.models import create_model, list_models
 from inceptionlab.train import TrainingDiverged, build_optimizer, evaluate, make_train_step, train
 

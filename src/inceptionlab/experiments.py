@@ -167,17 +167,18 @@ def run_variants(
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"duplicate rows: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
-    from inceptionlab import fast
+    from inceptionlab.devices import resolve_device
+    from inceptionlab.engine.cuda import resolve_cuda_options
+    from inceptionlab.engine.step import resolve_step_mode
+    from inceptionlab.engine.trainer import TrainingDiverged, train
     from inceptionlab.models import create_model
-    from inceptionlab.train import TrainingDiverged, resolve_device, train
 
     for v in variants:
         v.config.validate()
         analysis.check_input_size(v.config.model, v.config.image_size, v.config.in_channels)
         if v.config.branch_streams:  # refused for some models on CUDA: say so before the first run, not mid-way
             device = resolve_device(v.config.device)
-            fast.resolve_cuda_options(v.config, device, fast.resolve_step_mode(v.config, device),
-                                      create_model(v.config.model))
+            resolve_cuda_options(v.config, device, resolve_step_mode(v.config, device), create_model(v.config.model))
 
     base = variants[0].config
     say = log or (lambda _line: None)

@@ -15,6 +15,7 @@ Loading never unpickles code: weights come from safetensors, checkpoints load wi
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -23,8 +24,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
-from inceptionlab.errors import RunDirError
+from inceptionlab.config import TrainConfig
+from inceptionlab.errors import InceptionLabError, RunDirError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
 from inceptionlab.models import create_model
 
@@ -59,28 +62,52 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunDirError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from None
 
 
-def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The trained model of a run directory, in eval mode, and its config dict."""
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The run's config.json as a checked :class:`TrainConfig`; a damaged one is a :class:`RunDirError`."""
+    values = read_config(run_dir)
+    if not isinstance(values, dict):
+        raise RunDirError(f"{Path(run_dir) / CONFIG} holds a {type(values).__name__}, not a config; the run "
+                          "directory is damaged")
+    try:
+        return TrainConfig.from_dict(values).validate()
+    except (InceptionLabError, TypeError) as exc:
+        raise RunDirError(f"{Path(run_dir) / CONFIG} is not a valid run config ({exc}); the run directory is "
+                          "damaged") from None
+
+
+def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a run directory, in eval mode, and its config."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    config = read_run_config(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise RunDirError(
             f"{run_dir} has no {WEIGHTS}: the run has not finished. Finish it with "
             f"`inceptionlab train --resume {run_dir}`"
         )
-    model = create_model(
-        config["model"],
-        num_classes=config.get("num_classes", 10),
-        in_channels=config.get("in_channels", 1),
-        **config.get("model_options", {}),
-    )
+    model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
+                         **config.model_options)
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise RunDirError(f"{weights} could not be read ({exc}); the file is damaged") from None
     model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def weights_sha256(run_dir: str | os.PathLike) -> str:
+    """SHA-256 of the run's ``model.safetensors``: ties an exported ONNX file to the weights it came from."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir} has no {WEIGHTS}: the run has not finished (or this is not a run directory). "
+            f"Finish it with `inceptionlab train --resume {run_dir}`"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def create_unique_dir(root: str | os.PathLike, stem: str) -> Path:

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args) -> int:
-    from inceptionlab.export import ATOL, DEFAULT_OPSET, export_onnx
+    from inceptionlab.deploy.onnx import ATOL, DEFAULT_OPSET, export_onnx
 
     path = args.onnx if args.onnx is not None else args.run_dir / "model.onnx"
     report = export_onnx(
@@ -82,10 +82,10 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from inceptionlab.predict import ImageError, load_image_with_info, load_predictor, predict
+    from inceptionlab.deploy.predict import ImageError, load_image_with_info, load_predictor, predict
 
     predictor, config = load_predictor(args.run_dir, args.onnx, args.device)
-    size = int(config["image_size"])
+    size = config.image_size
     loaded, results, failed = [], [], 0
     for path in args.images:
         try:

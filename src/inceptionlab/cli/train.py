@@ -142,7 +142,7 @@ def build_config(args) -> TrainConfig | None:
 
 
 def run_train(args) -> int:
-    from inceptionlab.train import train
+    from inceptionlab.engine.trainer import train
 
     config = build_config(args)
     if config is not None:
@@ -156,7 +156,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from inceptionlab.evaluate import evaluate_run
+    from inceptionlab.engine.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
                           flip_tta=args.flip_tta)

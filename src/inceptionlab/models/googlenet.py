@@ -47,13 +47,7 @@ ConvFactory = Callable[..., nn.Module]
 class Inception(MultiBranch):
     """The chapter's Inception block. Argument names follow the chapter (c1..c4) and the paper's table:
     c1 = #1x1, c2 = (#3x3 reduce, #3x3), c3 = (#5x5 reduce, #5x5), c4 = pool proj.
-
-    ``fuse_1x1 = True`` (set through :func:`inceptionlab.fast.set_fuse_1x1`, off by default) computes the three 1x1
-    convolutions that read the block's input (b1_1, b2_1, b3_1) as one convolution with their weights stacked,
-    then splits its output: the same function with the same parameters, in fewer and larger kernels.
     """
-
-    fuse_1x1: bool = False
 
     def __init__(
         self,
@@ -74,60 +68,28 @@ class Inception(MultiBranch):
         self.b4_2 = conv_block(in_channels, c4, kernel_size=1)
         self.out_channels = c1 + c2[1] + c3[1] + c4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse_1x1 and _fusable(self.b1_1, self.b2_1, self.b3_1):
-            y1, y2, y3 = self._fused_1x1(x)
-            return torch.cat(self.run_branches([y1, y2, y3, x], (_same, self._branch2_tail, self._branch3_tail,
-                                                                 self._branch4)), dim=1)
-        return torch.cat(self.run_branches(x, (self._branch1, self._branch2, self._branch3, self._branch4)), dim=1)
+    def parallel_branches(self):
+        return (self._branch1, self._branch2, self._branch3, self._branch4)
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.b1_1(x))
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
-        return self._branch2_tail(F.relu(self.b2_1(x)))
+        return self.branch2_tail(F.relu(self.b2_1(x)))
 
     def _branch3(self, x: torch.Tensor) -> torch.Tensor:
-        return self._branch3_tail(F.relu(self.b3_1(x)))
+        return self.branch3_tail(F.relu(self.b3_1(x)))
 
     def _branch4(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.b4_2(self.b4_1(x)))
 
-    def _branch2_tail(self, reduced: torch.Tensor) -> torch.Tensor:
+    def branch2_tail(self, reduced: torch.Tensor) -> torch.Tensor:
+        """Branch 2 after its 1x1 reduction (where a fused 1x1 convolution hands over, engine.cuda)."""
         return F.relu(self.b2_2(reduced))
 
-    def _branch3_tail(self, reduced: torch.Tensor) -> torch.Tensor:
+    def branch3_tail(self, reduced: torch.Tensor) -> torch.Tensor:
+        """Branch 3 after its 1x1 reduction."""
         return F.relu(self.b3_2(reduced))
-
-    def _fused_1x1(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[relu(b1_1(x)), relu(b2_1(x)), relu(b3_1(x))]`` from one convolution (BatchNorm, if any, per part)."""
-        units = (self.b1_1, self.b2_1, self.b3_1)
-        convs = [_conv_of(unit) for unit in units]
-        weight = torch.cat([conv.weight for conv in convs])
-        bias = torch.cat([conv.bias for conv in convs]) if convs[0].bias is not None else None
-        y = F.conv2d(x, weight, bias)
-        sizes = [conv.out_channels for conv in convs]
-        if isinstance(units[0], ConvBN):
-            return [F.relu(unit.bn(part)) for unit, part in zip(units, torch.split(y, sizes, dim=1), strict=True)]
-        return list(torch.split(F.relu(y), sizes, dim=1))
-
-
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _conv_of(unit: nn.Module) -> nn.Module:
-    return unit.conv if isinstance(unit, ConvBN) else unit
-
-
-def _fusable(*units: nn.Module) -> bool:
-    """Plain 1x1 convolutions (or ConvBN units around them) of one kind, which stacking their weights can merge."""
-    if not (all(type(u) is nn.Conv2d for u in units) or all(type(u) is ConvBN for u in units)):
-        return False
-    convs = [_conv_of(u) for u in units]
-    return all(c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0) and c.dilation == (1, 1)
-               and c.groups == 1 and c.padding_mode == "zeros" and (c.bias is None) == (convs[0].bias is None)
-               for c in convs)
 
 
 def _pool() -> nn.MaxPool2d:

@@ -43,9 +43,11 @@ class ResidualInception(MultiBranch):
         self.scale = scale
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.up(torch.cat(self.run_branches(x, self.branches), dim=1))
-        return self.relu(x + self.scale * residual)
+    def parallel_branches(self):
+        return tuple(self.branches)
+
+    def merge(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.relu(x + self.scale * self.up(torch.cat(outputs, dim=1)))
 
 
 def block35(c: int, scale: float = 0.17) -> ResidualInception:
@@ -105,8 +107,8 @@ class Reduction(MultiBranch):
         self.branches = nn.ModuleList(branches)
         self.branch_pool = nn.MaxPool2d(3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.run_branches(x, [*self.branches, self.branch_pool]), dim=1)
+    def parallel_branches(self):
+        return (*self.branches, self.branch_pool)
 
 
 class InceptionResNet(StagedClassifier):

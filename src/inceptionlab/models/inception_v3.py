@@ -51,9 +51,8 @@ class InceptionA(MultiBranch):
         self.branch_pool = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), BasicConv2d(in_channels, pool_proj, 1))
         self.out_channels = 64 + 64 + 96 + pool_proj
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = (self.branch1x1, self.branch3x3, self.branch3x3dbl, self.branch_pool)
-        return torch.cat(self.run_branches(x, branches), dim=1)
+    def parallel_branches(self):
+        return (self.branch1x1, self.branch3x3, self.branch3x3dbl, self.branch_pool)
 
 
 class InceptionB(MultiBranch):
@@ -78,9 +77,8 @@ class InceptionB(MultiBranch):
         self.branch_pool = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), BasicConv2d(in_channels, 192, 1))
         self.out_channels = 4 * 192
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = (self.branch1x1, self.branch_nxn, self.branch_nxn_dbl, self.branch_pool)
-        return torch.cat(self.run_branches(x, branches), dim=1)
+    def parallel_branches(self):
+        return (self.branch1x1, self.branch_nxn, self.branch_nxn_dbl, self.branch_pool)
 
 
 class InceptionC(MultiBranch):
@@ -99,9 +97,8 @@ class InceptionC(MultiBranch):
         self.branch_pool = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), BasicConv2d(in_channels, pool_proj, 1))
         self.out_channels = c1 + 4 * c3 + pool_proj
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = (self.branch1x1, self._branch3x3, self._branch3x3dbl, self.branch_pool)
-        return torch.cat(self.run_branches(x, branches), dim=1)  # 1x1, 3x3 a/b, 3x3dbl a/b, pool
+    def parallel_branches(self):
+        return (self.branch1x1, self._branch3x3, self._branch3x3dbl, self.branch_pool)  # 1x1, 3x3 a/b, dbl a/b, pool
 
     def _branch3x3(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b3 = self.branch3x3_1(x)
@@ -121,8 +118,8 @@ class GridReduction(MultiBranch):
         self.branch_pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.out_channels = out_channels + in_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.run_branches(x, [*self.branches, self.branch_pool]), dim=1)
+    def parallel_branches(self):
+        return (*self.branches, self.branch_pool)
 
 
 def reduction_a(in_channels: int) -> GridReduction:

@@ -1,4 +1,5 @@
-"""inceptionlab.fast on the CPU: the static-buffer step (everything the CUDA graph captures, minus the capture)
+"""inceptionlab.engine.step, .cuda and .checks on the CPU:
+the static-buffer step (everything the CUDA graph captures, minus the capture)
 must train exactly like the trainer's eager step, and the pre-resized data must be the same pixels."""
 
 from __future__ import annotations
@@ -6,12 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inceptionlab import fast
 from inceptionlab.config import CUDA_SWITCHES, TrainConfig, preset_config
 from inceptionlab.data import DeviceLoader, resize_batch
+from inceptionlab.data.resize import pre_resize
+from inceptionlab.engine import checks
+from inceptionlab.engine import cuda as cuda_switches
+from inceptionlab.engine import step as fast
+from inceptionlab.engine.optim import build_optimizer, lr_at
+from inceptionlab.engine.step import make_train_step
 from inceptionlab.errors import ConfigError
 from inceptionlab.models import create_model, init_xavier_
-from inceptionlab.train import build_optimizer, lr_at, make_train_step
+from inceptionlab.models._blocks import MultiBranch
 
 BATCH = 8
 NUM_IMAGES = 4 * BATCH + 5  # four full batches and a smaller last one (run eagerly by the static step)
@@ -116,7 +122,7 @@ def test_graph_capture_refused_on_cpu():
 @pytest.mark.parametrize("size", [96, 64, 28])
 def test_pre_resize_gives_the_same_batches(fmnist, size):
     images = fmnist.test_images[:300]
-    resized = fast.pre_resize(images, size, chunk=128)
+    resized = pre_resize(images, size, chunk=128)
     assert resized.dtype == torch.uint8 and resized.shape == (300, size, size)
     # fed back through resize_batch (which then only divides by 255): bit-identical to resizing per batch
     assert torch.equal(resize_batch(resized, size), resize_batch(images, size))
@@ -134,7 +140,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("name", ["googlenet", "googlenet-bn"])
 def test_cuda_graph_step_trains_like_the_eager_step(name):
     """The captured graph itself (only where there is a GPU): five steps with a changing lr and a partial batch."""
-    assert fast.graph_vs_eager_max_diff(torch.device("cuda"), model=name) < 1e-4
+    assert checks.graph_vs_eager_max_diff(torch.device("cuda"), model=name) < 1e-4
 
 
 @CUDA
@@ -142,37 +148,35 @@ def test_cuda_graph_step_trains_like_the_eager_step(name):
 def test_cuda_graph_with_branch_streams_trains_like_the_eager_step(name):
     """float64, where rounding cannot pass for an error (see graph_vs_eager_max_diff). The trainer still refuses the
     switch for the models with BatchNorm until this has passed on a GPU."""
-    assert fast.graph_vs_eager_max_diff(torch.device("cuda"), model=name, branch_streams=True) < 1e-4
+    assert checks.graph_vs_eager_max_diff(torch.device("cuda"), model=name, branch_streams=True) < 1e-4
 
 
 @CUDA
 @pytest.mark.parametrize("name", ["googlenet", "googlenet-bn"])
 def test_cuda_graph_with_fused_1x1_and_batched_casts_trains_like_the_eager_step(name):
     cuda = torch.device("cuda")
-    assert fast.graph_vs_eager_max_diff(cuda, model=name, fuse_1x1=True) < 1e-4
+    assert checks.graph_vs_eager_max_diff(cuda, model=name, fuse_1x1=True) < 1e-4
     # bf16: the same casts, the same kernels, so the same numbers as autocast's per-layer casts
-    assert fast.graph_vs_eager_max_diff(cuda, model=name, batched_casts=True, precision="bf16") < 1e-4
+    assert checks.graph_vs_eager_max_diff(cuda, model=name, batched_casts=True, precision="bf16") < 1e-4
 
 
 def test_the_check_is_zero_for_the_same_arithmetic_and_catches_a_small_error(monkeypatch):
     """The drift measure itself, on the CPU (the static step without a graph)."""
-    from inceptionlab.models import googlenet
-
     cpu = torch.device("cpu")
-    assert fast.graph_vs_eager_max_diff(cpu, model="googlenet-bn", steps=2) == 0.0
+    assert checks.graph_vs_eager_max_diff(cpu, model="googlenet-bn", steps=2) == 0.0
     # stacking the 1x1 weights only changes the rounding: float64 keeps that invisible even with BatchNorm
-    assert 0 < fast.graph_vs_eager_max_diff(cpu, model="googlenet-bn", steps=2, fuse_1x1=True) < 1e-6
+    assert 0 < checks.graph_vs_eager_max_diff(cpu, model="googlenet-bn", steps=2, fuse_1x1=True) < 1e-6
     # ... whereas a 0.1 % error in one branch of the fused path is caught
-    monkeypatch.setattr(googlenet, "_same", lambda x: x * 1.001)
-    assert fast.graph_vs_eager_max_diff(cpu, model="googlenet", steps=2, fuse_1x1=True) > 1e-4
+    monkeypatch.setattr(cuda_switches, "_identity", lambda x: x * 1.001)
+    assert checks.graph_vs_eager_max_diff(cpu, model="googlenet", steps=2, fuse_1x1=True) > 1e-4
 
 
 def test_the_check_is_float64_because_batchnorm_training_is_chaotic_in_float32():
     """Why graph_vs_eager_max_diff runs in float64: a 1e-7 nudge of the lr moves googlenet-bn's short training by
     O(0.1) in float32, so in float32 any reordered sum would read as a large drift (it did on an H200)."""
     cpu = torch.device("cpu")
-    assert fast.lr_sensitivity(cpu, model="googlenet-bn", steps=3, dtype=torch.float32) > 0.05
-    assert fast.lr_sensitivity(cpu, model="googlenet", steps=3, dtype=torch.float64) < 1e-5
+    assert checks.lr_sensitivity(cpu, model="googlenet-bn", steps=3, dtype=torch.float32) > 0.05
+    assert checks.lr_sensitivity(cpu, model="googlenet", steps=3, dtype=torch.float64) < 1e-5
 
 
 def test_branch_streams_switch_every_multi_branch_block_and_change_nothing_on_cpu():
@@ -185,10 +189,13 @@ def test_branch_streams_switch_every_multi_branch_block_and_change_nothing_on_cp
         x = torch.rand(2, 1, 32, 32)
         with torch.no_grad():
             before = model(x)
-            counts[name] = fast.set_branch_streams(model, True)
-            after = model(x)  # on a CPU the flag has no effect: the same function, the same numbers
+            patched = cuda_switches.apply_block_switches(model, streams=True, fuse_1x1=False)
+            counts[name] = len(patched)
+            after = model(x)  # on a CPU the switch has no effect: the same function, the same numbers
+            cuda_switches.remove_block_switches(patched)
+            assert torch.equal(model(x), before)
         assert torch.equal(before, after)
-        assert all(m.branch_streams for m in model.modules() if hasattr(m, "run_branches"))
+        assert set(patched) == {m for m in model.modules() if isinstance(m, MultiBranch)}
     assert counts == {"googlenet": 9, "googlenet-bn": 9, "inception-v3": 9, "inception-resnet": 10}
 
 
@@ -196,19 +203,16 @@ def test_cuda_options_are_off_on_cpu_and_explicit_values_win_on_cuda():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     on = TrainConfig(branch_streams=True, cudnn_benchmark=True, batched_casts=True, fuse_1x1=True, precision="bf16")
     all_on = dict.fromkeys(CUDA_SWITCHES, True)
-    assert fast.resolve_cuda_options(on, cpu, "eager") == dict.fromkeys(CUDA_SWITCHES, False)
-    assert fast.resolve_cuda_options(on, cuda, "cudagraph") == all_on
+    assert cuda_switches.resolve_cuda_options(on, cpu, "eager") == dict.fromkeys(CUDA_SWITCHES, False)
+    assert cuda_switches.resolve_cuda_options(on, cuda, "cudagraph") == all_on
     # batched casts replace autocast's casts inside the captured bf16 step, and exist nowhere else
-    assert fast.resolve_cuda_options(on, cuda, "eager") == {**all_on, "batched_casts": False}
-    assert fast.resolve_cuda_options(on.replace(precision="fp32"), cuda, "cudagraph") == {**all_on,
+    assert cuda_switches.resolve_cuda_options(on, cuda, "eager") == {**all_on, "batched_casts": False}
+    assert cuda_switches.resolve_cuda_options(on.replace(precision="fp32"), cuda, "cudagraph") == {**all_on,
                                                                                        "batched_casts": False}
     off = TrainConfig(**dict.fromkeys(CUDA_SWITCHES, False))
-    assert fast.resolve_cuda_options(off, cuda, "cudagraph") == dict.fromkeys(CUDA_SWITCHES, False)
-    auto = fast.resolve_cuda_options(TrainConfig(precision="bf16"), cuda, "cudagraph")
-    assert auto == {"branch_streams": fast.AUTO_BRANCH_STREAMS["cudagraph"],
-                    "cudnn_benchmark": fast.AUTO_CUDNN_BENCHMARK["cudagraph"],
-                    "batched_casts": fast.AUTO_BATCHED_CASTS["cudagraph"],
-                    "fuse_1x1": fast.AUTO_FUSE_1X1["cudagraph"]}
+    assert cuda_switches.resolve_cuda_options(off, cuda, "cudagraph") == dict.fromkeys(CUDA_SWITCHES, False)
+    auto = cuda_switches.resolve_cuda_options(TrainConfig(precision="bf16"), cuda, "cudagraph")
+    assert auto == {name: cuda_switches.AUTO[name].get("cudagraph", False) for name in CUDA_SWITCHES}
     for name in CUDA_SWITCHES:
         with pytest.raises(ConfigError, match=f"{name} must be true or false"):
             TrainConfig(**{name: "yes"}).validate()
@@ -219,9 +223,11 @@ def test_cuda_options_switch_the_blocks_for_the_run_and_back():
 
     model = create_model("googlenet")
     options = {"branch_streams": True, "cudnn_benchmark": False, "batched_casts": False, "fuse_1x1": True}
-    with fast.cuda_options(model, options):
-        assert all(m.fuse_1x1 and m.branch_streams for m in model.modules() if hasattr(m, "fuse_1x1"))
-    assert not any(m.fuse_1x1 or m.branch_streams for m in model.modules() if hasattr(m, "fuse_1x1"))
+    blocks = [m for m in model.modules() if isinstance(m, MultiBranch)]
+    with cuda_switches.cuda_switches(model, options):
+        assert all("forward" in vars(m) for m in blocks)  # each block's forward replaced for the run
+    assert not any("forward" in vars(m) for m in blocks)
+    assert model.state_dict().keys() == create_model("googlenet").state_dict().keys()
 
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet-bn"])
@@ -235,7 +241,7 @@ def test_fused_1x1_is_the_same_function_forward_and_backward(fmnist, name):
         torch.manual_seed(0)
         plain = create_model(name).double()
         fused = copy.deepcopy(plain)
-        assert fast.set_fuse_1x1(fused, True) == 9
+        assert len(cuda_switches.apply_block_switches(fused, streams=False, fuse_1x1=True)) == 9
         x = resize_batch(fmnist.train_images[:6], 64).double()
         if channels_last:
             plain, fused = plain.to(memory_format=torch.channels_last), fused.to(memory_format=torch.channels_last)
@@ -251,7 +257,8 @@ def test_fused_1x1_is_the_same_function_forward_and_backward(fmnist, name):
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-12, msg=key)
         for (key, a), b in zip(plain.named_buffers(), fused.buffers(), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=key)
-    assert fast.set_fuse_1x1(create_model("inception-v3"), True) == 0  # no googlenet Inception block there
+    # no googlenet Inception block in inception-v3
+    assert cuda_switches.apply_block_switches(create_model("inception-v3"), streams=False, fuse_1x1=True) == []
 
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet-bn"])
@@ -284,19 +291,18 @@ def test_branch_streams_are_refused_for_models_with_batchnorm(name):
     cuda = torch.device("cuda")  # only the device type is read: this runs without a GPU
     config = TrainConfig(model=name, branch_streams=True)
     with pytest.raises(ConfigError, match=f"refused for {name}.*--no-branch-streams"):
-        fast.resolve_cuda_options(config, cuda, "cudagraph", create_model(name))
-    plain = fast.resolve_cuda_options(config.replace(branch_streams=None), cuda, "cudagraph", create_model(name))
+        cuda_switches.resolve_cuda_options(config, cuda, "cudagraph", create_model(name))
+    resolve = cuda_switches.resolve_cuda_options
+    plain = resolve(config.replace(branch_streams=None), cuda, "cudagraph", create_model(name))
     assert plain["branch_streams"] is False
-    ok = fast.resolve_cuda_options(TrainConfig(branch_streams=True), cuda, "cudagraph", create_model("googlenet"))
+    ok = resolve(TrainConfig(branch_streams=True), cuda, "cudagraph", create_model("googlenet"))
     assert ok["branch_streams"] is True
 
 
 def test_cross_stream_boundary_is_the_identity_forward_and_backward():
     """The autograd boundary of the branch streams changes no number (on a CPU it records nothing)."""
-    from inceptionlab.models._blocks import _CrossStream
-
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    y = _CrossStream.apply(x, None)
+    y = cuda_switches.CrossStream.apply(x, None)
     assert torch.equal(y, x)
     (y * torch.arange(96.0).view(2, 3, 4, 4)).sum().backward()
     assert torch.equal(x.grad, torch.arange(96.0).view(2, 3, 4, 4))

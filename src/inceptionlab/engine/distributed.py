@@ -1,0 +1,82 @@
+"""The process group of a torchrun job (DDP: NCCL on GPUs, Gloo on CPUs), and the few collectives the trainer uses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Distributed:
+    """The process group seen by this process; ``world_size == 1`` when not started by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT for the rendezvous)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    return Distributed(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_process_group(device: torch.device) -> bool:
+    """Join torchrun's group; False if the caller had already initialised it (and so owns it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend=backend, **kwargs)
+    return True
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.all_reduce(t)
+
+
+def agree_on_stop(signum: int | None, device: torch.device) -> int | None:
+    """Every rank must leave the loop at the same step, or the next collective hangs."""
+    import torch.distributed as dist
+
+    flag = torch.tensor(signum or 0, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag) or None
+
+
+def broadcast_path(value, is_main: bool):
+    """Rank 0's ``value`` (e.g. the run directory it created) on every rank."""
+    import torch.distributed as dist
+
+    holder = [str(value) if is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()

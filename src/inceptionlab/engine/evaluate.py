@@ -1,0 +1,87 @@
+"""Evaluation: accuracy, mean cross-entropy and the confusion matrix of a model on uint8 images, during training
+(every epoch, every rank its shard) and afterwards for a saved run (:func:`evaluate_run`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inceptionlab import runs
+from inceptionlab.config import TrainConfig
+from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data.resize import resize_batch
+from inceptionlab.devices import resolve_device
+from inceptionlab.engine.distributed import all_reduce_sum
+from inceptionlab.inputs import class_names, forward_loss, prepare_model
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
+             batch_size: int | None = None, rank: int = 0, world_size: int = 1, flip: bool = False) -> dict:
+    """``correct``, ``count``, ``acc``, ``loss`` and ``confusion`` (num_classes^2, on the CPU) of ``model``.
+
+    ``flip``: each image's logits averaged with its mirror image's (test-time augmentation; never in training).
+    With ``world_size > 1`` each rank evaluates a strided shard and the sums are all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    device, k = images.device, config.num_classes
+    index = torch.arange(len(labels), device=device)[rank::world_size]
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    batch_size = batch_size or config.eval_batch_size
+    for start in range(0, len(index), batch_size):
+        idx = index[start : start + batch_size]
+        x, y = resize_batch(images[idx], config.image_size), labels[idx]
+        _, logits = forward_loss(model, torch.cat([x, x.flip(-1)]) if flip else x, y, None, config)
+        logits = logits.float()
+        if flip:
+            logits = logits.view(2, len(y), k).mean(dim=0)
+        pred = logits.argmax(dim=1)
+        correct += (pred == y).sum()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        # scatter_add_, not bincount: on CUDA bincount reads its input's min and max on the host
+        confusion.scatter_add_(0, y * k + pred, torch.ones_like(pred))
+    count = torch.tensor(len(index), dtype=torch.int64, device=device)
+    if world_size > 1:
+        all_reduce_sum(correct, loss_sum, confusion, count)
+    model.train(was_training)
+    n = max(1, int(count))
+    return {"correct": int(correct), "count": int(count), "acc": int(correct) / n, "loss": float(loss_sum) / n,
+            "confusion": confusion.view(k, k).cpu()}
+
+
+def per_class_report(confusion: torch.Tensor) -> dict:
+    """per_class.json: per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted)."""
+    confusion = confusion.cpu().long()
+    totals = confusion.sum(dim=1).clamp_min(1)
+    names = class_names(confusion.shape[0])
+    return {
+        "test_acc": float(confusion.diag().sum()) / max(1, int(confusion.sum())),
+        "per_class_acc": {name: float(confusion[i, i]) / float(totals[i]) for i, name in enumerate(names)},
+        "class_names": names,
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
+                 batch_size: int | None = None, data: FashionMNIST | None = None, flip_tta: bool = False) -> dict:
+    """The run's final model on the full Fashion-MNIST test set, preprocessed, laid out and autocast as the trainer
+    evaluated it: ``run_dir``, ``model``, ``image_size``, ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
+    ``per_class_acc``, ``class_names``, ``confusion``."""
+    dev = resolve_device(device)
+    model, config = runs.load_run_model(run_dir, device=dev)
+    prepare_model(model, config)
+    if data is None:
+        data = load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
+    result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,
+                      flip=flip_tta)
+    report = per_class_report(result["confusion"])
+    return {"run_dir": str(run_dir), "model": config.model, "image_size": config.image_size, "flip_tta": flip_tta,
+            "test_acc": result["acc"], "test_loss": result["loss"], "count": result["count"],
+            "per_class_acc": report["per_class_acc"], "class_names": report["class_names"],
+            "confusion": report["confusion"]}

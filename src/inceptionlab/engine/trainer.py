@@ -1,0 +1,569 @@
+"""The trainer: the chapter's recipe end to end, plus what a real run needs (resume, signals, DDP, AMP).
+
+Read top to bottom: :func:`train` resolves the config and the device, :func:`setup` builds the run state (model,
+data on the device, optimizer, the step, the run directory), then for each epoch :func:`train_one_epoch`,
+:func:`~inceptionlab.engine.evaluate.evaluate` and :func:`save_epoch`, then :func:`finish`.
+
+Speed: no host synchronisation per step (loss and correct counts stay device tensors, read at epoch end and every
+``SYNC_EVERY`` steps). Reproducibility: data order and augmentation depend only on (seed, epoch) and the global
+RNG is reseeded from (seed, epoch) at each epoch, so a run resumed after epoch k ends exactly where an
+uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from inceptionlab import runs
+from inceptionlab.analysis import check_input_size
+from inceptionlab.config import TrainConfig
+from inceptionlab.data.augment import build_transform
+from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data.loader import DeviceLoader
+from inceptionlab.data.resize import pre_resize, want_pre_resize
+from inceptionlab.devices import resolve_device
+from inceptionlab.engine import distributed
+from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
+from inceptionlab.engine.evaluate import evaluate, per_class_report
+from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
+from inceptionlab.engine.step import build_train_step, resolve_step_mode
+from inceptionlab.errors import ConfigError, InceptionLabError
+from inceptionlab.fileio import BackgroundWrites
+from inceptionlab.inputs import class_names, prepare_model
+from inceptionlab.models import create_model, init_xavier_
+
+SYNC_EVERY = 50  # steps between host reads of the running loss (progress bar, NaN check, stop agreement)
+CHECKPOINT_FORMAT = 1
+PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
+
+
+class TrainingDiverged(InceptionLabError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``status``: "completed" or "interrupted" (``signal`` says which)."""
+
+    run_dir: Path | None
+    status: str
+    metrics: list[dict]
+    summary: dict
+    model: nn.Module = field(repr=False)
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.signal is None else 128 + self.signal
+
+
+class PhaseTimer:
+    """Seconds per named phase, added up: ``with timer("data"): ...`` or ``timer.add("train", s)``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class RunState:
+    """Everything :func:`setup` builds and the loop reads or updates."""
+
+    config: TrainConfig
+    dist: distributed.Distributed
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    step_fn: Callable
+    step_mode: str
+    cuda_opts: dict[str, bool]
+    loader: DeviceLoader
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    run_dir: Path | None
+    say: Callable[[str], None]
+    timer: PhaseTimer
+    show_bar: bool = False
+    start_epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    elapsed_before: float = 0.0
+    last_eval: dict | None = None
+    stop_signal: int | None = None
+    last_plot: float = -math.inf
+    plotted: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + self.timer.since_start()
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+    data: FashionMNIST | None = None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """Train ``config`` (or resume the run directory ``resume``) and return a :class:`TrainResult`.
+
+    - ``resume``: continue from the run's last complete checkpoint; ``config`` then defaults to the run's
+      config.json (pass one to change e.g. ``epochs`` or ``device``).
+    - ``data``: an already loaded :class:`~inceptionlab.data.FashionMNIST` (any device), else loaded from
+      ``config.data_dir``.
+    - ``run_dir``: write into this directory instead of a new ``<out>/<timestamp>-<model>/``.
+    - ``progress``: a tqdm bar while an epoch runs; default: only when stderr is a terminal.
+    - ``log``: where the per-epoch lines go (``None``: silent).
+
+    Raises :class:`ConfigError` before any work for invalid options, :class:`TrainingDiverged` on a NaN/inf
+    loss. SIGINT/SIGTERM end the run cleanly with ``status == "interrupted"``.
+    """
+    if resume is not None:
+        config = config or TrainConfig.from_dict(runs.read_config(resume))
+        run_dir = Path(resume)
+    config = (config or TrainConfig()).validate()
+    dist_info = distributed.distributed_from_env()
+    device = resolve_device(config.device, dist_info.local_rank)
+    check_runtime(config, device, dist_info.world_size)
+    with _torch_threads(config.num_threads), _process_group(dist_info, device):
+        state = setup(config, dist_info, device, data=data, run_dir=run_dir, resume=resume is not None,
+                      progress=progress, log=log)
+        return run_epochs(state)
+
+
+def check_runtime(config: TrainConfig, device: torch.device, world_size: int) -> None:
+    """What only the device and the process count can rule out, before any work."""
+    if config.precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU (GradScaler); on a CPU use --precision bf16 or fp32")
+    if config.batch_size % world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the number of "
+                          f"processes ({world_size})")
+    resolve_step_mode(config, device, world_size)
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None):
+    old = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _process_group(dist_info: distributed.Distributed, device: torch.device):
+    owns_group = distributed.init_process_group(device) if dist_info.enabled else False
+    try:
+        yield
+    finally:
+        if owns_group:
+            distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device, *,
+          data: FashionMNIST | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
+          log: Callable[[str], None] | None = print) -> RunState:
+    """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory."""
+    timer = PhaseTimer()
+    say = log if (log is not None and dist_info.is_main) else (lambda _line: None)
+    with timer("model"):  # incl. the size check and the device's first use
+        model = build_model(config, device)
+        step_mode = resolve_step_mode(config, device, dist_info.world_size)
+        cuda_opts = resolve_cuda_options(config, device, step_mode, model)  # refuses what is known to be wrong
+    with timer("data"):  # read + verify, to the device, resize once
+        loader, test_images, test_labels = build_data(config, dist_info, device, data)
+    with timer("step"):  # optimizer and step function (a graph is captured at the first step)
+        optimizer = build_optimizer(model, config, device)
+        scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+        step_fn = build_train_step(_wrap_ddp(model, dist_info, device), optimizer, config, device, scaler=scaler,
+                                   batch_size=config.batch_size // dist_info.world_size,
+                                   world_size=dist_info.world_size, batched_casts=cuda_opts["batched_casts"])
+    state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts, loader,
+                     test_images, test_labels, run_dir, say, timer)
+    with timer("run_dir"):  # resume state, run directory, config.json
+        if resume:
+            restore_checkpoint(state)
+        open_run_dir(state)
+    state.show_bar = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
+    say(describe_run(state))
+    return state
+
+
+def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The seeded model (d2l's Xavier init by default), in the run's memory layout, after a shape-only size check."""
+    check_input_size(config.model, config.image_size, config.in_channels)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
+                         **config.model_options)
+    if config.init == "xavier":
+        init_xavier_(model)
+    return prepare_model(model.to(device), config)
+
+
+def build_data(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device,
+               data: FashionMNIST | None) -> tuple[DeviceLoader, torch.Tensor, torch.Tensor]:
+    """The training loader and the test split, uint8 on the device, each split resized once when it fits."""
+    data = (data if data is not None else load_fashion_mnist(config.data_dir)).to(device)
+    train_images, train_labels = data.train_images[: config.limit_train], data.train_labels[: config.limit_train]
+    test_images, test_labels = data.test_images[: config.limit_test], data.test_labels[: config.limit_test]
+    if want_pre_resize(len(train_images) + len(test_images), config.image_size):
+        train_images = pre_resize(train_images, config.image_size)
+        test_images = pre_resize(test_images, config.image_size)
+    transform = build_transform(crop_padding=config.crop_padding, flip=config.flip, erasing=config.erasing)
+    loader = DeviceLoader(train_images, train_labels, config.batch_size // dist_info.world_size,
+                          image_size=config.image_size, shuffle=True, seed=config.seed, rank=dist_info.rank,
+                          world_size=dist_info.world_size, transform=transform, drop_last=config.drop_last)
+    if len(loader) == 0:
+        over = f" over {dist_info.world_size} processes" if dist_info.enabled else ""
+        raise ConfigError(f"--drop-last leaves no training batch: {len(train_labels):,} training images{over} are "
+                          f"fewer than one batch of {config.batch_size}; use --no-drop-last or a smaller --batch-size")
+    return loader, test_images, test_labels
+
+
+def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torch.device) -> nn.Module:
+    if not dist_info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def restore_checkpoint(state: RunState) -> None:
+    """Model, optimizer, scaler, epoch and metrics from the run's last complete checkpoint."""
+    saved = runs.load_checkpoint(state.run_dir, map_location=state.device)
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    state.start_epoch, state.rows = int(saved["epoch"]), list(saved["metrics"])
+    state.elapsed_before = float(saved.get("elapsed_s", 0.0))
+    state.plotted = len(state.rows)
+    if state.start_epoch >= state.config.epochs:
+        state.say(f"{state.run_dir}: all {state.config.epochs} epochs were already done; writing the final results")
+
+
+def open_run_dir(state: RunState) -> None:
+    """Rank 0 creates (or reopens) the run directory and writes config.json; the other ranks learn its path."""
+    if state.is_main:
+        run_dir = state.run_dir
+        run_dir = Path(run_dir) if run_dir is not None else runs.create_run_dir(state.config.out, state.config.model)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_config(run_dir, state.config.to_dict())
+        if state.start_epoch:
+            runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
+        state.run_dir = run_dir
+    if state.dist.enabled:
+        state.run_dir = Path(distributed.broadcast_path(state.run_dir, state.is_main))
+
+
+def describe_run(state: RunState) -> str:
+    config, dist_info = state.config, state.dist
+    num_params = sum(p.numel() for p in state.model.parameters())
+    return (
+        f"training {config.model} ({num_params:,} parameters) on {state.device}"
+        + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
+        + f": {len(state.loader.labels):,} training / {len(state.test_labels):,} test images at {config.image_size}x"
+        f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
+        f"{config.precision}{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
+        + "".join(f", {k.replace('_', ' ')}" for k, on in state.cuda_opts.items() if on)
+        + f" -> {state.run_dir}"
+    )
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def run_epochs(state: RunState) -> TrainResult:
+    """The loop: per epoch train, evaluate, save; then :func:`finish`. Per-epoch files are written on a worker
+    thread (rank 0), in order; leaving the block waits for them."""
+    config = state.config
+    with _StopFlag() as stop, cuda_switches(state.model, state.cuda_opts), \
+            BackgroundWrites(enabled=state.is_main) as writes:
+        for epoch in range(state.start_epoch, config.epochs):
+            train_metrics = train_one_epoch(state, epoch, stop)
+            if train_metrics is None:  # stopped by a signal
+                break
+            with state.timer("eval"):
+                state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
+                                           rank=state.dist.rank, world_size=state.dist.world_size)
+            save_epoch(state, epoch, train_metrics, writes)
+        if state.is_main and state.rows and state.plotted != len(state.rows):
+            writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
+        wait_start = time.perf_counter()
+    state.timer.add("write_wait", time.perf_counter() - wait_start)  # writes still queued after the last epoch
+    return finish(state)
+
+
+def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None:
+    """One pass over the shuffled training set; ``None`` when a signal stopped it (every rank at the same step)."""
+    config, device, steps = state.config, state.device, state.steps_per_epoch
+    torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout etc. depend only on (seed, epoch)
+    state.loader.set_epoch(epoch)
+    state.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, lr, bar = 0, config.lr, _progress_bar(state, epoch)
+    epoch_start = time.perf_counter()
+    for i, (x, y) in enumerate(state.loader):
+        lr = lr_at(config, epoch * steps + i, steps)
+        set_lr(state.optimizer, lr)
+        batch_loss, batch_correct = state.step_fn(x, y)
+        loss_sum += batch_loss
+        correct += batch_correct
+        seen += len(y)
+        if (i + 1) % SYNC_EVERY == 0 or stop.signum is not None:
+            state.stop_signal = distributed.agree_on_stop(stop.signum, device) if state.dist.enabled else stop.signum
+            running = float(loss_sum) / seen
+            check_finite(state, running, epoch, i, lr)
+            if bar is not None:
+                bar.set_postfix(loss=f"{running:.3f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
+            if state.stop_signal is not None:
+                break
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if state.stop_signal is not None:
+        return None
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device,
+                                                                            dtype=torch.float64)])
+    if state.dist.enabled:
+        distributed.all_reduce_sum(totals)
+    train_loss, train_acc = float(totals[0] / totals[2]), float(totals[1] / totals[2])
+    check_finite(state, train_loss, epoch, steps - 1, lr)
+    seconds = time.perf_counter() - epoch_start  # after the float() reads above, which synchronise
+    state.timer.add("train", seconds)
+    return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr, "images": float(totals[2]),
+            "seconds": seconds, "start": epoch_start}
+
+
+def _progress_bar(state: RunState, epoch: int):
+    if not state.show_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{state.config.epochs}", leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: BackgroundWrites) -> None:
+    """Append the epoch's metrics row; rank 0 queues checkpoint (first), metrics and, now and then, curves.png."""
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": train_metrics["train_loss"],
+        "train_acc": train_metrics["train_acc"],
+        "test_loss": state.last_eval["loss"],
+        "test_acc": state.last_eval["acc"],
+        "lr": train_metrics["lr"],
+        "images_per_sec": train_metrics["images"] / train_metrics["seconds"],
+        "epoch_seconds": time.perf_counter() - train_metrics["start"],
+        "elapsed_seconds": state.elapsed(),
+    }
+    state.rows.append(row)
+    if not state.is_main:
+        return
+    with state.timer("write"):
+        # the state is copied to the host now (training goes on changing the tensors); the disk work is queued
+        snapshot = _host_copy(_checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
+        writes.submit(runs.save_checkpoint, state.run_dir, snapshot)
+        writes.submit(runs.write_metrics, state.run_dir, snapshot["metrics"])  # the snapshot's copy of the rows
+        now = time.perf_counter()
+        if now - state.last_plot >= PLOT_EVERY_SECONDS:
+            writes.submit(_plot_curves, state.run_dir, snapshot["metrics"], state.config)
+            state.last_plot, state.plotted = now, len(state.rows)
+    state.say(f"epoch {epoch + 1:>3}/{state.config.epochs}  loss {row['train_loss']:.3f}  train acc "
+              f"{row['train_acc']:.3f}  test acc {row['test_acc']:.3f}  {row['images_per_sec']:,.0f} img/s  "
+              f"elapsed {_format_time(row['elapsed_seconds'])}")
+
+
+def finish(state: RunState) -> TrainResult:
+    """The summary (and, for a completed run on rank 0, the weights and the final evaluation's files)."""
+    status = "completed" if state.stop_signal is None else "interrupted"
+    if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
+        state.last_eval = evaluate(state.model, state.test_images, state.test_labels, state.config,
+                                   rank=state.dist.rank, world_size=state.dist.world_size)
+    summary = build_summary(state, status)
+    if state.is_main:
+        write_results(state, summary)
+    if state.dist.enabled:
+        distributed.barrier()  # no rank tears the group down while rank 0 is still writing the results
+    return TrainResult(state.run_dir, status, state.rows, summary, state.model, state.stop_signal)
+
+
+def build_summary(state: RunState, status: str) -> dict:
+    config, rows, seconds = state.config, state.rows, state.timer.seconds
+    setup = {f"{name}_seconds": seconds.get(name, 0.0) for name in ("model", "data", "step", "run_dir")}
+    timings = {"setup_seconds": sum(setup.values()), "setup": setup,
+               **{f"{name}_seconds": seconds.get(name, 0.0) for name in ("train", "eval", "write", "write_wait")},
+               "graph_capture_seconds": getattr(state.step_fn, "prepare_seconds", None)}
+    summary = {
+        "status": status, "model": config.model, "preset": config.preset, "epochs": config.epochs,
+        "epochs_completed": len(rows), "num_parameters": sum(p.numel() for p in state.model.parameters()),
+        "device": str(state.device), "world_size": state.dist.world_size, "step_mode": state.step_mode,
+        **state.cuda_opts,
+        "elapsed_seconds": state.elapsed(),
+        "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
+    }
+    if rows:
+        last = rows[-1]
+        summary.update(train_loss=last["train_loss"], train_acc=last["train_acc"], test_acc=last["test_acc"],
+                       best_test_acc=max(r["test_acc"] for r in rows),
+                       images_per_sec=sum(r["images_per_sec"] for r in rows) / len(rows))
+    if state.stop_signal is not None:
+        summary["signal"] = signal.Signals(state.stop_signal).name
+    return summary
+
+
+def write_results(state: RunState, summary: dict) -> None:
+    config, run_dir, say = state.config, state.run_dir, state.say
+    if summary["status"] == "completed":
+        runs.save_weights(run_dir / runs.WEIGHTS, state.model, {"model": config.model, "image_size": config.image_size})
+        report = per_class_report(state.last_eval["confusion"])
+        summary["per_class_acc"] = report["per_class_acc"]
+        runs.write_per_class(run_dir, report)
+        _plot_confusion(run_dir, state.last_eval["confusion"], config)
+    runs.write_summary(run_dir, summary)
+    if summary["status"] == "completed" and state.rows:
+        say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, "
+            f"test acc {summary['test_acc']:.3f}")
+        say(f"{summary['images_per_sec']:.1f} examples/sec on {state.device}")
+    elif summary["status"] == "interrupted":
+        say(f"interrupted by {summary['signal']} after {len(state.rows)} complete epoch(s); resume with "
+            f"`inceptionlab train --resume {run_dir}`")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def check_finite(state: RunState, loss: float, epoch: int, step: int, lr: float) -> None:
+    """A NaN/inf loss stops the run with the fix in the message; the last good checkpoint stays."""
+    if math.isfinite(loss):
+        return
+    config, rows, run_dir = state.config, state.rows, state.run_dir
+    good = f"the last good checkpoint (epoch {len(rows)}) is kept in {run_dir}" if rows else "no epoch finished"
+    if state.is_main and run_dir is not None:
+        runs.write_summary(run_dir, {"status": "diverged", "model": config.model, "epochs": config.epochs,
+                                     "epochs_completed": len(rows),
+                                     "diverged_at": {"epoch": epoch + 1, "step": step + 1, "lr": lr}})
+    raise TrainingDiverged(
+        f"the training loss became {loss} in epoch {epoch + 1} (step {step + 1}): the learning rate "
+        f"{config.lr:g} is most likely too high for {config.model} with this recipe; try --lr {config.lr / 10:g}"
+        f"{' or --warmup-epochs 1' if config.warmup_epochs == 0 else ''}. {good[0].upper() + good[1:]}."
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+def _format_time(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop reads between steps; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _host_copy(obj):
+    """``obj`` with every tensor copied to host memory (a snapshot the training loop cannot change any more)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+def _checkpoint_state(state: RunState, epoch: int, elapsed: float) -> dict:
+    """Tensors and plain containers only, so ``torch.load(weights_only=True)`` can read it."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "schedule": {"step": epoch * state.steps_per_epoch, "steps_per_epoch": state.steps_per_epoch},
+        "rng": rng,
+        "metrics": state.rows,
+        "elapsed_s": elapsed,
+    }
+
+
+def _plot_curves(run_dir: Path, rows, config: TrainConfig) -> None:
+    from inceptionlab.plots import plot_curves
+
+    plot_curves(run_dir / runs.CURVES, rows, title=f"{config.model}, {config.image_size}px")
+
+
+def _plot_confusion(run_dir: Path, confusion, config: TrainConfig) -> None:
+    from inceptionlab.plots import plot_confusion
+
+    names = class_names(confusion.shape[0])
+    plot_confusion(run_dir / runs.CONFUSION, confusion, names, title=f"{config.model}: test set")

@@ -1,0 +1,100 @@
+"""What the model sees, defined once: pixels in [0, 1], optional standardisation, memory layout, precision, class
+names, and the one forward-and-loss function that the eager step, the captured step, evaluation and the checks
+share. Training, evaluation, ONNX export and predict all read these definitions; none re-derives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from inceptionlab.config import TrainConfig
+from inceptionlab.data.fashion_mnist import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from inceptionlab.models import classification_loss
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Fashion-MNIST's names for 10 classes, ``class i`` otherwise."""
+    if num_classes == len(CLASS_NAMES):
+        return list(CLASS_NAMES)
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def normalization(config: TrainConfig) -> tuple[float, float] | None:
+    """(mean, std) applied to [0, 1] pixels, or None when the run feeds them as they are (d2l's ``ToTensor``)."""
+    return (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if config.normalize else None
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Standardise [0, 1] pixels with the training split's mean and standard deviation."""
+    return (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+
+
+def prepare_input(x: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Float [0, 1] batch -> what the model sees: optional standardisation, optional channels_last."""
+    if config.normalize:
+        x = normalize(x)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The model's side of :func:`prepare_input`: the run's memory layout (it changes the rounding, so a reloaded
+    model evaluates exactly as the trainer's did only in the same layout)."""
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_context(config: TrainConfig, device: torch.device, *, cache_enabled: bool = True):
+    """The one place mixed precision is switched on (bf16 on a CPU uses AVX-512 BF16 where the CPU has it).
+
+    ``cache_enabled=False`` inside CUDA-graph capture, as PyTorch's graph notes ask.
+    """
+    if config.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def make_criterion(config: TrainConfig) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def aux_loss_weight(model: nn.Module) -> float:
+    """The weight of a model's auxiliary losses (googlenet-paper: 0.3); looked up through a DDP wrapper."""
+    return getattr(getattr(model, "module", model), "aux_loss_weight", 0.3)
+
+
+def forward_loss(model, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None, config: TrainConfig, *,
+                 aux_weight: float = 0.3, cache_enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, logits)`` of a [0, 1] float batch: prepare the input, autocast, forward, loss (``None`` without a
+    ``criterion``). ``model`` is any callable (the module, a DDP wrapper, a compiled or batched-casts forward)."""
+    x = prepare_input(x, config)
+    with autocast_context(config, x.device, cache_enabled=cache_enabled):
+        output = model(x)
+        loss = None if criterion is None else classification_loss(output, y, criterion, aux_weight)
+    logits = output[0] if isinstance(output, tuple) else output
+    return loss, logits
+
+
+class PixelInput(nn.Module):
+    """The trained network behind its input standardisation: takes [0, 1] pixels, returns logits, so an exported
+    ONNX file is self-contained (a deployment feeds pixels)."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """``model`` taking [0, 1] pixels: wrapped in :class:`PixelInput` if the run standardised its inputs."""
+    norm = normalization(config)
+    return model if norm is None else PixelInput(model, *norm).eval()
