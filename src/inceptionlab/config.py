@@ -62,6 +62,7 @@ class TrainConfig:
     cudnn_benchmark: bool | None = None  # let cuDNN time its convolution algorithms for each new shape
     batched_casts: bool | None = None  # bf16 copies of all conv/linear parameters in one multi-tensor kernel
     fuse_1x1: bool | None = None  # an Inception block's three 1x1 convs on its input as one convolution
+    sync_every: int = 50  # steps between host reads of the running loss (progress, NaN check, DDP stop agreement)
     # reproducibility and data
     seed: int = 0
     limit_train: int | None = None
@@ -100,7 +101,8 @@ class TrainConfig:
         _choice("step_mode", self.step_mode, STEP_MODES)
         if self.preset not in PRESETS and self.preset != "custom":
             raise ConfigError(f"unknown preset {self.preset!r}; choose from: {', '.join(PRESETS)}")
-        for name in ("num_classes", "in_channels", "image_size", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("num_classes", "in_channels", "image_size", "epochs", "batch_size", "eval_batch_size",
+                     "sync_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")

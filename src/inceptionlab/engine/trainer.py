@@ -5,7 +5,7 @@ data on the device, optimizer, the step, the run directory), then for each epoch
 :func:`~inceptionlab.engine.evaluate.evaluate` and :func:`save_epoch`, then :func:`finish`.
 
 Speed: no host synchronisation per step (loss and correct counts stay device tensors, read at epoch end and every
-``SYNC_EVERY`` steps). Reproducibility: data order and augmentation depend only on (seed, epoch) and the global
+``config.sync_every`` steps). Reproducibility: data order and augmentation depend only on (seed, epoch) and the global
 RNG is reseeded from (seed, epoch) at each epoch, so a run resumed after epoch k ends exactly where an
 uninterrupted run ends.
 """
@@ -45,7 +45,6 @@ from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.inputs import class_names, prepare_model
 from inceptionlab.models import create_model, init_xavier_
 
-SYNC_EVERY = 50  # steps between host reads of the running loss (progress bar, NaN check, stop agreement)
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
 
@@ -355,7 +354,7 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None
         loss_sum += batch_loss
         correct += batch_correct
         seen += len(y)
-        if (i + 1) % SYNC_EVERY == 0 or stop.signum is not None:
+        if (i + 1) % config.sync_every == 0 or stop.signum is not None:
             state.stop_signal = distributed.agree_on_stop(stop.signum, device) if state.dist.enabled else stop.signum
             running = float(loss_sum) / seen
             check_finite(state, running, epoch, i, lr)
