@@ -30,10 +30,12 @@ run: setup
 	$(VENV)/bin/inceptionlab train --preset quick
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
