@@ -140,9 +140,7 @@ def test_a_diverged_run_is_a_row_of_the_table_and_the_experiment_goes_on(fmnist,
 def test_branch_streams_for_a_batchnorm_model_are_refused_before_the_first_run(fmnist, tmp_path, monkeypatch):
     import torch
 
-    from inceptionlab import devices
-
-    monkeypatch.setattr(devices, "resolve_device", lambda *args, **kwargs: torch.device("cuda"))
+    monkeypatch.setattr(experiments, "resolve_device", lambda *args, **kwargs: torch.device("cuda"))
     out = tmp_path / "never"
     with pytest.raises(ConfigError, match="refused for googlenet-bn"):
         experiments.compare(["googlenet", "googlenet-bn"], tiny(branch_streams=True), out_dir=out, data=fmnist,

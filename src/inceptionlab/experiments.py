@@ -30,8 +30,13 @@ import torch
 from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
 from inceptionlab.config import TrainConfig
+from inceptionlab.devices import resolve_device
+from inceptionlab.engine.cuda import resolve_cuda_options
+from inceptionlab.engine.step import resolve_step_mode
+from inceptionlab.engine.trainer import TrainingDiverged, train
 from inceptionlab.errors import ConfigError, InputSizeError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text
+from inceptionlab.models import create_model
 from inceptionlab.plots import pyplot, save_figure
 
 RESULTS = "results.json"
@@ -160,6 +165,42 @@ def run_variants(
     seconds, not after an hour. The data is loaded once and shared by every run. Outputs are rewritten after each
     run, so an interrupted experiment still leaves a table of what finished.
     """
+    check_variants(variants, seeds)
+    base = variants[0].config
+    say = log or (lambda _line: None)
+    out = Path(out_dir) if out_dir is not None else experiment_dir(base.out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = data_module.load_fashion_mnist(base.data_dir)
+    result = ExperimentResult(kind, out, "running", [], base, [base.seed + i for i in range(seeds)],
+                              str(resolve_device(base.device)), 0.0)
+    started = time.perf_counter()
+    for i, variant in enumerate(variants):
+        cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
+        row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
+                        cost.gflops_at_size or math.nan)
+        result.rows.append(row)
+        for j in range(seeds):
+            counter = f"[{kind} {i * seeds + j + 1}/{len(variants) * seeds}]"
+            run_one(result, row, variant.config.replace(seed=variant.config.seed + j), counter, data, progress, log)
+            result.total_seconds = time.perf_counter() - started
+            write_outputs(result)
+            if result.status != "running":
+                break
+        if result.status != "running":
+            break
+    if result.status == "running":
+        result.status = "completed"
+    if result.rows and not result.rows[-1].test_acc and not result.rows[-1].diverged:
+        result.rows.pop()  # interrupted during its first seed: nothing to report for it
+    result.total_seconds = time.perf_counter() - started
+    write_outputs(result)
+    say(f"{kind}: {result.status}; {out / TABLE}")
+    return result
+
+
+def check_variants(variants: Sequence[Variant], seeds: int) -> None:
+    """Every row valid, every input size possible, no duplicate labels: before the first run starts."""
     if not variants:
         raise ConfigError("an experiment needs at least one row")
     if not isinstance(seeds, int) or seeds < 1:
@@ -167,12 +208,6 @@ def run_variants(
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"duplicate rows: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
-    from inceptionlab.devices import resolve_device
-    from inceptionlab.engine.cuda import resolve_cuda_options
-    from inceptionlab.engine.step import resolve_step_mode
-    from inceptionlab.engine.trainer import TrainingDiverged, train
-    from inceptionlab.models import create_model
-
     for v in variants:
         v.config.validate()
         analysis.check_input_size(v.config.model, v.config.image_size, v.config.in_channels)
@@ -180,58 +215,28 @@ def run_variants(
             device = resolve_device(v.config.device)
             resolve_cuda_options(v.config, device, resolve_step_mode(v.config, device), create_model(v.config.model))
 
-    base = variants[0].config
+
+def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, counter: str, data, progress, log) -> None:
+    """One training run of a row; its numbers go into ``row`` (a divergence is a result, not a crash)."""
     say = log or (lambda _line: None)
-    out = Path(out_dir) if out_dir is not None else experiment_dir(base.out, kind)
-    out.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = data_module.load_fashion_mnist(base.data_dir)
-    device = str(resolve_device(base.device))
-    seed_list = [base.seed + i for i in range(seeds)]
-    rows: list[RowResult] = []
-    started = time.perf_counter()
-    result = ExperimentResult(kind, out, "running", rows, base, seed_list, device, 0.0)
-    total = len(variants) * seeds
-    for i, variant in enumerate(variants):
-        cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
-        row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
-                        cost.gflops_at_size or math.nan)
-        rows.append(row)
-        for j in range(seeds):
-            config = variant.config.replace(seed=variant.config.seed + j)
-            run_dir = out / "runs" / f"{_slug(variant.label)}-seed{config.seed}"
-            say(f"[{kind} {i * seeds + j + 1}/{total}] {variant.label}, seed {config.seed} -> {run_dir}")
-            try:
-                run = train(config, data=data, run_dir=run_dir, progress=progress, log=log)
-            except TrainingDiverged as exc:
-                # a result, not a crash: the row says so and the experiment goes on with the next run
-                say(f"[{kind}] {variant.label}, seed {config.seed}: diverged ({exc})")
-                row.diverged.append({"seed": config.seed, "run_dir": str(run_dir), "error": str(exc)})
-                result.total_seconds = time.perf_counter() - started
-                write_outputs(result)
-                continue
-            if run.status != "completed":
-                result.status, result.exit_code = run.status, run.exit_code
-                break
-            row.seeds.append(config.seed)
-            row.test_acc.append(run.summary["test_acc"])
-            row.best_test_acc.append(run.summary["best_test_acc"])
-            row.wall_seconds.append(run.summary["elapsed_seconds"])
-            row.images_per_sec.append(run.summary["images_per_sec"])
-            row.curves.append([m["test_acc"] for m in run.metrics])
-            row.run_dirs.append(str(run_dir))
-            result.total_seconds = time.perf_counter() - started
-            write_outputs(result)
-        if result.status != "running":
-            break
-    if result.status == "running":
-        result.status = "completed"
-    if rows and not rows[-1].test_acc and not rows[-1].diverged:
-        rows.pop()  # interrupted during its first seed: nothing to report for it
-    result.total_seconds = time.perf_counter() - started
-    write_outputs(result)
-    say(f"{kind}: {result.status}; {out / TABLE}")
-    return result
+    run_dir = result.out_dir / "runs" / f"{_slug(row.label)}-seed{config.seed}"
+    say(f"{counter} {row.label}, seed {config.seed} -> {run_dir}")
+    try:
+        run = train(config, data=data, run_dir=run_dir, progress=progress, log=log)
+    except TrainingDiverged as exc:
+        say(f"[{result.kind}] {row.label}, seed {config.seed}: diverged ({exc})")
+        row.diverged.append({"seed": config.seed, "run_dir": str(run_dir), "error": str(exc)})
+        return
+    if run.status != "completed":
+        result.status, result.exit_code = run.status, run.exit_code
+        return
+    row.seeds.append(config.seed)
+    row.test_acc.append(run.summary["test_acc"])
+    row.best_test_acc.append(run.summary["best_test_acc"])
+    row.wall_seconds.append(run.summary["elapsed_seconds"])
+    row.images_per_sec.append(run.summary["images_per_sec"])
+    row.curves.append([m["test_acc"] for m in run.metrics])
+    row.run_dirs.append(str(run_dir))
 
 
 # --------------------------------------------------------------------------------------------- the exercises

@@ -16,14 +16,13 @@ import os
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from inceptionlab.errors import ConfigError, DatasetError
+from inceptionlab.errors import DatasetError
 from inceptionlab.fileio import atomic_open, atomic_write_json
 
 CLASS_NAMES = (
