@@ -242,16 +242,9 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
 # --------------------------------------------------------------------------------------------- the exercises
 
 
-def compare(
-    models: Sequence[str],
-    config: TrainConfig,
-    *,
-    seeds: int = 1,
-    out_dir: str | os.PathLike | None = None,
-    data: data_module.FashionMNIST | None = None,
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = print,
-) -> ExperimentResult:
+def compare(models: Sequence[str], config: TrainConfig, *, seeds: int = 1, out_dir: str | os.PathLike | None = None,
+            data: data_module.FashionMNIST | None = None, progress: bool | None = None,
+            log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds."""
     if not models:
         raise ConfigError("compare needs at least one model")
@@ -278,17 +271,9 @@ def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) ->
         )
 
 
-def sweep(
-    model: str,
-    sizes: Sequence[int],
-    config: TrainConfig,
-    *,
-    seeds: int = 1,
-    out_dir: str | os.PathLike | None = None,
-    data: data_module.FashionMNIST | None = None,
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = print,
-) -> ExperimentResult:
+def sweep(model: str, sizes: Sequence[int], config: TrainConfig, *, seeds: int = 1,
+          out_dir: str | os.PathLike | None = None, data: data_module.FashionMNIST | None = None,
+          progress: bool | None = None, log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train ``model`` at each input side in ``sizes`` (else the same ``config``): accuracy against input size,
     the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one."""
     check_sweep_sizes(model, sizes, config.in_channels)
