@@ -152,15 +152,11 @@ def _finite(value) -> bool:
 PRESETS: dict[str, dict[str, Any]] = {
     # The chapter, exactly.
     "d2l": {},
-    # A CPU recipe for `make run`: >= 0.85 test accuracy on the full test set in minutes on 2 cores.
-    # BatchNorm lets a one-cycle schedule with Nesterov momentum converge in a few epochs; 28 px (the native
-    # resolution: no resize) costs ~1/12 of 96 px and still leaves b5 a 1x1 map; bf16 autocast +
-    # channels_last use the CPU's AVX-512 BF16 (measured ~2x over fp32 NCHW here, see docs/training.md).
+    # A CPU recipe for `make run` (minutes on 2 cores): BatchNorm + one-cycle converge in a few epochs, 28 px is the
+    # native size (no resize); why each value, and its accuracy per seed: docs/training.md ("presets").
     "quick": {
         "model": "googlenet-bn",
         "image_size": 28,
-        # 3 epochs, not 2, for margin: idle 2-core box, seeds 0/1/2 after 2 epochs 0.867/0.901/0.894 (~3 min);
-        # seed 0 after 3 epochs 0.892 (4 min 8 s end to end).
         "epochs": 3,
         "batch_size": 128,
         "lr": 0.1,
@@ -171,12 +167,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
         "eval_batch_size": 1000,
-        # Threads are left at PyTorch's default: on the idle 2-core box 2 threads train 1.5x faster than 1
-        # (googlenet-bn 28 px bf16 step: 923 vs 622 img/s). When other jobs share the cores, pass
-        # --num-threads 1: oversubscribed OpenMP threads collapse (10 img/s at load average ~7).
     },
-    # The highest accuracy we have measured (not runnable on a CPU in reasonable time): test acc 0.9507 on one H200,
-    # seed 0, 2026-11-28 (EXPERIMENTS.md (5)); 30 epochs of 235 steps, ~4 min while two other runs shared the GPU.
+    # The highest accuracy we have measured, a GPU recipe (EXPERIMENTS.md, "best").
     "best": {
         "model": "googlenet-bn",
         "image_size": 96,
@@ -196,11 +188,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "channels_last": True,
         "eval_batch_size": 1000,
     },
-    # Time to accuracy on one H100/H200, aiming at >= 0.93 test accuracy in <= 30 s end to end. Measured on two
-    # H200s (2026-11-28, BENCHMARKS.md): test acc 0.9386 both times, 37.3 s and 33.8 s end to end (20.2 s of it
-    # training, 6.48 ms per batch-256 step): the accuracy holds, the 30 s does not yet. BatchNorm + nesterov +
-    # one-cycle converge in ~12 epochs; 64 px costs (64/96)^2 = 0.44 of 96 px; batch 256 halves the launches per
-    # image; label smoothing and flip+crop are the cheap regularisers that pay off within a short run.
+    # Time to 0.93 on one H100/H200: 64 px costs 0.44 of 96 px, batch 256 halves the launches per image
+    # (BENCHMARKS.md, "GPU", for its measured time and accuracy).
     "fast": {
         "model": "googlenet-bn",
         "image_size": 64,

@@ -91,11 +91,9 @@ def graph_vs_eager_max_diff(
     ``precision="bf16"``). On a CPU the "captured" side is :class:`StaticTrainStep` without a graph.
 
     ``dtype`` (default: float64 for ``precision="fp32"``, float32 master weights under bf16 autocast) is the
-    arithmetic of model and data. Why float64: this short training is chaotic for the models with BatchNorm. Measured
-    on the CPU (:func:`lr_sensitivity`): scaling the lr by (1 + 1e-7) moves googlenet-bn's parameter change by
-    0.36 (float32) / 0.24 (float64) but googlenet's by 2.4e-4 / 9.7e-8. So any rounding difference, such as gradients
-    summed in another order, reads as O(1) drift in float32 for those models; in float64 rounding (1e-16) stays
-    far below the 1e-4 that the tests use, while a wrong result (a race, a missing gradient) does not.
+    arithmetic of model and data. Why float64: the short training of a BatchNorm model is chaotic, so in float32 any
+    reordered sum reads as O(1) drift, while in float64 rounding stays far below the tests' 1e-4 and a real error
+    (a race, a missing gradient) does not (BENCHMARKS.md, "What that float32 check can tell").
     An identical computation gives exactly 0.
     """
     config, dtype = _check_setup(model, precision, dtype, batch_size, image_size)

@@ -1,7 +1,7 @@
 """CUDA speed switches, applied to a model from outside (the models stay plain modules).
 
 Each switch computes the same function in fewer or overlapping kernels; only the order of some sums may differ
-(rounding). What ``None`` (auto) picks, and the measurements behind it, are in BENCHMARKS.md ("CUDA switches"):
+(rounding). What ``None`` (auto) picks, and the measurements behind it, are in BENCHMARKS.md (GPU section):
 every switch stays off by default until a GPU run has measured it end to end.
 
 - ``branch_streams``: the branches of every multi-branch block on parallel CUDA streams (inside a CUDA graph they
@@ -27,7 +27,7 @@ from inceptionlab.errors import ConfigError
 from inceptionlab.models._blocks import ConvBN, MultiBranch, flatten_outputs
 from inceptionlab.models.googlenet import Inception
 
-# auto = off for every step mode until measured end to end on a GPU (BENCHMARKS.md, "CUDA switches")
+# auto = off for every step mode until measured end to end on a GPU (BENCHMARKS.md, GPU section)
 AUTO: dict[str, dict[str, bool]] = {name: {} for name in CUDA_SWITCHES}
 # the float64 graph-vs-eager check with streams has not passed on a GPU for BatchNorm models yet (BENCHMARKS.md)
 REFUSE_STREAMS_WITH_BATCHNORM = True

@@ -52,21 +52,6 @@ def resolve_step_mode(config: TrainConfig, device: torch.device, world_size: int
     return mode
 
 
-# What ``None`` (auto) means for the CUDA switches, per resolved step mode. Measured on one H200 (PyTorch 2.11,
-# cuDNN 9.19, 2026-11-28, benchmarks/gpu_check.sh; BENCHMARKS.md), googlenet 96 px batch 128 bf16 channels_last:
-# - cudnn.benchmark: 6.35 ms per graph-replayed step with and without it (4.72 / 4.72 with branch streams): off.
-# - branch streams: 6.35 -> 4.72 ms per step (1.35x), and the captured training matches the eager step for
-#   googlenet (relative drift 7.8e-6 in float32). For the models with BatchNorm that float32 check read 0.60
-#   (googlenet-bn), 0.84 (inception-v3), 0.62 (inception-resnet), so the trainer refuses the switch for them. Found on
-#   the CPU since: that check cannot tell rounding from error for BatchNorm models. Their short training is chaotic
-#   (an lr nudged by 1e-7 moves googlenet-bn's result by 0.36), and fuse_1x1, which only changes rounding, reads
-#   0.63 there in float32 but 4e-10 in float64 (graph_vs_eager_max_diff, now float64). With streams the arithmetic
-#   differs by rounding too (googlenet's 7.8e-6 is not 0; e.g. a block's input gradients summed in another order),
-#   so the 0.6-0.8 was most likely that, not a race; the refusal stays until the float64 check has passed on a GPU
-#   (tests/test_fast.py). Auto stays off everywhere until an end-to-end run with streams is measured.
-# - batched casts and fuse_1x1 (added after that lease): NOT yet measured on a GPU, so auto leaves them off. Both
-
-
 def step_statistics(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss * batch, #correct)`` as 0-d device tensors: the trainer adds them up without a host sync."""
     return loss.detach().float() * y.shape[0], (logits.argmax(dim=1) == y).sum()
