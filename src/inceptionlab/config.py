@@ -15,14 +15,14 @@ from typing import Any
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
-# CUDA speed switches: None = auto (inceptionlab.fast.resolve_cuda_options); none changes what is computed,
+# CUDA speed switches: None = auto (inceptionlab.engine.cuda.resolve_cuda_options); none changes what is computed,
 # only how (the order of some sums may differ, i.e. rounding)
 CUDA_SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INITS = ("xavier", "default")
-STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.fast
+STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engine.step
 
 
 @dataclass
@@ -56,8 +56,8 @@ class TrainConfig:
     channels_last: bool = False
     num_threads: int | None = None
     device: str = "auto"
-    step_mode: str = "auto"  # "auto": the whole step as one CUDA graph on CUDA, eager elsewhere (inceptionlab.fast)
-    # CUDA only; None = auto (inceptionlab.fast.resolve_cuda_options says what auto picks and why)
+    step_mode: str = "auto"  # "auto": the whole step as one CUDA graph on CUDA, eager elsewhere (engine.step)
+    # CUDA only; None = auto (inceptionlab.engine.cuda.resolve_cuda_options)
     branch_streams: bool | None = None  # run an Inception block's branches on parallel CUDA streams
     cudnn_benchmark: bool | None = None  # let cuDNN time its convolution algorithms for each new shape
     batched_casts: bool | None = None  # bf16 copies of all conv/linear parameters in one multi-tensor kernel

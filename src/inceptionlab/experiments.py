@@ -1,6 +1,6 @@
 """The chapter's exercises, answered by running them: compare architectures, sweep the input size.
 
-Both are grids of ordinary training runs: every cell is :func:`inceptionlab.train.train` on a
+Both are grids of ordinary training runs: every cell is :func:`inceptionlab.engine.trainer.train` on a
 :class:`~inceptionlab.config.TrainConfig` that differs from the shared base config in one value (the model, or
 the image size), repeated over seeds. There is no second training loop. An experiment directory holds
 

@@ -1,4 +1,4 @@
-"""`inceptionlab train` and `inceptionlab evaluate`: thin layers over :func:`inceptionlab.train.train` and
+"""`inceptionlab train` and `inceptionlab evaluate`: thin layers over :func:`inceptionlab.engine.trainer.train` and
 :func:`inceptionlab.evaluate.evaluate_run`."""
 
 from __future__ import annotations

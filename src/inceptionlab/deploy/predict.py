@@ -131,7 +131,7 @@ def load_predictor(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | No
     """What :func:`predict` takes, and the run's :class:`~inceptionlab.config.TrainConfig`.
 
     Without ``onnx_path``: the run's PyTorch model taking [0, 1] pixels. With it: an ONNX Runtime session,
-    after checking that the file was exported from this run (see :func:`inceptionlab.export.open_session`).
+    after checking that the file was exported from this run (see :func:`inceptionlab.deploy.onnx.open_session`).
     """
     if onnx_path is None:
         model, config = runs.load_run_model(run_dir, device)
