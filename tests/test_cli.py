@@ -50,3 +50,24 @@ def test_argparse_exits_keep_their_status_and_output(args, code, stream, text):
     res = subprocess.run([sys.executable, "-m", "inceptionlab", *args], capture_output=True, text=True, timeout=120)
     assert res.returncode == code
     assert text in getattr(res, stream)
+
+
+def test_help_and_version_do_not_import_torch():
+    """`inceptionlab --help` / `--version` answer at once: building the parser must not import torch (~1 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from inceptionlab.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')), file=sys.stderr)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "inceptionlab 0.1.0" in res.stdout and "usage: inceptionlab" in res.stdout
+    assert res.stderr.strip().splitlines()[-1] == "[]"

@@ -1,15 +1,14 @@
 """``inceptionlab models | shapes | params | min-size``: the registry and the chapter's analysis questions.
 
-A thin layer over :mod:`inceptionlab.analysis`; every command has ``--json``.
+A thin layer over :mod:`inceptionlab.analysis`; every command has ``--json``. The library is imported inside each
+command, so that building the parser (``--help``, ``--version``) does not import torch.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from inceptionlab import analysis
 from inceptionlab.cli._args import model_name, positive_int, print_json
-from inceptionlab.models import get_model_spec, list_models
 
 
 def register(subparsers) -> None:
@@ -58,6 +57,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
+    from inceptionlab import analysis
+    from inceptionlab.models import get_model_spec
+
     size = args.size or get_model_spec(args.model).natural_size
     rows = analysis.stage_shapes(args.model, size)
     if args.json:
@@ -84,6 +86,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
+    from inceptionlab import analysis
+
     rows = analysis.cost_table(args.size)
     if args.json:
         models = [r.to_dict() for r in rows]
@@ -107,6 +111,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_min_size(args: argparse.Namespace) -> int:
+    from inceptionlab import analysis
+
     report = analysis.input_size_report(args.model, verify=not args.no_verify)
     if args.json:
         print_json(report.to_dict())
@@ -135,6 +141,8 @@ def cmd_min_size(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from inceptionlab.models import get_model_spec, list_models
+
     specs = [get_model_spec(name) for name in list_models()]
     if args.json:
         print_json([{"name": s.name, "family": s.family, "natural_size": s.natural_size,
