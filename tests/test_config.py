@@ -17,7 +17,8 @@ READ_BY_OTHER_COMMANDS = ("model", "model_options", "num_classes", "in_channels"
 def test_defaults_are_the_chapter_recipe():
     c = TrainConfig()
     assert (c.model, c.lr, c.batch_size, c.epochs, c.image_size) == ("googlenet", 0.1, 128, 10, 96)
-    assert (c.optimizer, c.schedule, c.precision, c.init, c.normalize) == ("sgd", "constant", "fp32", "xavier", False)
+    assert (c.optimizer, c.schedule, c.init, c.normalize) == ("sgd", "constant", "xavier", False)
+    assert (c.precision, c.channels_last) == ("auto", None)  # the device decides: bf16 where it is fast
     assert c.label_smoothing == 0 and c.weight_decay == 0 and not c.flip and c.crop_padding == 0
     assert preset_config("d2l") == c
 
@@ -152,3 +153,56 @@ def test_cli_speed_switches_reach_the_config_and_may_change_on_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
     resumed = build_config(parser.parse_args(["train", "--resume", str(tmp_path), "--batched-casts"]))
     assert resumed.batched_casts is True and resumed.fuse_1x1 is None
+
+
+def test_precision_auto_is_bf16_and_channels_last_where_the_cpu_has_bf16_units(monkeypatch):
+    """The reference is the kernel's own report of the CPU (/proc/cpuinfo flags), not our capability check."""
+    import torch
+
+    from inceptionlab import devices
+
+    cpu = torch.device("cpu")
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+    config, reason = devices.resolve_precision(TrainConfig(), cpu)
+    assert (config.precision, config.channels_last) == (("bf16", True) if has_bf16 else ("fp32", False))
+    assert reason.startswith("auto: ")
+    # a CPU without bf16 units gets d2l's arithmetic; explicit values always win
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: None)
+    config, reason = devices.resolve_precision(TrainConfig(), cpu)
+    assert (config.precision, config.channels_last) == ("fp32", False) and "fp32" in reason
+    config, reason = devices.resolve_precision(TrainConfig(precision="bf16", channels_last=False), cpu)
+    assert (config.precision, config.channels_last, reason) == ("bf16", False, None)
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: "test")
+    config, _ = devices.resolve_precision(TrainConfig(precision="fp32"), cpu)
+    assert (config.precision, config.channels_last) == ("fp32", False)
+
+
+def test_unresolved_precision_is_refused_by_the_forward():
+    import torch
+
+    from inceptionlab.inputs import autocast_context
+
+    with pytest.raises(ConfigError, match="resolve_precision"):
+        autocast_context(TrainConfig(), torch.device("cpu"))
+
+
+def test_default_run_says_what_precision_auto_chose_and_saves_the_resolved_config(fmnist, tmp_path):
+    import torch
+
+    from inceptionlab import devices, runs
+    from inceptionlab.train import train
+
+    lines = []
+    config = TrainConfig(model="lenet", image_size=28, epochs=1, batch_size=64, limit_train=128, limit_test=64,
+                         num_threads=1, device="cpu", out=str(tmp_path))
+    result = train(config, data=fmnist, log=lines.append)
+    expected, reason = devices.resolve_precision(config, torch.device("cpu"))
+    assert f"{expected.precision} ({reason})" in lines[0]
+    saved = runs.read_run_config(result.run_dir)
+    assert (saved.precision, saved.channels_last) == (expected.precision, expected.channels_last)

@@ -18,7 +18,8 @@ from inceptionlab.train import train
 
 # LeNet: no BatchNorm and no dropout, so one process and two shards compute the same mathematics.
 CONFIG = dict(model="lenet", image_size=28, epochs=2, batch_size=64, limit_train=256, limit_test=128, lr=0.3,
-              optimizer="momentum", schedule="cosine", num_threads=1, device="cpu")
+              optimizer="momentum", schedule="cosine", num_threads=1, device="cpu",
+              precision="fp32")  # DDP against one process: the same fp32 arithmetic
 
 WORKER = textwrap.dedent(
     """

@@ -20,11 +20,11 @@ RECIPE = dict(model="googlenet-bn", optimizer="nesterov", schedule="onecycle", w
               channels_last=True)
 # (train_loss, train_acc, test_loss, test_acc, lr) per epoch, recorded at ba6e355 with 1 thread on the CPU
 RECORDED = {
-    "googlenet": (dict(model="googlenet"), [
+    "googlenet": (dict(model="googlenet", precision="fp32", channels_last=False), [
         (2.3046555519104004, 0.07421875, 2.3009886741638184, 0.14453125, 0.1),
         (2.303891181945801, 0.08203125, 2.3011133670806885, 0.109375, 0.1),
     ]),
-    "googlenet-bn": (dict(model="googlenet-bn"), [
+    "googlenet-bn": (dict(model="googlenet-bn", precision="fp32", channels_last=False), [
         (2.813714027404785, 0.162109375, 4.1666483879089355, 0.1328125, 0.1),
         (2.218820810317993, 0.439453125, 3.4098615646362305, 0.17578125, 0.1),
     ]),

@@ -47,7 +47,7 @@ def _model_and_optimizer(config: TrainConfig):
     ids=["sgd", "bn-nesterov-onecycle-resumed", "adamw-bf16"],
 )
 def test_static_step_trains_like_the_eager_step(fmnist, options, pre_steps):
-    config = TrainConfig(image_size=32, batch_size=BATCH, epochs=2, **options).validate()
+    config = TrainConfig(image_size=32, batch_size=BATCH, epochs=2, **{"precision": "fp32", **options}).validate()
     images, labels = fmnist.train_images[:NUM_IMAGES], fmnist.train_labels[:NUM_IMAGES]
     loader = DeviceLoader(images, labels, BATCH, image_size=32)
     steps_per_epoch = len(loader)
@@ -84,7 +84,8 @@ def test_static_step_trains_like_the_eager_step(fmnist, options, pre_steps):
 
 def test_warm_up_changes_nothing(fmnist):
     """After the first call has warmed up and rolled back, the model equals one eager step from the start."""
-    config = TrainConfig(model="googlenet-bn", image_size=32, batch_size=BATCH, optimizer="momentum").validate()
+    config = TrainConfig(model="googlenet-bn", image_size=32, batch_size=BATCH, optimizer="momentum",
+                         precision="fp32").validate()
     x = resize_batch(fmnist.train_images[:BATCH], 32)
     y = fmnist.train_labels[:BATCH]
     eager_model, eager_opt = _model_and_optimizer(config)
@@ -113,7 +114,7 @@ def test_resolve_step_mode():
 
 
 def test_graph_capture_refused_on_cpu():
-    config = TrainConfig(image_size=32)
+    config = TrainConfig(image_size=32, precision="fp32")
     model, optimizer = _model_and_optimizer(config)
     with pytest.raises(ConfigError, match="CUDA"):
         fast.StaticTrainStep(model, optimizer, config, batch_size=BATCH, capture=True)

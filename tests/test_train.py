@@ -233,7 +233,7 @@ def test_two_runs_in_the_same_second_get_different_directories(tmp_path):
 @pytest.mark.parametrize("name", list_models())
 def test_one_training_step_for_every_model(name, fmnist):
     size = max(input_size_report(name, verify=False).min_size, 28)
-    config = TrainConfig(model=name, image_size=size, lr=0.01, optimizer="momentum")
+    config = TrainConfig(model=name, image_size=size, lr=0.01, optimizer="momentum", precision="fp32")
     torch.manual_seed(0)
     model = create_model(name)
     step = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)
@@ -255,7 +255,7 @@ def test_evaluate_counts_match_a_direct_computation(fmnist):
     """Accuracy, loss and the confusion matrix (built without a host sync) against a plain forward pass."""
     from inceptionlab.data import resize_batch
 
-    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37)  # batches of 37: a ragged last one
+    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37, precision="fp32")  # ragged last batch
     torch.manual_seed(0)
     model = create_model("lenet").eval()
     images, labels = fmnist.test_images[:300], fmnist.test_labels[:300]
@@ -271,7 +271,7 @@ def test_evaluate_counts_match_a_direct_computation(fmnist):
 def test_flip_tta_averages_each_images_logits_with_its_mirror_images(fmnist):
     from inceptionlab.data import resize_batch
 
-    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37)  # batches of 37: a ragged last one
+    config = TrainConfig(model="lenet", image_size=28, eval_batch_size=37, precision="fp32")  # ragged last batch
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))  # any classifier; this one is not mirror-symmetric
     images, labels = fmnist.test_images[:300], fmnist.test_labels[:300]

@@ -19,7 +19,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 # only how (the order of some sums may differ, i.e. rounding)
 CUDA_SWITCHES = ("branch_streams", "cudnn_benchmark", "batched_casts", "fuse_1x1")
 SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device runs it well (devices.py)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INITS = ("xavier", "default")
 STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engine.step
@@ -52,8 +52,8 @@ class TrainConfig:
     flip: bool = False
     erasing: float = 0.0
     # speed
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str = "auto"  # bf16 autocast where the device runs it well, else fp32 (inceptionlab.devices)
+    channels_last: bool | None = None  # None: on with bf16, off with fp32
     num_threads: int | None = None
     device: str = "auto"
     step_mode: str = "auto"  # "auto": the whole step as one CUDA graph on CUDA, eager elsewhere (engine.step)
@@ -108,7 +108,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last"):
             value = getattr(self, name)
-            if not (isinstance(value, bool) or (value is None and name in CUDA_SWITCHES)):
+            if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
         for name in ("limit_train", "limit_test", "num_threads"):
             value = getattr(self, name)

@@ -1,9 +1,10 @@
-"""Which device a run or a command uses."""
+"""Which device a run or a command uses, and the precision that device runs well."""
 
 from __future__ import annotations
 
 import torch
 
+from inceptionlab.config import TrainConfig
 from inceptionlab.errors import ConfigError
 
 
@@ -27,3 +28,35 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 def _mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def fast_bf16(device: torch.device) -> str | None:
+    """Why ``device`` runs bf16 autocast well (a short reason), or None where it does not.
+
+    CUDA GPUs with native bf16 (Ampere and later); CPUs with AVX-512 BF16 or AMX, where oneDNN's bf16 convolutions
+    were 2-2.8x the fp32 step on the project's CPU (BENCHMARKS.md); nothing else (fp32 there).
+    """
+    if device.type == "cuda":
+        return "a CUDA GPU with bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "a CPU with AMX"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "a CPU with AVX-512 BF16"
+    return None
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str | None]:
+    """``precision="auto"`` and ``channels_last=None`` made concrete for ``device``: bf16 autocast + channels_last
+    where :func:`fast_bf16` says so, else fp32 NCHW (d2l's arithmetic). Returns the config and, when "auto" chose,
+    the reason (for the run's first line)."""
+    reason = None
+    precision = config.precision
+    if precision == "auto":
+        why = fast_bf16(device)
+        precision = "bf16" if why else "fp32"
+        reason = f"auto: bf16 on {why}" if why else f"auto: fp32 (no fast bf16 on {device.type})"
+    channels_last = config.channels_last if config.channels_last is not None else precision == "bf16"
+    return config.replace(precision=precision, channels_last=channels_last), reason

@@ -12,6 +12,7 @@ from torch import nn
 
 from inceptionlab.config import TrainConfig
 from inceptionlab.data.fashion_mnist import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from inceptionlab.errors import ConfigError
 from inceptionlab.models import classification_loss
 
 
@@ -54,6 +55,9 @@ def autocast_context(config: TrainConfig, device: torch.device, *, cache_enabled
 
     ``cache_enabled=False`` inside CUDA-graph capture, as PyTorch's graph notes ask.
     """
+    if config.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision {config.precision!r} must be resolved for a device first "
+                          "(inceptionlab.devices.resolve_precision)")
     if config.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16

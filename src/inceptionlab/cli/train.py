@@ -96,7 +96,10 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
     g.add_argument("--data-dir", help="directory holding the four Fashion-MNIST IDX files")
     g = p.add_argument_group("speed and placement")
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="auto (default): bf16 autocast + channels_last where the device runs bf16 well (CUDA with "
+                   "bf16, CPUs with AVX-512 BF16 or AMX), fp32 elsewhere; fp32 with --no-channels-last is d2l's "
+                   "arithmetic")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--step-mode", choices=STEP_MODES,
                    help="auto (one CUDA graph per step on CUDA, eager elsewhere), eager, cudagraph, compile")

@@ -13,7 +13,7 @@ from inceptionlab import runs
 from inceptionlab.config import TrainConfig
 from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from inceptionlab.data.resize import resize_batch
-from inceptionlab.devices import resolve_device
+from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine.distributed import all_reduce_sum
 from inceptionlab.inputs import class_names, forward_loss, prepare_model
 
@@ -75,6 +75,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | No
     ``per_class_acc``, ``class_names``, ``confusion``."""
     dev = resolve_device(device)
     model, config = runs.load_run_model(run_dir, device=dev)
+    config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves
     prepare_model(model, config)
     if data is None:
         data = load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)

@@ -34,7 +34,7 @@ from inceptionlab.data.augment import build_transform
 from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from inceptionlab.data.loader import DeviceLoader
 from inceptionlab.data.resize import pre_resize, want_pre_resize
-from inceptionlab.devices import resolve_device
+from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
@@ -118,6 +118,7 @@ class RunState:
     stop_signal: int | None = None
     last_plot: float = -math.inf
     plotted: int = 0
+    precision_reason: str | None = None  # why precision "auto" chose what it chose
 
     @property
     def is_main(self) -> bool:
@@ -206,8 +207,10 @@ def _process_group(dist_info: distributed.Distributed, device: torch.device):
 def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device, *,
           data: FashionMNIST | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
           log: Callable[[str], None] | None = print) -> RunState:
-    """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory."""
+    """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory. ``config`` may
+    say precision "auto": it is resolved for ``device`` here, and the resolved config is the run's."""
     timer = PhaseTimer()
+    config, precision_reason = resolve_precision(config, device)
     say = log if (log is not None and dist_info.is_main) else (lambda _line: None)
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
@@ -222,7 +225,7 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                                    batch_size=config.batch_size // dist_info.world_size,
                                    world_size=dist_info.world_size, batched_casts=cuda_opts["batched_casts"])
     state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts, loader,
-                     test_images, test_labels, run_dir, say, timer)
+                     test_images, test_labels, run_dir, say, timer, precision_reason=precision_reason)
     with timer("run_dir"):  # resume state, run directory, config.json
         if resume:
             restore_checkpoint(state)
@@ -307,7 +310,8 @@ def describe_run(state: RunState) -> str:
         + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
         + f": {len(state.loader.labels):,} training / {len(state.test_labels):,} test images at {config.image_size}x"
         f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
-        f"{config.precision}{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
+        f"{config.precision}{f' ({state.precision_reason})' if state.precision_reason else ''}"
+        f"{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
         + "".join(f", {k.replace('_', ' ')}" for k, on in state.cuda_opts.items() if on)
         + f" -> {state.run_dir}"
     )
