@@ -40,6 +40,7 @@ from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
+from inceptionlab.engine.threads import ThreadTuner
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.inputs import class_names, prepare_model
@@ -119,6 +120,7 @@ class RunState:
     last_plot: float = -math.inf
     plotted: int = 0
     precision_reason: str | None = None  # why precision "auto" chose what it chose
+    tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
 
     @property
     def is_main(self) -> bool:
@@ -226,6 +228,8 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                                    world_size=dist_info.world_size, batched_casts=cuda_opts["batched_casts"])
     state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts, loader,
                      test_images, test_labels, run_dir, say, timer, precision_reason=precision_reason)
+    if device.type == "cpu" and config.num_threads is None:
+        state.tuner = ThreadTuner(torch.get_num_threads())
     with timer("run_dir"):  # resume state, run directory, config.json
         if resume:
             restore_checkpoint(state)
@@ -354,7 +358,10 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None
     for i, (x, y) in enumerate(state.loader):
         lr = lr_at(config, epoch * steps + i, steps)
         set_lr(state.optimizer, lr)
+        step_start = time.perf_counter()
         batch_loss, batch_correct = state.step_fn(x, y)
+        if state.tuner is not None:
+            state.tuner.step_done(len(y), time.perf_counter() - step_start)
         loss_sum += batch_loss
         correct += batch_correct
         seen += len(y)
@@ -451,6 +458,8 @@ def build_summary(state: RunState, status: str) -> dict:
         "elapsed_seconds": state.elapsed(),
         "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
     }
+    if state.tuner is not None and state.tuner.active:
+        summary["threads"] = {"chosen": state.tuner.chosen, "probes": state.tuner.history}
     if rows:
         last = rows[-1]
         summary.update(train_loss=last["train_loss"], train_acc=last["train_acc"], test_acc=last["test_acc"],
