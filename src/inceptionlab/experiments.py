@@ -37,7 +37,7 @@ from inceptionlab.engine.trainer import TrainingDiverged, train
 from inceptionlab.errors import ConfigError, InputSizeError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text
 from inceptionlab.models import create_model
-from inceptionlab.plots import pyplot, save_figure
+from inceptionlab.plots import new_figure, save_figure
 
 RESULTS = "results.json"
 TABLE = "table.md"
@@ -357,8 +357,7 @@ def markdown_table(result: ExperimentResult) -> str:
 
 def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
     """Mean test accuracy per epoch of every row on one axis; a band of ± one std where there are >= 2 seeds."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    fig, ax = new_figure((5.5, 3.6))
     for r in rows:
         m = r.curve_mean()
         epochs = list(range(1, len(m) + 1))
@@ -382,8 +381,7 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str =
 
 def plot_accuracy_vs_size(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
     """Final test accuracy (mean, error bar ± std) against the input side."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    fig, ax = new_figure((5.0, 3.4))
     sizes = [r.image_size for r in rows]
     errors = [r.test_acc_std or 0.0 for r in rows]
     ax.errorbar(sizes, [r.test_acc_mean for r in rows], yerr=errors, marker="o", capsize=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import torch
@@ -9,26 +10,31 @@ import torch
 from inceptionlab.fileio import atomic_write_with
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (imported on first use: plotting is not on the training path)."""
-    import matplotlib
+def new_figure(figsize: tuple[float, float], dpi: int = 120):
+    """``(figure, axes)`` on matplotlib's Agg canvas, without pyplot: no global figure registry and no change to
+    the backend of the user's session (a notebook keeps its inline plots). Imported on first use."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
-    """Write ``fig`` as a PNG atomically (never a half-written image) and release it."""
+    """Write ``fig`` as a PNG atomically (never a half-written image)."""
     atomic_write_with(path, lambda f: fig.savefig(f, format="png"))
-    pyplot().close(fig)
+
+
+def png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """Train loss, train acc and test acc against epoch on one axis, like d2l's ``Animator`` plot."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    fig, ax = new_figure((4.5, 3.2))
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["train_loss"] for r in rows], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
@@ -43,13 +49,32 @@ def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> N
     save_figure(fig, path)
 
 
-def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names, title: str = "") -> None:
+def curves_figure(train: list[tuple[float, float, float]], test: list[tuple[float, float]], epochs: int,
+                  title: str = ""):
+    """Live curves: ``train`` = (fractional epoch, loss, acc) points, ``test`` = (epoch, acc) points."""
+    fig, ax = new_figure((4.5, 3.2), dpi=100)
+    if train:
+        x = [p[0] for p in train]
+        ax.plot(x, [p[1] for p in train], "-", label="train loss")
+        ax.plot(x, [p[2] for p in train], "m--", label="train acc")
+    if test:
+        ax.plot([p[0] for p in test], [p[1] for p in test], "g-.", marker=".", label="test acc")
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0, max(epochs, 1))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: torch.Tensor, class_names, title: str = ""):
     """Row-normalised confusion matrix (rows: true class, columns: predicted), counts printed in each cell."""
-    plt = pyplot()
     counts = confusion.cpu().double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    fig, ax = new_figure((6.4, 5.6))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), class_names, fontsize=8)
@@ -62,4 +87,8 @@ def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names, title: str = "") -> None:
+    save_figure(confusion_figure(confusion, class_names, title), path)
