@@ -186,8 +186,7 @@ def test_a_real_read_only_and_a_real_full_file_system(tmp_path):
 WRITERS = {
     "metrics": lambda path, version: atomic_write_text(path, f"{version}\n" * 3000),
     "summary": lambda path, version: atomic_write_json(path, {"version": version, "pad": "x" * 20_000}),
-    "checkpoint": lambda path, version: torch.save({"version": version, "w": torch.zeros(100_000)}, path)
-    if version == "old" else runs.save_checkpoint(path.parent, {"version": version, "w": torch.zeros(100_000)}),
+    "checkpoint": lambda path, version: runs.save_checkpoint(path.parent, {"v": version, "w": torch.zeros(100_000)}),
     "onnx": lambda path, version: atomic_write_with(path, lambda f: f.write(version.encode() * 50_000)),
 }
 NAMES = {"metrics": "metrics.jsonl", "summary": "summary.json", "checkpoint": "checkpoint.pt", "onnx": "model.onnx"}
