@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
 
 import pytest
 
-from inceptionlab.fileio import BackgroundWrites, atomic_write_text
+from inceptionlab.errors import WriteError
+from inceptionlab.fileio import BackgroundWrites, atomic_write_text, leftover_temp_files
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
@@ -70,3 +74,69 @@ def test_an_error_in_the_block_wins_but_the_writes_before_it_finish(tmp_path):
             writes.submit(done.append, "checkpoint")
             raise KeyError("diverged")
     assert done == ["checkpoint"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o027])
+def test_written_files_follow_the_umask_like_any_other_program(tmp_path, umask):
+    """mkstemp made every file 0600: a teammate or a serving process running as another user could not read it."""
+    from inceptionlab.fileio import atomic_write_with
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}")
+        atomic_write_with(tmp_path / "model.onnx", lambda f: f.write(b"onnx"))  # the exporter's writer
+        with open(tmp_path / "reference", "w") as f:  # what open() gives under the same umask
+            f.write("x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(tmp_path / "reference").st_mode) == expected
+    for name in ("summary.json", "model.onnx"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_a_failing_fsync_or_rename_is_a_one_line_write_error_and_keeps_the_old_file(tmp_path, monkeypatch, step):
+    target = tmp_path / "metrics.jsonl"
+    atomic_write_text(target, "old\n")
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, step, fail)
+    with pytest.raises(WriteError) as info:
+        atomic_write_text(target, "new\n")
+    monkeypatch.undo()
+    message = str(info.value)
+    assert str(target) in message and "Input/output error" in message and "\n" not in message
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EIO  # `except OSError` code still works
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.jsonl"]
+
+
+def test_a_file_in_the_way_of_the_parent_directory_is_a_write_error(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    with pytest.raises(WriteError, match=r"could not write .*runs/model\.onnx .*is a file"):
+        atomic_write_text(tmp_path / "runs" / "model.onnx", "x")
+
+
+def test_an_error_of_the_block_that_is_not_about_the_file_passes_through_unchanged(tmp_path):
+    """A download streams into atomic_open: a network timeout is not a disk problem and must not read as one."""
+    from inceptionlab.fileio import atomic_open
+
+    with pytest.raises(TimeoutError) as info:
+        with atomic_open(tmp_path / "train-images-idx3-ubyte.gz") as f:
+            f.write(b"partial")
+            raise TimeoutError("timed out")
+    assert not isinstance(info.value, WriteError)
+    assert os.listdir(tmp_path) == []
+
+
+def test_leftover_temp_files_are_only_our_temporary_names_of_the_given_files(tmp_path):
+    ours = [".checkpoint.pt.k2j4_x9a.tmp", ".checkpoint.pt.0f3a9bc1.tmp", ".confusion.png.abcdefgh.tmp"]
+    others = [".checkpoint.pt.tmp", ".checkpoint.pt.toolong123.tmp", ".model.onnx.0f3a9bc1.tmp", "checkpoint.pt",
+              ".checkpoint.pt.0f3a9bc1.tmp.keep", "x.checkpoint.pt.0f3a9bc1.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".curves.png.0f3a9bc1.tmp").mkdir()  # not a file: never ours
+    found = leftover_temp_files(tmp_path, ["checkpoint.pt", "confusion.png", "curves.png"])
+    assert sorted(p.name for p in found) == sorted(ours)

@@ -181,7 +181,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         runs.save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
-    state = runs.load_checkpoint(tmp_path)
+    state = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)  # a toy checkpoint: read it raw
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 

@@ -24,3 +24,11 @@ class DatasetError(InceptionLabError):
 
 class RunDirError(InceptionLabError):
     """A run directory without what the command needs (weights, config, checkpoint)."""
+
+
+class WriteError(InceptionLabError, OSError):
+    """A file or directory that could not be written (disk full, read-only, no permission); the message names the
+    path and the fix. An OSError too, so code that tolerates failed writes (``except OSError``) still does."""
+
+    def __str__(self) -> str:  # OSError would format errno and filename instead of the message
+        return str(self.args[0]) if self.args else ""

@@ -1,36 +1,123 @@
 """Atomic writes: a file a user keeps is either the old complete version or the new complete version.
 
-Every write goes to a temporary file in the same directory, is flushed and fsync'ed, then renamed over the
-target (``os.replace`` is atomic on POSIX and Windows).
+Every write goes to a temporary sibling ``.<name>.<random>.tmp``, is flushed and fsync'ed, then renamed over the
+target (``os.replace`` is atomic on POSIX and Windows). The temporary file is created with mode 0666 less the
+umask, as ``open()`` creates a file, so the result is as readable as any other program's output. A write that
+fails (disk full, read-only file system, no permission) removes its temporary file, keeps the previous file and
+raises :class:`~inceptionlab.errors.WriteError`: one line naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
-import tempfile
+import re
+import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
+
+from inceptionlab.errors import InceptionLabError, WriteError
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space on it or write to another directory",
+    errno.EDQUOT: "the disk quota is used up: free some space or write to another directory",
+    errno.EROFS: "the file system is read-only: write to another directory",
+    errno.EACCES: "you may not write there: make the directory writable for you or write to another directory",
+    errno.EPERM: "you may not write there: make the directory writable for you or write to another directory",
+    errno.EISDIR: "a directory has that name: move it away or write to another directory",
+}
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """The one-line :class:`WriteError` for ``exc`` raised while writing ``path``: the system's reason and the fix."""
+    fix = _FIXES.get(exc.errno, "check the disk and the path, or write to another directory")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := file_in_the_way(Path(path).parent)) is not None:
+        fix = f"{blocker} is a file, not a directory: write to another directory"
+    error = WriteError(f"could not write {path} ({exc.strerror or exc}); {fix}")
+    error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(path)
+    return error
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists but is not a directory (mkdir's EEXIST or ENOTDIR)."""
+    return next((p for p in (path, *path.parents) if os.path.lexists(p) and not os.path.isdir(p)), None)
+
+
+class _TempFile(io.FileIO):
+    """The temporary file: remembers the first failed write, which torch.save re-raises as a RuntimeError."""
+
+    write_error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            self.write_error = self.write_error or exc
+            raise
+
+
+def _create_temp(path: Path) -> tuple[_TempFile, Path]:
+    """A new empty ``.<name>.<random>.tmp`` beside ``path``; 0666 less the umask (mkstemp's 0600 hid runs from
+    teammates and from a serving process running as another user)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        return _TempFile(fd, "wb"), tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path`` atomically."""
+    """Open a temporary sibling of ``path`` for writing (``mode`` "wb" or "w"); on success it replaces ``path``.
+
+    Failing to write the file raises :class:`WriteError`; an error of the block that is not about the file (a
+    network error while downloading into it) passes through unchanged. Either way ``path`` keeps its old content.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw, tmp = _create_temp(path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    f = io.BufferedWriter(raw) if mode == "wb" else io.TextIOWrapper(io.BufferedWriter(raw))
+    in_block = True
+    try:
+        yield f
+        in_block = False
+        f.flush()
+        os.fsync(raw.fileno())
+        f.close()
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            raw.close()  # before f: closing f would flush its buffer again, onto the same full disk
+        f.close()  # its raw file is closed: nothing is flushed
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        cause = raw.write_error or (None if in_block else exc)
+        if isinstance(exc, Exception) and not isinstance(exc, InceptionLabError) and isinstance(cause, OSError):
+            raise write_error(path, cause) from exc
         raise
-    _fsync_dir(path.parent)
+
+
+def leftover_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """The temporary files that interrupted writes of ``names`` left in ``directory`` (a kill before the rename).
+
+    Only the names this module makes (``.<name>.<8 random characters>.tmp``, mkstemp's or ours), nothing else."""
+    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.[a-z0-9_]{{8}}\.tmp")
+    with os.scandir(directory) as entries:
+        return sorted(Path(directory) / e.name for e in entries
+                      if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -67,7 +154,8 @@ class BackgroundWrites:
     caller's thread, at the next :meth:`submit` or when the block ends; the writes after it are skipped (they are
     the same run's later files, which must not land without the earlier ones). If the block itself raises, that
     exception wins and a pending write error is dropped. ``enabled=False`` runs each write at once, in the caller.
-    Arguments must not change after submission (pass copies).
+    Arguments must not change after submission (pass copies). A full disk reaches the caller as the atomic write's
+    one-line :class:`WriteError`, the same as a write in the caller's thread.
     """
 
     def __init__(self, enabled: bool = True):

@@ -8,17 +8,21 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<model>/`` (the contract every command relies
     model.safetensors   final weights (state dict of the bare model; metadata: model name, image size)
     checkpoint.pt       model, optimizer, schedule, RNG states, epoch (tensors only; weights_only load)
     summary.json        final numbers;  confusion.png, per_class.json: evaluation of the final model
+    .lock               locked (flock) by the process training in the directory; holds its pid and host
 
 Loading never unpickles code: weights come from safetensors, checkpoints load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -27,8 +31,15 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from inceptionlab.config import TrainConfig
-from inceptionlab.errors import InceptionLabError, RunDirError
-from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
+from inceptionlab.errors import InceptionLabError, RunDirError, WriteError
+from inceptionlab.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    file_in_the_way,
+    leftover_temp_files,
+    write_error,
+)
 from inceptionlab.models import create_model
 
 CONFIG = "config.json"
@@ -40,6 +51,8 @@ METRICS_CSV = "metrics.csv"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
 PER_CLASS = "per_class.json"
+LOCK = ".lock"
+RUN_FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CURVES, WEIGHTS, CHECKPOINT, SUMMARY, CONFUSION, PER_CLASS)
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict[str, str]) -> None:
@@ -113,18 +126,31 @@ def weights_sha256(run_dir: str | os.PathLike) -> str:
 def create_unique_dir(root: str | os.PathLike, stem: str) -> Path:
     """A new ``<root>/<stem>/``; ``<stem>-2``, ``<stem>-3``... when it exists already.
 
-    ``mkdir`` without ``exist_ok`` is the atomic claim, so concurrent starts never share a directory.
+    ``mkdir`` without ``exist_ok`` is the atomic claim, so concurrent starts never share a directory. A root that
+    cannot hold it (a file, below a file, read-only, not writable) is a :class:`WriteError` naming the root.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        path = root / (stem if n == 1 else f"{stem}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = root / (stem if n == 1 else f"{stem}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _out_dir_error(root, exc) from exc
     raise RunDirError(f"could not create a new directory {stem!r} under {root}")
+
+
+def _out_dir_error(root: Path, exc: OSError) -> WriteError:
+    """What keeps ``--out`` from holding a new directory, and what to pass instead."""
+    if (in_the_way := file_in_the_way(root)) is not None:
+        return WriteError(f"--out {root}: {in_the_way} is a file, not a directory; pass a directory with --out")
+    hint = "make it writable for you or " if exc.errno in (errno.EACCES, errno.EPERM) else ""
+    return WriteError(f"--out {root}: cannot create a directory there ({exc.strerror or exc}); {hint}pass "
+                      "another --out")
 
 
 def create_run_dir(root: str | os.PathLike, model: str) -> Path:
@@ -179,11 +205,104 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The last complete checkpoint; ``weights_only=True`` so loading never runs code from the file."""
+    """The last complete checkpoint, with the structure the trainer writes; ``weights_only=True`` so loading never
+    runs code from the file. Whether it fits the model and the config is the trainer's to check."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {CHECKPOINT}: no epoch finished, so there is nothing to resume")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # damaged or foreign file
         raise RunDirError(f"{path} could not be loaded ({exc}); the checkpoint is damaged") from None
+    problem = _checkpoint_problem(saved)
+    if problem is not None:
+        raise RunDirError(f"{path} is not a usable checkpoint: {problem}; the checkpoint is damaged, start a new run")
+    return saved
+
+
+def _checkpoint_problem(saved) -> str | None:
+    """What is wrong with the structure of a loaded checkpoint (a hand-edited or foreign file), or None."""
+    if not isinstance(saved, dict):
+        return f"it holds a {type(saved).__name__}, not a dict"
+    for key, kind in (("epoch", int), ("model", dict), ("optimizer", dict), ("metrics", list)):
+        if key not in saved:
+            return f"it has no {key!r}"
+        if not isinstance(saved[key], kind) or isinstance(saved[key], bool):
+            return f"its {key!r} is a {type(saved[key]).__name__}, not a {kind.__name__}"
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in saved["model"].items()):
+        return "its 'model' is not a state dict of tensors"
+    if not (isinstance(saved["optimizer"].get("state"), dict)
+            and isinstance(saved["optimizer"].get("param_groups"), list)):
+        return "its 'optimizer' is not an optimizer state dict"
+    for key, kind in (("scaler", dict), ("elapsed_s", (int, float))):
+        if key in saved and not isinstance(saved[key], kind):
+            return f"its {key!r} is a {type(saved[key]).__name__}"
+    epoch, rows = saved["epoch"], saved["metrics"]
+    if epoch != len(rows):
+        return f"it claims {epoch} finished epochs but holds {len(rows)} metrics rows"
+    if not all(isinstance(row, dict) and row.get("epoch") == i + 1 for i, row in enumerate(rows)):
+        return "its metrics rows are not one per epoch, in order"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- the lock
+
+
+class RunDirLock:
+    """An exclusive ``flock`` on ``<run_dir>/.lock`` while a process trains in the directory. The kernel drops it
+    when the process ends, however it ends (SIGKILL too), so a dead holder never blocks a resume."""
+
+    def __init__(self, run_dir: Path, fd: int):
+        self.run_dir = run_dir
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Idempotent: every exit path of a run may call it."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # the lock belongs to this descriptor alone: closing it unlocks
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
+    """Lock ``run_dir`` (made if missing) for this process; another live holder is a :class:`RunDirError` naming
+    its pid and host. Non-blocking: a second ``--resume`` of a run in progress fails at once."""
+    import fcntl  # POSIX
+
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise RunDirError(f"{run_dir} is in use: {holder} is training in it; wait for it to end (or stop it), "
+                              "then resume, or train into another directory") from None
+        raise RunDirError(f"could not lock {path} ({exc.strerror}); train in a directory on a local disk") from None
+    with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk must not stop the run
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return RunDirLock(run_dir, fd)
+
+
+def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
+    """Delete the temporary files that killed writes left in the locked run directory (a checkpoint's is ~48 MB).
+
+    Only our own temporary names of the run's files; holding the lock means no live run is writing them."""
+    if not lock.held:
+        raise RunDirError(f"{lock.run_dir} is not locked by this process: its temporary files may be live writes")
+    removed = []
+    for path in leftover_temp_files(lock.run_dir, RUN_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed

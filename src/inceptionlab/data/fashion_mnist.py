@@ -81,9 +81,17 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 def _find_file(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
+        try:
+            if (directory / name).is_file():
+                return directory / name
+        except PermissionError:  # a directory we may not search: Path.is_file raises instead of answering
+            raise _permission_denied(directory) from None
     return None
+
+
+def _permission_denied(path: Path) -> DatasetError:
+    return DatasetError(f"{path}: permission denied; make it readable for you (its owner can run "
+                        f"`chmod -R a+rX {path}`) or pass --data-dir with a readable copy.")
 
 
 def _user_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -121,6 +129,8 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
+    except PermissionError:
+        raise _permission_denied(path) from None
     except (OSError, EOFError, zlib.error) as exc:
         # gzip raises BadGzipFile (an OSError) for a bad header and EOFError for a cut-off stream.
         raise DatasetError(f"{path}: unreadable or corrupted ({exc}); delete it and fetch it again.") from None

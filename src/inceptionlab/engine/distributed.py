@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 from dataclasses import dataclass
 
 import torch
+
+from inceptionlab.errors import ConfigError
+
+# How long a collective waits for the other ranks before it fails: a stopped or hung worker becomes an error on the
+# others instead of an endless wait. Long enough for rank 0's final writes and a slow first (compiled) step.
+TIMEOUT_ENV = "INCEPTIONLAB_DIST_TIMEOUT_SECONDS"
+DEFAULT_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass
@@ -41,8 +50,21 @@ def init_process_group(device: torch.device) -> bool:
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, **kwargs)
+    dist.init_process_group(backend=backend, timeout=process_group_timeout(), **kwargs)
     return True
+
+
+def process_group_timeout() -> datetime.timedelta:
+    """``$INCEPTIONLAB_DIST_TIMEOUT_SECONDS``, else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{TIMEOUT_ENV}={value!r} is not a positive number of seconds; set it to e.g. "
+                          f"{DEFAULT_TIMEOUT_SECONDS:g}, or unset it")
+    return datetime.timedelta(seconds=seconds)
 
 
 def destroy_process_group() -> None:

@@ -41,7 +41,7 @@ from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
-from inceptionlab.errors import ConfigError, InceptionLabError
+from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
 from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.inputs import class_names, prepare_model
 from inceptionlab.models import create_model, init_xavier_
@@ -121,6 +121,7 @@ class RunState:
     plotted: int = 0
     precision_reason: str | None = None  # why precision "auto" chose what it chose
     tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
+    lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from open_run_dir to the end of the run
 
     @property
     def is_main(self) -> bool:
@@ -132,6 +133,10 @@ class RunState:
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.timer.since_start()
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -169,7 +174,10 @@ def train(
     with _torch_threads(config.num_threads), _process_group(dist_info, device):
         state = setup(config, dist_info, device, data=data, run_dir=run_dir, resume=resume is not None,
                       progress=progress, log=log)
-        return run_epochs(state)
+        try:
+            return run_epochs(state)
+        finally:
+            state.release_lock()  # diverged, a failed write, a second Ctrl-C: no exit leaves the directory locked
 
 
 def check_runtime(config: TrainConfig, device: torch.device, world_size: int) -> None:
@@ -279,28 +287,44 @@ def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torc
 
 
 def restore_checkpoint(state: RunState) -> None:
-    """Model, optimizer, scaler, epoch and metrics from the run's last complete checkpoint."""
+    """Model, optimizer, scaler, epoch and metrics from the run's last complete checkpoint, which must be this
+    model's and hold no more epochs than the config asks for."""
     saved = runs.load_checkpoint(state.run_dir, map_location=state.device)
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    if state.scaler is not None and saved.get("scaler"):
-        state.scaler.load_state_dict(saved["scaler"])
-    state.start_epoch, state.rows = int(saved["epoch"]), list(saved["metrics"])
+    path, config = Path(state.run_dir) / runs.CHECKPOINT, state.config
+    if saved["epoch"] > config.epochs:
+        raise RunDirError(f"{path} holds {saved['epoch']} epochs but the run asks for {config.epochs}; resume with "
+                          f"--epochs {saved['epoch']} or more")
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        if state.scaler is not None and saved.get("scaler"):
+            state.scaler.load_state_dict(saved["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's multi-line key and shape report
+        raise RunDirError(f"{path}: the checkpoint does not match this model ({config.model}); start a new "
+                          "run") from exc
+    state.start_epoch, state.rows = saved["epoch"], list(saved["metrics"])
     state.elapsed_before = float(saved.get("elapsed_s", 0.0))
     state.plotted = len(state.rows)
-    if state.start_epoch >= state.config.epochs:
-        state.say(f"{state.run_dir}: all {state.config.epochs} epochs were already done; writing the final results")
+    if state.start_epoch >= config.epochs:
+        state.say(f"{state.run_dir}: all {config.epochs} epochs were already done; writing the final results")
 
 
 def open_run_dir(state: RunState) -> None:
-    """Rank 0 creates (or reopens) the run directory and writes config.json; the other ranks learn its path."""
+    """Rank 0 creates (or reopens) the run directory, locks it, removes what killed writes left there and writes
+    config.json; the other ranks learn its path."""
     if state.is_main:
         run_dir = state.run_dir
         run_dir = Path(run_dir) if run_dir is not None else runs.create_run_dir(state.config.out, state.config.model)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_config(run_dir, state.config.to_dict())
-        if state.start_epoch:
-            runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
+        state.lock = runs.lock_run_dir(run_dir)
+        try:
+            if removed := runs.remove_interrupted_writes(state.lock):
+                state.say(f"{run_dir}: removed {len(removed)} temporary file(s) of interrupted writes")
+            runs.write_config(run_dir, state.config.to_dict())
+            if state.start_epoch:
+                runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
+        except BaseException:
+            state.release_lock()  # setup fails here, so train never gets the state to release it
+            raise
         state.run_dir = run_dir
     if state.dist.enabled:
         state.run_dir = Path(distributed.broadcast_path(state.run_dir, state.is_main))
@@ -439,6 +463,7 @@ def finish(state: RunState) -> TrainResult:
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)
+        state.release_lock()
     if state.dist.enabled:
         distributed.barrier()  # no rank tears the group down while rank 0 is still writing the results
     return TrainResult(state.run_dir, status, state.rows, summary, state.model, state.stop_signal)

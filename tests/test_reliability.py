@@ -1,0 +1,436 @@
+"""Reliability: each bad input a user can meet (an unusable --out, a full disk, a damaged checkpoint, unreadable
+data, files left by a kill, a second process on the same run, a hung torchrun peer) ends in one line naming the
+path and the fix, and nothing saved before is lost. Every test builds its bad input in tmp_path.
+
+Root ignores file modes, so permission problems are simulated by raising the kernel's OSError from the os-level
+call; a full disk is the kernel's own ENOSPC from /dev/full. Trainings: LeNet at 28 px, 256 images, one thread."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from inceptionlab import runs
+from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig
+from inceptionlab.data import load_fashion_mnist
+from inceptionlab.engine import distributed, trainer
+from inceptionlab.errors import ConfigError, DatasetError, RunDirError, WriteError
+from inceptionlab.fileio import atomic_write_json, atomic_write_text, atomic_write_with
+from inceptionlab.models import create_model
+from inceptionlab.train import TrainingDiverged, train
+
+LENET = dict(model="lenet", image_size=28, epochs=1, batch_size=64, limit_train=256, limit_test=128, lr=0.1,
+             optimizer="momentum", num_threads=1, device="cpu")
+CLI_LENET = ["--model", "lenet", "--image-size", "28", "--epochs", "1", "--limit-train", "256", "--limit-test",
+             "128", "--batch-size", "64", "--num-threads", "1"]
+
+
+def lenet(tmp_path: Path, **changes) -> TrainConfig:
+    return TrainConfig(**{**LENET, "out": str(tmp_path / "runs"), **changes})
+
+
+@pytest.fixture(scope="module")
+def finished_run(fmnist, tmp_path_factory) -> Path:
+    """A finished one-epoch LeNet run, trained under umask 022; tests copy it before resuming or damaging it."""
+    old = os.umask(0o022)
+    try:
+        return train(lenet(tmp_path_factory.mktemp("finished")), data=fmnist, log=None).run_dir
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def fill_disk(monkeypatch):
+    """``fill_disk(name, ...)``: from then on, writing those files fails with the kernel's own ENOSPC (their temporary
+    file is created, then points at /dev/full)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to fail writes with ENOSPC")
+    real_open, full = os.open, set()
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        name = os.path.basename(path)
+        if name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in full):
+            device = real_open("/dev/full", os.O_WRONLY)
+            os.dup2(device, fd)
+            os.close(device)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_)
+    return lambda *names: full.update(names)
+
+
+def temp_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def one_line_cli_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"inceptionlab {command}: error: ")
+    return err
+
+
+# --------------------------------------------------------------------------------------------- 1. --out
+
+
+@pytest.mark.parametrize("where", ["the file", "below the file"])
+def test_out_that_is_a_file_or_below_one_fails_before_training(fmnist, tmp_path, monkeypatch, where):
+    (tmp_path / "notes").write_text("keep me")
+    out = tmp_path / "notes" if where == "the file" else tmp_path / "notes" / "runs"
+    monkeypatch.setattr(trainer, "run_epochs", lambda state: pytest.fail("training started"))
+    with pytest.raises(WriteError) as info:
+        train(lenet(tmp_path, out=str(out)), data=fmnist, log=None)
+    message = str(info.value)
+    assert f"--out {out}: {tmp_path / 'notes'} is a file, not a directory" in message and "\n" not in message
+    assert (tmp_path / "notes").read_text() == "keep me"
+
+
+def test_out_that_is_a_file_is_one_line_from_the_cli(tmp_path, capsys):
+    (tmp_path / "runs").write_text("")
+    assert main(["train", *CLI_LENET, "--out", str(tmp_path / "runs")]) == 1
+    assert "is a file, not a directory; pass a directory with --out" in one_line_cli_error(capsys, "train")
+
+
+@pytest.mark.parametrize(("code", "reason", "fix"), [
+    (errno.EROFS, "Read-only file system", "pass another --out"),
+    (errno.EACCES, "Permission denied", "make it writable for you or pass another --out"),
+])
+def test_out_on_a_read_only_or_unwritable_file_system(tmp_path, monkeypatch, code, reason, fix):
+    out = tmp_path / "shared"
+    out.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == out:
+            raise OSError(code, reason, str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(WriteError) as info:
+        runs.create_run_dir(out, "lenet")
+    assert str(info.value) == f"--out {out}: cannot create a directory there ({reason}); {fix}"
+
+
+REAL_FILE_SYSTEMS = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    import torch
+    from inceptionlab import runs
+    from inceptionlab.errors import WriteError
+
+    read_only, small = sys.argv[1:3]
+    for options, where in (("ro", read_only), ("size=256k", small)):
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where]).returncode:
+            print(json.dumps({"skip": "mount -t tmpfs is not permitted"}))
+            sys.exit(0)
+    result = {}
+    try:
+        runs.create_run_dir(os.path.join(read_only, "runs"), "lenet")
+    except WriteError as exc:
+        result["read_only"] = str(exc)
+    runs.save_checkpoint(small, {"epoch": 1})
+    try:
+        runs.save_checkpoint(small, {"epoch": 2, "w": torch.zeros(1_000_000)})  # 4 MB into 256 kB
+    except WriteError as exc:
+        result["full"] = str(exc)
+    result["kept"] = torch.load(os.path.join(small, "checkpoint.pt"), weights_only=True)["epoch"]
+    result["files"] = sorted(os.listdir(small))
+    print(json.dumps(result))
+    """
+)
+
+
+def test_a_real_read_only_and_a_real_full_file_system(tmp_path):
+    """The same errors from real tmpfs mounts, in a private mount namespace that ends with the process."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs `unshare -m` (root or CAP_SYS_ADMIN) to mount a read-only and a tiny tmpfs")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "small").mkdir()
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", REAL_FILE_SYSTEMS,
+                          str(tmp_path / "ro"), str(tmp_path / "small")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    if "skip" in result:
+        pytest.skip(result["skip"])
+    assert result["read_only"] == (f"--out {tmp_path / 'ro' / 'runs'}: cannot create a directory there (Read-only "
+                                   "file system); pass another --out")
+    assert result["full"].startswith(f"could not write {tmp_path / 'small' / 'checkpoint.pt'} (No space left")
+    assert result["kept"] == 1 and result["files"] == ["checkpoint.pt"]
+
+
+# --------------------------------------------------------------------------------------------- 2. full disk
+
+
+WRITERS = {
+    "metrics": lambda path, version: atomic_write_text(path, f"{version}\n" * 3000),
+    "summary": lambda path, version: atomic_write_json(path, {"version": version, "pad": "x" * 20_000}),
+    "checkpoint": lambda path, version: runs.save_checkpoint(path.parent, {"v": version, "w": torch.zeros(100_000)}),
+    "onnx": lambda path, version: atomic_write_with(path, lambda f: f.write(version.encode() * 50_000)),
+}
+NAMES = {"metrics": "metrics.jsonl", "summary": "summary.json", "checkpoint": "checkpoint.pt", "onnx": "model.onnx"}
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path, fill_disk, kind):
+    """torch.save turns the ENOSPC into a RuntimeError ("unexpected pos"): the file itself remembers the error."""
+    path = tmp_path / NAMES[kind]
+    WRITERS[kind](path, "old")
+    before = path.read_bytes()
+    fill_disk(path.name)
+    with pytest.raises(WriteError) as info:
+        WRITERS[kind](path, "new")
+    assert str(info.value) == (f"could not write {path} (No space left on device); the disk is full: free some space "
+                               "on it or write to another directory")
+    assert path.read_bytes() == before and temp_files(tmp_path) == []
+
+
+def test_a_full_disk_during_training_is_the_same_one_line_error_from_the_cli(run_copy, fill_disk, capsys):
+    """The checkpoint is written on the background thread; its failure reaches the caller unchanged."""
+    before = (run_copy / runs.CHECKPOINT).read_bytes()
+    fill_disk(runs.CHECKPOINT)
+    assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--num-threads", "1"]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert f"could not write {run_copy / runs.CHECKPOINT} (No space left on device); the disk is full" in err
+    assert (run_copy / runs.CHECKPOINT).read_bytes() == before and temp_files(run_copy) == []
+    assert [r["epoch"] for r in runs.read_metrics(run_copy)] == [1]  # nothing after the failed write
+    runs.lock_run_dir(run_copy).release()  # and the run directory is free again
+
+
+# --------------------------------------------------------------------------------------------- 3. checkpoints
+
+
+def _good_checkpoint(finished_run: Path) -> dict:
+    return torch.load(finished_run / runs.CHECKPOINT, weights_only=True)
+
+
+DAMAGES = {
+    "a list": (lambda c: [c], "it holds a list, not a dict"),
+    "no model": (lambda c: {k: v for k, v in c.items() if k != "model"}, "it has no 'model'"),
+    "epoch as text": (lambda c: {**c, "epoch": "1"}, "its 'epoch' is a str, not a int"),
+    "model as a list": (lambda c: {**c, "model": list(c["model"].values())}, "its 'model' is a list"),
+    "model of numbers": (lambda c: {**c, "model": {k: 0.0 for k in c["model"]}}, "not a state dict of tensors"),
+    "optimizer without groups": (lambda c: {**c, "optimizer": {"state": {}}}, "not an optimizer state dict"),
+    "epoch 99, one row": (lambda c: {**c, "epoch": 99}, "it claims 99 finished epochs but holds 1 metrics rows"),
+    "rows not dicts": (lambda c: {**c, "metrics": [[0.5]]}, "its metrics rows are not one per epoch"),
+    "scaler as a list": (lambda c: {**c, "scaler": []}, "its 'scaler' is a list"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_checkpoint_with_the_wrong_structure_is_refused_by_name(finished_run, tmp_path, damage):
+    change, problem = DAMAGES[damage]
+    torch.save(change(_good_checkpoint(finished_run)), tmp_path / runs.CHECKPOINT)
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / runs.CHECKPOINT} is not a usable checkpoint: ") and "\n" not in message
+    assert problem in message and message.endswith("start a new run")
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(fmnist, finished_run, run_copy):
+    saved = _good_checkpoint(finished_run)
+    torch.save({**saved, "model": create_model("nin", num_classes=10).state_dict()}, run_copy / runs.CHECKPOINT)
+    with pytest.raises(RunDirError) as info:
+        train(resume=run_copy, data=fmnist, log=None)
+    assert str(info.value) == (f"{run_copy / runs.CHECKPOINT}: the checkpoint does not match this model (lenet); "
+                               "start a new run")
+
+
+def test_resume_refuses_a_checkpoint_with_more_epochs_than_the_run(fmnist, finished_run, run_copy):
+    """Three consistent epochs in a run configured for one: today it is reported completed."""
+    saved = _good_checkpoint(finished_run)
+    rows = [{**saved["metrics"][0], "epoch": e} for e in (1, 2, 3)]
+    torch.save({**saved, "epoch": 3, "metrics": rows}, run_copy / runs.CHECKPOINT)
+    with pytest.raises(RunDirError, match=r"holds 3 epochs but the run asks for 1; resume with --epochs 3 or more"):
+        train(resume=run_copy, data=fmnist, log=None)
+
+
+# --------------------------------------------------------------------------------------------- 4. data
+
+
+def _write_small_dataset(directory: Path) -> Path:
+    directory.mkdir()
+    for stem, shape in (("train-images-idx3-ubyte", (4, 28, 28)), ("train-labels-idx1-ubyte", (4,)),
+                        ("t10k-images-idx3-ubyte", (2, 28, 28)), ("t10k-labels-idx1-ubyte", (2,))):
+        header = (0x800 + len(shape)).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+        (directory / stem).write_bytes(header + np.zeros(shape, np.uint8).tobytes())
+    return directory
+
+
+def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, monkeypatch):
+    directory = _write_small_dataset(tmp_path / "fmnist")
+    locked = directory / "train-labels-idx1-ubyte"
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self):
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(DatasetError) as info:
+        load_fashion_mnist(directory, verify=False, download=False)
+    assert str(info.value) == (f"{locked}: permission denied; make it readable for you (its owner can run `chmod -R "
+                               f"a+rX {locked}`) or pass --data-dir with a readable copy.")
+
+
+def test_an_unreadable_dataset_directory_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, monkeypatch):
+    """A directory without search permission: stat of anything inside it is EACCES."""
+    directory = _write_small_dataset(tmp_path / "fmnist")
+    real_stat = Path.stat
+
+    def stat_(self, *args, **kwargs):
+        if self.parent == directory:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat_)
+    with pytest.raises(DatasetError, match=rf"^{directory}: permission denied; make it readable for you"):
+        load_fashion_mnist(directory, verify=False, download=False)
+
+
+# --------------------------------------------------------------------------------------------- 5. leftovers
+
+
+OURS = [".checkpoint.pt.k2j4_x9a.tmp", ".model.safetensors.0f3a9bc1.tmp", ".confusion.png.abcdefgh.tmp"]
+NOT_OURS = [".model.onnx.0f3a9bc1.tmp", "notes.tmp", ".checkpoint.pt.tmp"]
+
+
+def test_resume_removes_what_killed_writes_left_and_nothing_else(fmnist, run_copy):
+    for name in OURS + NOT_OURS:
+        (run_copy / name).write_bytes(b"x" * 1000)
+    lines = []
+    train(resume=run_copy, data=fmnist, log=lines.append)
+    assert temp_files(run_copy) == sorted(NOT_OURS)
+    assert f"{run_copy}: removed 3 temporary file(s) of interrupted writes" in lines
+
+
+def test_a_locked_run_keeps_its_temporary_files_and_refuses_a_second_trainer(fmnist, run_copy):
+    """The holder may be writing them right now. flock belongs to an open file, so this process conflicts with
+    itself exactly as a second process would."""
+    (run_copy / OURS[0]).write_bytes(b"a live write")
+    config_before = (run_copy / runs.CONFIG).read_bytes()
+    holder = runs.lock_run_dir(run_copy)
+    try:
+        with pytest.raises(RunDirError) as info:
+            train(resume=run_copy, data=fmnist, log=None)
+    finally:
+        holder.release()
+    assert str(info.value) == (f"{run_copy} is in use: pid {os.getpid()} on {socket.gethostname()} is training in "
+                               "it; wait for it to end (or stop it), then resume, or train into another directory")
+    assert (run_copy / OURS[0]).exists() and (run_copy / runs.CONFIG).read_bytes() == config_before
+
+
+# --------------------------------------------------------------------------------------------- 6. file modes
+
+
+def test_every_file_of_a_run_follows_the_umask(finished_run):
+    """Trained under umask 022: 0644 like any program's output (mkstemp made them 0600)."""
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in finished_run.iterdir()}
+    assert set(runs.RUN_FILES) <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o644)
+
+
+# --------------------------------------------------------------------------------------------- 7. the lock
+
+
+HOLDER = "import sys, time; from inceptionlab import runs; runs.lock_run_dir(sys.argv[1]); print('locked', " \
+         "flush=True); time.sleep(300)"
+
+
+def test_another_process_holding_the_run_is_named_and_its_lock_dies_with_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        with pytest.raises(RunDirError, match=rf"is in use: pid {proc.pid} on {socket.gethostname()} is training"):
+            runs.lock_run_dir(tmp_path)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock with the process
+        proc.wait(timeout=30)
+    runs.lock_run_dir(tmp_path).release()
+
+
+def _interrupt(state, epoch, stop):
+    state.stop_signal = signal.SIGTERM
+    return None
+
+
+@pytest.mark.parametrize("ending", ["completed", "interrupted", "diverged", "full disk", "config not written"])
+def test_the_lock_is_released_on_every_exit(fmnist, run_copy, fill_disk, monkeypatch, ending):
+    config = TrainConfig.from_dict(runs.read_config(run_copy)).replace(epochs=2)
+    if ending == "interrupted":
+        monkeypatch.setattr(trainer, "train_one_epoch", _interrupt)
+    elif ending == "diverged":
+        config = config.replace(lr=1e38, schedule="constant")
+    elif ending == "full disk":
+        fill_disk(runs.CHECKPOINT)
+    elif ending == "config not written":
+        fill_disk(runs.CONFIG)  # inside open_run_dir, after the lock was taken
+    expected = {"completed": None, "interrupted": None, "diverged": TrainingDiverged}.get(ending, WriteError)
+    if expected is None:
+        assert train(config, resume=run_copy, data=fmnist, log=None).status == ending
+    else:
+        with pytest.raises(expected):
+            train(config, resume=run_copy, data=fmnist, log=None)
+    runs.lock_run_dir(run_copy).release()
+
+
+def test_only_rank_0_locks_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "broadcast_path", lambda path, is_main: str(tmp_path))
+    rank1 = SimpleNamespace(is_main=False, run_dir=None, lock=None, dist=distributed.Distributed(1, 2, 1))
+    trainer.open_run_dir(rank1)
+    assert rank1.lock is None and rank1.run_dir == tmp_path and not (tmp_path / runs.LOCK).exists()
+
+
+# --------------------------------------------------------------------------------------------- 8. torchrun
+
+
+@pytest.fixture
+def captured_init(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 600.0), ("30", 30.0), (" 2.5 ", 2.5)])
+def test_the_process_group_gets_a_timeout(captured_init, monkeypatch, value, seconds):
+    """A stopped peer then fails the others' next collective after that long instead of leaving them waiting."""
+    if value is None:
+        monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    assert distributed.init_process_group(torch.device("cpu"))
+    assert captured_init == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=seconds)}]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_a_bad_timeout_is_refused_before_joining(captured_init, monkeypatch, value):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    with pytest.raises(ConfigError, match=rf"^INCEPTIONLAB_DIST_TIMEOUT_SECONDS='{value}' is not a positive number"):
+        distributed.init_process_group(torch.device("cpu"))
+    assert captured_init == []
