@@ -62,6 +62,7 @@ class TrainConfig:
     cudnn_benchmark: bool | None = None  # let cuDNN time its convolution algorithms for each new shape
     batched_casts: bool | None = None  # bf16 copies of all conv/linear parameters in one multi-tensor kernel
     fuse_1x1: bool | None = None  # an Inception block's three 1x1 convs on its input as one convolution
+    tensorboard: bool = False  # event files in the run directory (needs the tensorboard extra)
     sync_every: int = 50  # steps between host reads of the running loss (progress, NaN check, DDP stop agreement)
     # reproducibility and data
     seed: int = 0
@@ -106,7 +107,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last"):
+        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")

@@ -20,7 +20,8 @@ from inceptionlab.config import (
 from inceptionlab.errors import ConfigError
 
 # Options that may change when resuming (they do not change what the run computes, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", *CUDA_SWITCHES)
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "tensorboard",
+             *CUDA_SWITCHES)
 
 
 def nonnegative_float(text: str) -> float:
@@ -115,6 +116,9 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--seed", type=nonnegative_int)
     g.add_argument("--out", help="runs root directory (default runs)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write TensorBoard event files into the run directory (`tensorboard --logdir runs/`; "
+                   "pip install 'inceptionlab[tensorboard]')")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
 

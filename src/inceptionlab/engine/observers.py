@@ -50,17 +50,24 @@ def make_observers(config: TrainConfig, run_dir: Path, *, live: bool | None, is_
     return observers
 
 
+def require_tensorboard() -> None:
+    """Fail before any work when ``--tensorboard`` cannot write events, with the install command."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'inceptionlab[tensorboard]'"
+                          ) from None
+
+
 class TensorBoardObserver(Observer):
     """Event files in the run directory (``tensorboard --logdir runs/``): train loss and lr at every host read,
     per-epoch losses, accuracies and images/s, the hyperparameters with the final metrics (HParams tab) and the
     confusion matrix as an image."""
 
     def __init__(self, run_dir: Path, config: TrainConfig):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'inceptionlab[tensorboard]'"
-                              ) from None
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(run_dir))
         self.config = config
 

@@ -38,6 +38,7 @@ from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
+from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
@@ -122,6 +123,7 @@ class RunState:
     precision_reason: str | None = None  # why precision "auto" chose what it chose
     tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
     lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from open_run_dir to the end of the run
+    observers: list[Observer] = field(default_factory=list)  # TensorBoard, live notebook curves
 
     @property
     def is_main(self) -> bool:
@@ -150,6 +152,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
+    live: bool | None = None,
 ) -> TrainResult:
     """Train ``config`` (or resume the run directory ``resume``) and return a :class:`TrainResult`.
 
@@ -158,8 +161,9 @@ def train(
     - ``data``: an already loaded :class:`~inceptionlab.data.FashionMNIST` (any device), else loaded from
       ``config.data_dir``.
     - ``run_dir``: write into this directory instead of a new ``<out>/<timestamp>-<model>/``.
-    - ``progress``: a tqdm bar while an epoch runs; default: only when stderr is a terminal.
+    - ``progress``: a tqdm bar while an epoch runs; default: when stderr is a terminal or inside a notebook.
     - ``log``: where the per-epoch lines go (``None``: silent).
+    - ``live``: curves redrawn in the notebook cell as training goes; default: only inside a Jupyter notebook.
 
     Raises :class:`ConfigError` before any work for invalid options, :class:`TrainingDiverged` on a NaN/inf
     loss. SIGINT/SIGTERM end the run cleanly with ``status == "interrupted"``.
@@ -173,7 +177,7 @@ def train(
     check_runtime(config, device, dist_info.world_size)
     with _torch_threads(config.num_threads), _process_group(dist_info, device):
         state = setup(config, dist_info, device, data=data, run_dir=run_dir, resume=resume is not None,
-                      progress=progress, log=log)
+                      progress=progress, log=log, live=live)
         try:
             return run_epochs(state)
         finally:
@@ -188,6 +192,8 @@ def check_runtime(config: TrainConfig, device: torch.device, world_size: int) ->
         raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the number of "
                           f"processes ({world_size})")
     resolve_step_mode(config, device, world_size)
+    if config.tensorboard:
+        require_tensorboard()
 
 
 @contextlib.contextmanager
@@ -216,7 +222,7 @@ def _process_group(dist_info: distributed.Distributed, device: torch.device):
 
 def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device, *,
           data: FashionMNIST | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
-          log: Callable[[str], None] | None = print) -> RunState:
+          log: Callable[[str], None] | None = print, live: bool | None = None) -> RunState:
     """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory. ``config`` may
     say precision "auto": it is resolved for ``device`` here, and the resolved config is the run's."""
     timer = PhaseTimer()
@@ -242,7 +248,13 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
         if resume:
             restore_checkpoint(state)
         open_run_dir(state)
-    state.show_bar = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
+        try:
+            state.observers = make_observers(config, state.run_dir, live=live, is_main=dist_info.is_main)
+        except BaseException:
+            state.release_lock()
+            raise
+    default_bar = sys.stderr.isatty() or in_notebook()
+    state.show_bar = bool(progress if progress is not None else default_bar) and dist_info.is_main
     say(describe_run(state))
     return state
 
@@ -393,8 +405,12 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None
             state.stop_signal = distributed.agree_on_stop(stop.signum, device) if state.dist.enabled else stop.signum
             running = float(loss_sum) / seen
             check_finite(state, running, epoch, i, lr)
-            if bar is not None:
-                bar.set_postfix(loss=f"{running:.3f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
+            if bar is not None or state.observers:
+                acc = int(correct) / seen
+                for observer in state.observers:
+                    observer.progress(epoch + (i + 1) / steps, running, acc, lr)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}", refresh=False)
             if state.stop_signal is not None:
                 break
         if bar is not None:
@@ -418,7 +434,7 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None
 def _progress_bar(state: RunState, epoch: int):
     if not state.show_bar:
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook widget inside Jupyter, text in a terminal
 
     return tqdm(total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{state.config.epochs}", leave=False,
                 file=sys.stderr, dynamic_ncols=True)
@@ -438,6 +454,8 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         "elapsed_seconds": state.elapsed(),
     }
     state.rows.append(row)
+    for observer in state.observers:
+        observer.epoch(row)
     if not state.is_main:
         return
     with state.timer("write"):
@@ -464,6 +482,9 @@ def finish(state: RunState) -> TrainResult:
     if state.is_main:
         write_results(state, summary)
         state.release_lock()
+    confusion = state.last_eval["confusion"] if status == "completed" else None
+    for observer in state.observers:
+        observer.finish(summary, confusion)
     if state.dist.enabled:
         distributed.barrier()  # no rank tears the group down while rank 0 is still writing the results
     return TrainResult(state.run_dir, status, state.rows, summary, state.model, state.stop_signal)
