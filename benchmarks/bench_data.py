@@ -96,8 +96,8 @@ def main() -> None:
 
     ours_first, ours_bps = _time_batches(endless(loader), args.batches, device)
 
-    # What the trainer does on CUDA (inceptionlab.fast.pre_resize): resample each split once to uint8 at the
-    # target size (the same pixels), so a batch is one gather and one division. The one-time cost is timed too.
+    # What the trainer's setup does when the split fits (inceptionlab.data.resize.pre_resize): resample each split
+    # once to uint8 at the target size (the same pixels), so a batch is one gather and one division. Timed too.
     from inceptionlab.data.resize import pre_resize
 
     start = time.perf_counter()
