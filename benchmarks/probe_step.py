@@ -315,7 +315,7 @@ def cuda_extras(report: Report, data, image_size: int) -> None:
 class Report:
     """The probe's JSON, rewritten after each part (a probe cut short by its time limit still reports)."""
 
-    def __init__(self, path: Path | None, device, tmp: Path, **fields):
+    def __init__(self, path: Path | None, device, tmp: Path, fields: dict):
         self.path, self.device, self.tmp = path, device, tmp
         self.checks: dict = {}
         self.rows: list[dict] = []
@@ -359,9 +359,10 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="probe-step-") as tmp:
-        report = Report(args.json, device, Path(tmp), meta=meta, image_size=args.image_size, steps=args.steps,
-                        warmup_steps=args.warmup_steps, device=str(device), torch_version=torch.__version__,
-                        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else meta["cpu"])
+        fields = {"meta": meta, "image_size": args.image_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                  "device": str(device), "torch_version": torch.__version__,
+                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else meta["cpu"]}
+        report = Report(args.json, device, Path(tmp), fields)
         run_probe(args, report)
         meta["loadavg_after"] = os.getloadavg()
         report.save()
