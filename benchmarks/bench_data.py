@@ -56,6 +56,80 @@ def _time_batches(iterator, batches: int, device: torch.device) -> tuple[float, 
     return first, batches / (time.perf_counter() - start)
 
 
+def _endless(loader):
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_device_loaders(on_device, args, device: torch.device) -> dict:
+    """Our DeviceLoader on the 28 px split (resized per batch), then on the split resized once up front."""
+    from inceptionlab.data import DeviceLoader
+    from inceptionlab.data.resize import pre_resize
+
+    loader = DeviceLoader(on_device.train_images, on_device.train_labels, args.batch_size,
+                          image_size=args.size, shuffle=True, seed=0)
+    ours_first, ours_bps = _time_batches(_endless(loader), args.batches, device)
+
+    # What the trainer's setup does when the split fits (inceptionlab.data.resize.pre_resize): resample each split
+    # once to uint8 at the target size (the same pixels), so a batch is one gather and one division. Timed too.
+    start = time.perf_counter()
+    resized = pre_resize(on_device.train_images, args.size)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    pre_resize_s = time.perf_counter() - start
+    pre_loader = DeviceLoader(resized, on_device.train_labels, args.batch_size, image_size=args.size,
+                              shuffle=True, seed=0)
+    pre_first, pre_bps = _time_batches(_endless(pre_loader), args.batches, device)
+    return {"ours_first": ours_first, "ours_bps": ours_bps, "pre_resize_s": pre_resize_s, "pre_first": pre_first,
+            "pre_bps": pre_bps, "epoch_batches": len(pre_loader)}
+
+
+def build_result(args, device, t: dict, load: dict) -> dict:
+    """The JSON: both loaders' batches/s, the pre-resized loader over one and ten epochs, the cost of loading."""
+    ours_bps, d2l_bps, pre_bps, epoch_batches = t["ours_bps"], t["d2l_bps"], t["pre_bps"], t["epoch_batches"]
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "image_size": args.size,
+        "device_loader": {
+            "batches_per_s": round(ours_bps, 1),
+            "images_per_s": round(ours_bps * args.batch_size),
+            "first_batch_s": round(t["ours_first"], 4),
+            "timed_batches": args.batches,
+        },
+        "d2l_dataloader": {
+            "batches_per_s": round(d2l_bps, 1),
+            "images_per_s": round(d2l_bps * args.batch_size),
+            "first_batch_s": round(t["d2l_first"], 4),
+            "timed_batches": args.d2l_batches,
+            "workers": args.workers,
+        },
+        "speedup": round(ours_bps / d2l_bps, 2),
+        "pre_resized_loader": {
+            "one_time_resize_s": round(t["pre_resize_s"], 2),
+            "batches_per_s": round(pre_bps, 1),
+            "images_per_s": round(pre_bps * args.batch_size),
+            "first_batch_s": round(t["pre_first"], 4),
+            "resized_uint8_mib": round(t["train_images"] * args.size**2 / 2**20, 1),
+        },
+        "speedup_pre_resized_steady": round(pre_bps / d2l_bps, 2),
+        # one epoch (and ten) of batches, the one-time resize included, against the DataLoader's epoch(s)
+        "speedup_pre_resized_1_epoch": round((epoch_batches / d2l_bps) / (t["pre_resize_s"] + epoch_batches / pre_bps),
+                                             2),
+        "speedup_pre_resized_10_epochs": round(
+            (10 * epoch_batches / d2l_bps) / (t["pre_resize_s"] + 10 * epoch_batches / pre_bps), 2),
+        "load": load,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file for the results")
@@ -72,7 +146,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    from inceptionlab.data import DeviceLoader, load_fashion_mnist
+    from inceptionlab.data import load_fashion_mnist
     from inceptionlab.fileio import atomic_write_json
 
     rss_before = _max_rss_mib()
@@ -80,85 +154,21 @@ def main() -> None:
     ds = load_fashion_mnist(progress=False)
     load_s = time.perf_counter() - start
     rss_after = _max_rss_mib()
-    on_device = ds.to(device)
     stored_mib = sum(t.numel() * t.element_size() for t in (ds.train_images, ds.train_labels,
                                                             ds.test_images, ds.test_labels)) / 2**20
-
-    loader = DeviceLoader(on_device.train_images, on_device.train_labels, args.batch_size,
-                          image_size=args.size, shuffle=True, seed=0)
-
-    def endless(loader):
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    ours_first, ours_bps = _time_batches(endless(loader), args.batches, device)
-
-    # What the trainer does on CUDA (inceptionlab.fast.pre_resize): resample each split once to uint8 at the
-    # target size (the same pixels), so a batch is one gather and one division. The one-time cost is timed too.
-    from inceptionlab.data.resize import pre_resize
-
-    start = time.perf_counter()
-    resized = pre_resize(on_device.train_images, args.size)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    pre_resize_s = time.perf_counter() - start
-    pre_loader = DeviceLoader(resized, on_device.train_labels, args.batch_size, image_size=args.size,
-                              shuffle=True, seed=0)
-    pre_first, pre_bps = _time_batches(endless(pre_loader), args.batches, device)
-    epoch_batches = len(pre_loader)
-    del resized, pre_loader
-
+    timings = {**time_device_loaders(ds.to(device), args, device), "train_images": len(ds.train_labels)}
     d2l_loader = torch.utils.data.DataLoader(
         D2LStyleDataset(ds.train_images.numpy(), ds.train_labels.numpy(), args.size),
         batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
     )
-    d2l_first, d2l_bps = _time_batches(iter(d2l_loader), args.d2l_batches, torch.device("cpu"))
-
-    result = {
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "image_size": args.size,
-        "device_loader": {
-            "batches_per_s": round(ours_bps, 1),
-            "images_per_s": round(ours_bps * args.batch_size),
-            "first_batch_s": round(ours_first, 4),
-            "timed_batches": args.batches,
-        },
-        "d2l_dataloader": {
-            "batches_per_s": round(d2l_bps, 1),
-            "images_per_s": round(d2l_bps * args.batch_size),
-            "first_batch_s": round(d2l_first, 4),
-            "timed_batches": args.d2l_batches,
-            "workers": args.workers,
-        },
-        "speedup": round(ours_bps / d2l_bps, 2),
-        "pre_resized_loader": {
-            "one_time_resize_s": round(pre_resize_s, 2),
-            "batches_per_s": round(pre_bps, 1),
-            "images_per_s": round(pre_bps * args.batch_size),
-            "first_batch_s": round(pre_first, 4),
-            "resized_uint8_mib": round(len(on_device.train_labels) * args.size**2 / 2**20, 1),
-        },
-        "speedup_pre_resized_steady": round(pre_bps / d2l_bps, 2),
-        # one epoch (and ten) of batches, the one-time resize included, against the DataLoader's epoch(s)
-        "speedup_pre_resized_1_epoch": round((epoch_batches / d2l_bps) / (pre_resize_s + epoch_batches / pre_bps), 2),
-        "speedup_pre_resized_10_epochs": round(
-            (10 * epoch_batches / d2l_bps) / (pre_resize_s + 10 * epoch_batches / pre_bps), 2),
-        "load": {
-            "seconds": round(load_s, 3),
-            "peak_rss_increase_mib": round(rss_after - rss_before, 1),
-            "stored_uint8_mib": round(stored_mib, 1),
-            "float_copy_at_size_mib_avoided": round(70_000 * args.size**2 * 4 / 2**20, 1),
-        },
+    timings["d2l_first"], timings["d2l_bps"] = _time_batches(iter(d2l_loader), args.d2l_batches, torch.device("cpu"))
+    load = {
+        "seconds": round(load_s, 3),
+        "peak_rss_increase_mib": round(rss_after - rss_before, 1),
+        "stored_uint8_mib": round(stored_mib, 1),
+        "float_copy_at_size_mib_avoided": round(70_000 * args.size**2 * 4 / 2**20, 1),
     }
+    result = build_result(args, device, timings, load)
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

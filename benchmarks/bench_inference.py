@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from inceptionlab import export
+from inceptionlab.deploy.onnx import DEFAULT_OPSET, INPUT_NAME, require_onnx, to_onnx_proto
 from inceptionlab.models import create_model, init_xavier_
 
 
@@ -37,14 +37,14 @@ def median_seconds(fn, runs: int, warmup: int) -> list[float]:
 
 
 def bench(model_name: str, size: int, batch: int, repeats: int, latency_runs: int) -> dict:
-    _, ort = export.require_onnx()
+    _, ort = require_onnx()
     torch.manual_seed(0)
     model = init_xavier_(create_model(model_name)).eval()
-    proto = export.to_onnx_proto(model, torch.rand(2, 1, size, size), export.DEFAULT_OPSET)
+    proto = to_onnx_proto(model, torch.rand(2, 1, size, size), DEFAULT_OPSET)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     x_batch = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(1))
     x_one = x_batch[:1].clone()
-    feed_batch, feed_one = {export.INPUT_NAME: x_batch.numpy()}, {export.INPUT_NAME: x_one.numpy()}
+    feed_batch, feed_one = {INPUT_NAME: x_batch.numpy()}, {INPUT_NAME: x_one.numpy()}
 
     with torch.inference_mode():
         diff = float(np.abs(session.run(None, feed_batch)[0][:8] - model(x_batch[:8]).numpy()).max())

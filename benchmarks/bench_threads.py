@@ -5,8 +5,9 @@
 
 Batch 128, SGD with momentum, channels_last, 2 warm-up steps, then 5 (size > 64) or 15 timed steps.
 The source of the thread table in docs/training.md. ``--ab-fuse-1x1``: the same model with the fused 1x1
-convolutions off and on (``inceptionlab.fast.set_fuse_1x1``), in alternating rounds (ABBA order), each round a
-fresh timing of ``--steps`` steps; prints both medians. Not a test: the figure depends on the machine and its load.
+convolutions off and on (``inceptionlab.engine.cuda.apply_block_switches``), in alternating rounds (ABBA order),
+each round a fresh timing of ``--steps`` steps; prints both medians. Not a test: the figure depends on the machine
+and its load.
 """
 
 import argparse
@@ -16,8 +17,36 @@ import time
 import torch
 import torch.nn.functional as F
 
-from inceptionlab import fast
+from inceptionlab.engine.cuda import apply_block_switches, remove_block_switches
 from inceptionlab.models import create_model
+
+
+class Fuse1x1:
+    """Turns the fused 1x1 convolutions of ``model`` on and off (the switch the trainer applies on CUDA)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.patched = model, []
+
+    def set(self, on: bool) -> None:
+        remove_block_switches(self.patched)
+        self.patched = apply_block_switches(self.model, streams=False, fuse_1x1=on)
+
+
+def ab_fuse_1x1(model, step, timed, rounds: int, steps: int, label: str) -> None:
+    """Median ms per step with the fused 1x1 convolutions off and on, in ABBA order."""
+    fuse = Fuse1x1(model)
+    ms = {False: [], True: []}
+    for fused in (False, True):  # warm both variants (oneDNN primitives for each shape)
+        fuse.set(fused)
+        for _ in range(2):
+            step()
+    for r in range(rounds):
+        for fused in ((False, True) if r % 2 == 0 else (True, False)):
+            fuse.set(fused)
+            ms[fused].append(1000 * timed(steps) / steps)
+    for fused, values in ms.items():
+        print(f"{label}, fuse_1x1={'on' if fused else 'off'}: median {statistics.median(values):.1f} ms/step "
+              f"({', '.join(f'{v:.0f}' for v in values)})")
 
 
 def main() -> None:
@@ -57,18 +86,7 @@ def main() -> None:
             step()
         print(f"{label}: {128 * steps / timed(steps):.0f} img/s")
         return
-    ms = {False: [], True: []}
-    for fused in (False, True):  # warm both variants (oneDNN primitives for each shape)
-        fast.set_fuse_1x1(model, fused)
-        for _ in range(2):
-            step()
-    for r in range(args.rounds):
-        for fused in ((False, True) if r % 2 == 0 else (True, False)):
-            fast.set_fuse_1x1(model, fused)
-            ms[fused].append(1000 * timed(steps) / steps)
-    for fused, values in ms.items():
-        print(f"{label}, fuse_1x1={'on' if fused else 'off'}: median {statistics.median(values):.1f} ms/step "
-              f"({', '.join(f'{v:.0f}' for v in values)})")
+    ab_fuse_1x1(model, step, timed, args.rounds, steps, label)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 Prints ``branch_streams=<bool>,cudnn_benchmark=<bool>,batched_casts=<bool>,fuse_1x1=<bool>`` (bench_train.py's
 override syntax; ``--cli`` prints the ``inceptionlab train`` flags instead). A probe row counts only if it ran and,
 for each switch it turns on, the graph-vs-eager check of that switch passed (relative drift < 1e-4, as in
-tests/test_fast.py) for every model the run trains. Branch streams with a BatchNorm model are also refused by the
-trainer itself (``inceptionlab.fast.REFUSE_STREAMS_WITH_BATCHNORM``): allowed here only for the targets that
+tests/test_step.py) for every model the run trains. Branch streams with a BatchNorm model are also refused by the
+trainer itself (``inceptionlab.engine.cuda.REFUSE_STREAMS_WITH_BATCHNORM``): allowed here only for the targets that
 bench_train.py runs with ``--unverified-streams`` (recipe, fast), never for ``compare``, which runs the CLI.
+The probe is probe_step.py's JSON: ``graph_vs_eager_max_rel_diff`` (the checks) and ``probe`` (the rows).
 Among the rows that count, the winner has the smallest predicted time ``(1 + benchmark) * prepare + steps *
 ms_per_step``: warm-up and capture once, plus (with cudnn.benchmark) about as much again for the shapes that are
 new after capture; a guess that the end-to-end runs check.

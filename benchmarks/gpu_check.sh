@@ -11,10 +11,10 @@
 #
 # Stages, each with its own time limit inside one overall budget ($BUDGET seconds, default 360; below 480 only
 # stage 3 with every switch at its default, and stage 5 if time is left):
-#   1 probe    graph-vs-eager checks in float64 (plain graph, each CUDA switch, every model with branch streams)
-#              and the check's own scale (lr_sensitivity); a kernel profile of the eager step; the 13 max-pools
-#              alone in three layouts (is a pool-layout switch worth building?); the step time of
-#              each setup on random inputs (plain graph, batched casts, fused 1x1, branch streams, together)
+#   1 probe    benchmarks/probe_step.py: graph-vs-eager checks in float64 (plain graph, each CUDA switch, every
+#              model with branch streams) and the check's own scale (lr_sensitivity); kernel profiles of the step;
+#              the 13 max-pools alone in three layouts (is a pool-layout switch worth building?); the step time of
+#              each setup row, built by the trainer's setup (plain graph, each CUDA switch, presets' rows)
 #   2 choose   the CUDA switches for each run from the probe (benchmarks/choose_cuda_options.py: a switch only
 #              where its check passed for every model of the run)
 #   3 speed    bench_train.py: d2l's loop, our trainer on the chapter's recipe with the chosen switches, the same
@@ -23,7 +23,7 @@
 #              else on the GPU
 #   4 exps     what the last lease left of the exercises, three processes at a time (their wall times are not
 #              speed figures): inception-v3's full-budget row, the 64 px sweep row, the best preset's second seed
-#   5 tests    tests/test_fast.py's CUDA tests, if time is left
+#   5 tests    tests/test_step.py's CUDA tests, if time is left
 # Measured on one H200 (2026-11-28, the previous version of this script, BUDGET=565): environment 13 s, probe 27 s,
 # speed 225 s (reference, recipe, fast). This version's full probe and speed stages do more (about 120 s and 330 s
 # expected; not yet run on a GPU); the lean run is the old speed stage, about 240 s with the environment.
@@ -51,9 +51,14 @@ pack() {
         && mv "$OUT/gpu-check.tgz.part" "$OUT/gpu-check.tgz"
     cp "$LOG" "$OUT/gpu_check.log"
 }
-stragglers() {  # a stage cut by its timeout must not leave a child process on the GPU for the next one
-    pkill -f "benchmarks/bench_train.py" 2> /dev/null; pkill -f "benchmarks/d2l_reference.py" 2> /dev/null
-    pkill -f "python3 -m inceptionlab" 2> /dev/null; sleep 1; true
+limited() {  # limited SECONDS CMD...: CMD under `timeout`, which runs it in a process group of its own; whatever
+    # of that group outlives it (a child the timeout's TERM did not end) is killed, so no stage leaves a process on
+    # the GPU for the next one, and nothing outside the stage is touched
+    timeout "$1" "${@:2}" &
+    local pid=$! rc
+    wait "$pid"; rc=$?
+    pkill -KILL -g "$pid" 2> /dev/null
+    return "$rc"
 }
 limit() {  # limit SECONDS: the smaller of SECONDS and what is left of the budget (at least 1)
     local l; l=$(left); (( l < $1 )) && echo $(( l > 1 ? l : 1 )) || echo "$1"
@@ -101,7 +106,9 @@ if [[ "$DEVICE" == cuda ]]; then
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || { log "no CUDA device: stop"; pack; exit 1; }
 fi
-"$PY" -c "import numpy, PIL" || { log "numpy and Pillow are required: stop"; pack; exit 1; }
+# the trainer writes weights (safetensors) and curves (matplotlib) in every run, the benchmarks' runs included
+"$PY" -c "import numpy, PIL, safetensors, matplotlib" \
+    || { log "numpy, Pillow, safetensors and matplotlib are required: stop"; pack; exit 1; }
 ls "$INCEPTIONLAB_DATA"/*-ubyte* > /dev/null 2>&1 || { log "no Fashion-MNIST files in $INCEPTIONLAB_DATA: stop"; pack; exit 1; }
 pack
 
@@ -112,10 +119,9 @@ if (( BUDGET < FULL_BUDGET )); then
     RECIPE_OPTS="$PLAIN"; FAST_OPTS="$PLAIN"; CANDIDATE_OPTS="$PLAIN"; COMPARE_FLAGS=""
 else
     log "1 probe"
-    timeout "$(limit 170)" "$PY" benchmarks/bench_train.py --probe --device "$DEVICE" "${PROBE_ARGS[@]}" \
+    limited "$(limit 170)" "$PY" benchmarks/probe_step.py --device "$DEVICE" "${PROBE_ARGS[@]}" \
         --json "$WORK/probe.json" > "$WORK/probe.txt" 2>&1
     log "probe exit $?"
-    stragglers
     tail -n 60 "$WORK/probe.txt" | tee -a "$LOG"
     pack
 
@@ -148,11 +154,10 @@ UNVERIFIED=()  # fast's model has BatchNorm: streams there only because its floa
 [[ "$FAST_OPTS $CANDIDATE_OPTS" == *branch_streams=true* ]] && UNVERIFIED=(--unverified-streams)
 
 log "3 speed: d2l reference, ours (chapter recipe: chosen switches, then all off), ours (--preset fast)"
-timeout "$(limit 400)" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${SPEED_ARGS[@]}" "${UNVERIFIED[@]}" \
+limited "$(limit 400)" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${SPEED_ARGS[@]}" "${UNVERIFIED[@]}" \
     --ours "precision=bf16,channels_last=true,$RECIPE_OPTS" "${ALSO[@]}" \
     --json "$WORK/bench_train.json" > "$WORK/bench_train.txt" 2> "$WORK/bench_train.stderr"
 log "bench_train exit $?"
-stragglers
 tee -a "$LOG" < "$WORK/bench_train.txt"
 pack
 
@@ -161,20 +166,20 @@ if (( BUDGET >= FULL_BUDGET && $(left) > 60 )); then
     EXP="$WORK/exp"
     mkdir -p "$EXP"
     (   # lane 1: (1) inception-v3 on the chapter's recipe (the row the last lease did not finish)
-        timeout "$(limit 400)" "$PY" -m inceptionlab compare inception-v3 \
+        limited "$(limit 400)" "$PY" -m inceptionlab compare inception-v3 \
             --preset d2l "${EXP_ARGS[@]}" "${CMP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/compare-v3" \
             > "$EXP/compare-v3.log" 2>&1
         echo "compare-v3 exit $?" >> "$EXP/compare-v3.log"
     ) &
     LANE1=$!
     (   # lane 2: (5) the best preset, second seed
-        timeout "$(limit 400)" "$PY" -m inceptionlab train --preset best --seed 1 "${BEST_ARGS[@]}" $COMPARE_FLAGS \
+        limited "$(limit 400)" "$PY" -m inceptionlab train --preset best --seed 1 "${BEST_ARGS[@]}" $COMPARE_FLAGS \
             --out "$EXP/best-seed1" --no-progress > "$EXP/best-seed1.log" 2>&1
         echo "best-seed1 exit $?" >> "$EXP/best-seed1.log"
     ) &
     LANE2=$!
     (   # lane 3: (3) the size sweep's missing row
-        timeout "$(limit 400)" "$PY" -m inceptionlab sweep --model googlenet --image-size "$SWEEP_SIZES" \
+        limited "$(limit 400)" "$PY" -m inceptionlab sweep --model googlenet --image-size "$SWEEP_SIZES" \
             --preset d2l "${EXP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/sweep" > "$EXP/sweep.log" 2>&1
         echo "sweep exit $?" >> "$EXP/sweep.log"
     ) &
@@ -188,8 +193,8 @@ if (( BUDGET >= FULL_BUDGET && $(left) > 60 )); then
 fi
 
 if (( $(left) > 45 )) && "$PY" -c "import pytest" 2> /dev/null; then
-    log "5 tests/test_fast.py"
-    timeout "$(limit 120)" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py > "$WORK/pytest.txt" 2>&1
+    log "5 tests/test_step.py"
+    limited "$(limit 120)" "$PY" -m pytest -q -p no:cacheprovider tests/test_step.py > "$WORK/pytest.txt" 2>&1
     log "pytest exit $?"
     tail -n 6 "$WORK/pytest.txt" | tee -a "$LOG"
 fi

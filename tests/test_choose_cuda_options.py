@@ -3,6 +3,9 @@
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import choose_cuda_options as choose  # noqa: E402
@@ -33,3 +36,23 @@ def test_fastest_row_whose_checks_passed_at_the_batch_asked_for():
     assert not any(best.values())
     steps = choose.TARGETS["fast"][3]
     assert steps == PRESETS["fast"]["epochs"] * -(-60_000 // PRESETS["fast"]["batch_size"])
+
+
+@pytest.mark.parametrize(("target", "batch"), [("recipe", None), ("fast", None), ("fast", 512)])
+def test_the_probe_writes_the_rows_and_check_keys_that_choose_reads(tmp_path, target, batch):
+    """probe_step.py's rows (as its JSON holds them) and its check keys: with every check passed and the row with
+    streams, batched casts and fused 1x1 the fastest of the target's, that row wins."""
+    import probe_step
+
+    cpu = torch.device("cpu")
+    rows = [probe_step.describe_row(r, probe_step.row_config(r, cpu, str(tmp_path)))
+            for r in probe_step.setup_rows(96)]
+    every = {"branch_streams": True, "batched_casts": True, "fuse_1x1": True}
+    for row in rows:
+        is_every = all(row[k] for k in every) and not row["cudnn_benchmark"]
+        row.update(ms_per_step=5.0 if is_every else 10.0, prepare_seconds=1.0)
+    checks = {probe_step.check_key(case): 0.0 for case in probe_step.CHECK_CASES}
+    probe = {"image_size": 96, "graph_vs_eager_max_rel_diff": checks, "probe": rows}
+    best, notes = choose.choose(probe, target, batch)
+    assert best == {**every, "cudnn_benchmark": False}, notes
+    assert not any("skipped" in n for n in notes)

@@ -34,15 +34,17 @@ REFUSE_STREAMS_WITH_BATCHNORM = True
 
 
 def resolve_cuda_options(config: TrainConfig, device: torch.device, step_mode: str,
-                         model: nn.Module | None = None) -> dict[str, bool]:
+                         model: nn.Module | None = None, *, allow_unverified_streams: bool = False) -> dict[str, bool]:
     """The switches made concrete: all off off CUDA; ``None`` = :data:`AUTO` for the step mode.
 
     Branch streams with a BatchNorm ``model`` are a :class:`ConfigError`; batched casts exist only for the captured
-    bf16 step and resolve to off elsewhere.
+    bf16 step and resolve to off elsewhere. ``allow_unverified_streams`` lifts that refusal, for benchmarks timing a
+    candidate (the trainer's own runs never pass it).
     """
     if device.type != "cuda":
         return {name: False for name in CUDA_SWITCHES}
-    if config.branch_streams and REFUSE_STREAMS_WITH_BATCHNORM and model is not None and any(
+    refuse = REFUSE_STREAMS_WITH_BATCHNORM and not allow_unverified_streams
+    if config.branch_streams and refuse and model is not None and any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
     ):
         raise ConfigError(

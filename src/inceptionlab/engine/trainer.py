@@ -222,16 +222,19 @@ def _process_group(dist_info: distributed.Distributed, device: torch.device):
 
 def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device, *,
           data: FashionMNIST | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
-          log: Callable[[str], None] | None = print, live: bool | None = None) -> RunState:
+          log: Callable[[str], None] | None = print, live: bool | None = None,
+          allow_unverified_streams: bool = False) -> RunState:
     """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory. ``config`` may
-    say precision "auto": it is resolved for ``device`` here, and the resolved config is the run's."""
+    say precision "auto": it is resolved for ``device`` here, and the resolved config is the run's.
+    ``allow_unverified_streams``: see :func:`~inceptionlab.engine.cuda.resolve_cuda_options` (benchmarks only)."""
     timer = PhaseTimer()
     config, precision_reason = resolve_precision(config, device)
     say = log if (log is not None and dist_info.is_main) else (lambda _line: None)
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
         step_mode = resolve_step_mode(config, device, dist_info.world_size)
-        cuda_opts = resolve_cuda_options(config, device, step_mode, model)  # refuses what is known to be wrong
+        cuda_opts = resolve_cuda_options(config, device, step_mode, model,  # refuses what is known to be wrong
+                                         allow_unverified_streams=allow_unverified_streams)
     with timer("data"):  # read + verify, to the device, resize once
         loader, test_images, test_labels = build_data(config, dist_info, device, data)
     with timer("step"):  # optimizer and step function (a graph is captured at the first step)
