@@ -1,0 +1,82 @@
+"""TensorBoard events and live notebook curves: what they show is what metrics.jsonl says, read back independently
+(tensorboard's own event reader), and they are off unless asked for."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from inceptionlab import runs
+from inceptionlab.config import TrainConfig
+from inceptionlab.errors import ConfigError
+from inceptionlab.train import train
+
+
+def tiny(tmp_path, **changes) -> TrainConfig:
+    values = dict(model="lenet", image_size=28, epochs=2, batch_size=64, limit_train=512, limit_test=128,
+                  num_threads=1, device="cpu", precision="fp32", sync_every=2, out=str(tmp_path))
+    return TrainConfig(**{**values, **changes})
+
+
+def test_tensorboard_events_match_metrics_jsonl(fmnist, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny(tmp_path, tensorboard=True), data=fmnist, log=None)
+    events = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
+    rows = runs.read_metrics(result.run_dir)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_sec"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"epoch/{key}")]
+        assert logged == [(r["epoch"] * 1000, pytest.approx(r[key], rel=1e-6)) for r in rows]
+    # the running loss at every host read: 8 steps per epoch, one read every 2 steps
+    running = events.Scalars("train/loss_running")
+    assert [e.step for e in running] == [round((e + s / 8) * 1000) for e in range(2) for s in (2, 4, 6, 8)]
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.1] * 8)  # float32 in the events
+    assert events.Images("test/confusion")  # the final confusion matrix as a picture
+    hparams = EventAccumulator(str(result.run_dir)).Reload().Tags()
+    assert "_hparams_/session_start_info" in json.dumps(hparams)  # the HParams tab has this run
+
+
+def test_tensorboard_without_the_package_fails_before_any_work(fmnist, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ConfigError, match=r"pip install 'inceptionlab\[tensorboard\]'"):
+        train(tiny(tmp_path, tensorboard=True), data=fmnist, log=None)
+    assert not any(tmp_path.iterdir())  # no run directory was made
+
+
+def test_live_curves_redraw_in_place_with_every_point(fmnist, tmp_path, monkeypatch):
+    """A stand-in for the notebook's display handle: the same figure is updated in place, with all points."""
+    from IPython import display as ipy_display
+
+    from inceptionlab.engine import observers
+
+    updates = []
+
+    class Handle:
+        def update(self, image):
+            updates.append(image.data)
+
+    monkeypatch.setattr(ipy_display, "display", lambda *a, **k: Handle())
+    monkeypatch.setattr(observers, "LIVE_DRAW_SECONDS", 0.0)
+    drawn = []
+    real = observers.LiveCurves._draw
+
+    def spy(self, force=False):
+        drawn.append((list(self.train), list(self.test)))
+        real(self, force)
+
+    monkeypatch.setattr(observers.LiveCurves, "_draw", spy)
+    result = train(tiny(tmp_path), data=fmnist, log=None, live=True)
+    train_points, test_points = drawn[-1]
+    assert len(train_points) == 8 and [e for e, _ in test_points] == [1, 2]
+    assert [acc for _, acc in test_points] == [r["test_acc"] for r in result.metrics]
+    assert updates and all(png.startswith(b"\x89PNG") for png in updates)
+
+
+def test_nothing_live_outside_a_notebook_unless_asked(fmnist, tmp_path):
+    from inceptionlab.engine.observers import in_notebook, make_observers
+
+    assert not in_notebook()
+    assert make_observers(tiny(tmp_path), tmp_path, live=None, is_main=True) == []
+    assert make_observers(tiny(tmp_path, tensorboard=True), tmp_path, live=True, is_main=False) == []
