@@ -34,7 +34,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks notebooks
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:

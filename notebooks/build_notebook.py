@@ -36,7 +36,7 @@ print(block)
 x = torch.randn(1, 192, 12, 12)
 with torch.no_grad():
     outputs = [branch(x) for branch in block.parallel_branches()]
-for name, out in zip(["1x1", "1x1 -> 3x3", "1x1 -> 5x5", "pool -> 1x1"], outputs):
+for name, out in zip(["1x1", "1x1 -> 3x3", "1x1 -> 5x5", "pool -> 1x1"], outputs, strict=True):
     print(f"{name:<12} {tuple(out.shape)}")
 print("concatenated", tuple(block(x).shape))"""),
     ("md", """## The model, block by block
@@ -72,7 +72,7 @@ predictions = predict(model, resize_batch(images, run_config.image_size))
 names = class_names(10)
 fig, _ = new_figure((9, 3.2), dpi=90)
 fig.clear()
-for i, (image, label, p) in enumerate(zip(images, labels, predictions)):
+for i, (image, label, p) in enumerate(zip(images, labels, predictions, strict=True)):
     ax = fig.add_subplot(2, 6, i + 1)
     ax.imshow(image, cmap="gray")
     ax.set_axis_off()
