@@ -372,7 +372,7 @@ def test_another_process_holding_the_run_is_named_and_its_lock_dies_with_it(tmp_
     runs.lock_run_dir(tmp_path).release()
 
 
-def _interrupt(state, epoch, stop):
+def _interrupt(state, epoch, stop, writes):
     state.stop_signal = signal.SIGTERM
     return None
 

@@ -63,6 +63,7 @@ class TrainConfig:
     batched_casts: bool | None = None  # bf16 copies of all conv/linear parameters in one multi-tensor kernel
     fuse_1x1: bool | None = None  # an Inception block's three 1x1 convs on its input as one convolution
     tensorboard: bool = False  # event files in the run directory (needs the tensorboard extra)
+    checkpoint_every: float = 5.0  # minutes between mid-epoch recovery points (0: only at epoch ends)
     sync_every: int = 50  # steps between host reads of the running loss (progress, NaN check, DDP stop agreement)
     # reproducibility and data
     seed: int = 0
@@ -119,6 +120,8 @@ class TrainConfig:
             raise ConfigError(f"crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not _finite(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every (minutes) must be >= 0, got {self.checkpoint_every!r}")
         if not _finite(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:

@@ -21,6 +21,7 @@ from inceptionlab.errors import ConfigError
 
 # Options that may change when resuming (they do not change what the run computes, or extend it).
 RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "tensorboard",
+             "checkpoint_every",
              *CUDA_SWITCHES)
 
 
@@ -116,6 +117,9 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
     g.add_argument("--seed", type=nonnegative_int)
     g.add_argument("--out", help="runs root directory (default runs)")
+    g.add_argument("--checkpoint-every", type=nonnegative_float, metavar="MINUTES",
+                   help="a mid-epoch recovery point every MINUTES (default 5; 0: only at epoch ends); resuming from "
+                   "it gives the numbers of an uninterrupted run")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="also write TensorBoard event files into the run directory (`tensorboard --logdir runs/`; "
                    "pip install 'inceptionlab[tensorboard]')")

@@ -46,6 +46,7 @@ class DeviceLoader:
         self.rank, self.world_size = rank, world_size
         self.transform = transform
         self.epoch = 0
+        self.generator: torch.Generator | None = None  # the augmentation generator of the current pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -71,15 +72,22 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start: int = 0, generator_state: torch.Tensor | None = None):
+        """The epoch's batches from batch ``start`` on; ``generator_state`` is the augmentation generator's state
+        after the first ``start`` batches (:attr:`generator` during an earlier pass), for a mid-epoch resume."""
         order = self._indices()
-        gen = None
+        self.generator = None
         if self.transform is not None:
             # Seeded per epoch (and per rank, so shards are augmented independently).
-            gen = torch.Generator(device=self.images.device)
-            gen.manual_seed(self.seed * 7919 + self.epoch * 104_729 + self.rank + 1)
-        for i in range(len(self)):
+            self.generator = torch.Generator(device=self.images.device)
+            self.generator.manual_seed(self.seed * 7919 + self.epoch * 104_729 + self.rank + 1)
+            if generator_state is not None:
+                self.generator.set_state(generator_state)
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = resize_batch(self.images[idx], self.image_size)
             if self.transform is not None:
-                x = self.transform(x, gen)
+                x = self.transform(x, self.generator)
             yield x, self.labels[idx]

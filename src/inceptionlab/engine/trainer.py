@@ -124,6 +124,8 @@ class RunState:
     tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
     lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from open_run_dir to the end of the run
     observers: list[Observer] = field(default_factory=list)  # TensorBoard, live notebook curves
+    partial: dict | None = None  # a mid-epoch recovery point to continue from (resume)
+    last_recovery: float = field(default_factory=time.perf_counter)
 
     @property
     def is_main(self) -> bool:
@@ -320,8 +322,21 @@ def restore_checkpoint(state: RunState) -> None:
     state.start_epoch, state.rows = saved["epoch"], list(saved["metrics"])
     state.elapsed_before = float(saved.get("elapsed_s", 0.0))
     state.plotted = len(state.rows)
+    state.partial = _recovery_point(saved, path, state)
     if state.start_epoch >= config.epochs:
         state.say(f"{state.run_dir}: all {config.epochs} epochs were already done; writing the final results")
+
+
+def _recovery_point(saved: dict, path: Path, state: RunState) -> dict | None:
+    """The checkpoint's mid-epoch progress, if any (written by :func:`save_recovery_point`)."""
+    partial = saved.get("partial")
+    if partial is None or saved["epoch"] >= state.config.epochs:
+        return None
+    keys = {"step", "loss_sum", "correct", "seen", "rng"}
+    if not (isinstance(partial, dict) and keys <= partial.keys() and 0 < partial["step"] < state.steps_per_epoch):
+        raise RunDirError(f"{path}: its mid-epoch recovery point is damaged or from another batch size; start a "
+                          "new run")
+    return partial
 
 
 def open_run_dir(state: RunState) -> None:
@@ -370,7 +385,7 @@ def run_epochs(state: RunState) -> TrainResult:
     with _StopFlag() as stop, cuda_switches(state.model, state.cuda_opts), \
             BackgroundWrites(enabled=state.is_main) as writes:
         for epoch in range(state.start_epoch, config.epochs):
-            train_metrics = train_one_epoch(state, epoch, stop)
+            train_metrics = train_one_epoch(state, epoch, stop, writes)
             if train_metrics is None:  # stopped by a signal
                 break
             with state.timer("eval"):
@@ -384,37 +399,56 @@ def run_epochs(state: RunState) -> TrainResult:
     return finish(state)
 
 
-def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None:
-    """One pass over the shuffled training set; ``None`` when a signal stopped it (every rank at the same step)."""
-    config, device, steps = state.config, state.device, state.steps_per_epoch
-    torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout etc. depend only on (seed, epoch)
+@dataclass
+class EpochTally:
+    """The running sums of an epoch, on the device (read at sync points only); restored from a recovery point."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    start_step: int = 0
+    seen_before: int = 0  # images of this epoch trained by an earlier process (not in this process's images/s)
+
+
+def start_epoch(state: RunState, epoch: int) -> tuple[EpochTally, object]:
+    """Seed the epoch (dropout and augmentation depend only on (seed, epoch)) and return its tally and batches,
+    continuing from the run's mid-epoch recovery point when it is in this epoch."""
+    device = state.device
+    torch.manual_seed(_epoch_seed(state.config.seed, epoch))
     state.loader.set_epoch(epoch)
     state.model.train()
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen, lr, bar = 0, config.lr, _progress_bar(state, epoch)
+    tally = EpochTally(torch.zeros((), dtype=torch.float32, device=device),
+                       torch.zeros((), dtype=torch.int64, device=device))
+    partial, state.partial = state.partial, None
+    if partial is None:
+        return tally, state.loader.iterate()
+    tally.loss_sum.copy_(partial["loss_sum"])
+    tally.correct.copy_(partial["correct"])
+    tally.seen = tally.seen_before = int(partial["seen"])
+    tally.start_step = int(partial["step"])
+    _set_rng(partial["rng"])
+    loader_rng = partial.get("loader_rng")
+    return tally, state.loader.iterate(tally.start_step, None if loader_rng is None else loader_rng.cpu())
+
+
+def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: BackgroundWrites) -> dict | None:
+    """One pass over the shuffled training set; ``None`` when a signal stopped it (every rank at the same step)."""
+    config, device, steps = state.config, state.device, state.steps_per_epoch
+    tally, batches = start_epoch(state, epoch)
+    lr, bar = config.lr, _progress_bar(state, epoch, tally.start_step)
     epoch_start = time.perf_counter()
-    for i, (x, y) in enumerate(state.loader):
+    for i, (x, y) in enumerate(batches, start=tally.start_step):
         lr = lr_at(config, epoch * steps + i, steps)
         set_lr(state.optimizer, lr)
         step_start = time.perf_counter()
         batch_loss, batch_correct = state.step_fn(x, y)
         if state.tuner is not None:
             state.tuner.step_done(len(y), time.perf_counter() - step_start)
-        loss_sum += batch_loss
-        correct += batch_correct
-        seen += len(y)
+        tally.loss_sum += batch_loss
+        tally.correct += batch_correct
+        tally.seen += len(y)
         if (i + 1) % config.sync_every == 0 or stop.signum is not None:
-            state.stop_signal = distributed.agree_on_stop(stop.signum, device) if state.dist.enabled else stop.signum
-            running = float(loss_sum) / seen
-            check_finite(state, running, epoch, i, lr)
-            if bar is not None or state.observers:
-                acc = int(correct) / seen
-                for observer in state.observers:
-                    observer.progress(epoch + (i + 1) / steps, running, acc, lr)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}", refresh=False)
-            if state.stop_signal is not None:
+            if sync_point(state, tally, epoch, i, lr, stop, bar, writes):
                 break
         if bar is not None:
             bar.update(1)
@@ -422,25 +456,64 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag) -> dict | None
         bar.close()
     if state.stop_signal is not None:
         return None
-    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device,
-                                                                            dtype=torch.float64)])
+    totals = torch.stack([tally.loss_sum.double(), tally.correct.double(),
+                          torch.tensor(float(tally.seen), device=device, dtype=torch.float64)])
     if state.dist.enabled:
         distributed.all_reduce_sum(totals)
     train_loss, train_acc = float(totals[0] / totals[2]), float(totals[1] / totals[2])
     check_finite(state, train_loss, epoch, steps - 1, lr)
     seconds = time.perf_counter() - epoch_start  # after the float() reads above, which synchronise
     state.timer.add("train", seconds)
-    return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr, "images": float(totals[2]),
+    images_here = float(totals[2]) - tally.seen_before * state.dist.world_size
+    return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr, "images": images_here,
             "seconds": seconds, "start": epoch_start}
 
 
-def _progress_bar(state: RunState, epoch: int):
+def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float, stop: _StopFlag, bar,
+               writes: BackgroundWrites) -> bool:
+    """The host reads the running loss: stop agreement, divergence check, progress, and now and then a mid-epoch
+    recovery point. True when the epoch must stop here."""
+    state.stop_signal = distributed.agree_on_stop(stop.signum, state.device) if state.dist.enabled else stop.signum
+    running = float(tally.loss_sum) / tally.seen
+    check_finite(state, running, epoch, i, lr)
+    if bar is not None or state.observers:
+        acc = int(tally.correct) / tally.seen
+        for observer in state.observers:
+            observer.progress(epoch + (i + 1) / state.steps_per_epoch, running, acc, lr)
+        if bar is not None:
+            bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}", refresh=False)
+    if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_per_epoch:
+        save_recovery_point(state, epoch, i + 1, tally, writes)
+    return state.stop_signal is not None
+
+
+def recovery_due(state: RunState) -> bool:
+    """A mid-epoch recovery point every ``checkpoint_every`` minutes (one process only: under torchrun each rank's
+    augmentation state differs, and the epoch-end checkpoint is the recovery point)."""
+    every = state.config.checkpoint_every
+    return (every > 0 and state.is_main and not state.dist.enabled
+            and time.perf_counter() - state.last_recovery >= every * 60)
+
+
+def save_recovery_point(state: RunState, epoch: int, step: int, tally: EpochTally, writes: BackgroundWrites) -> None:
+    """checkpoint.pt with the epoch's progress: the next resume continues at ``step`` with the same numbers."""
+    with state.timer("write"):
+        snapshot = _checkpoint_state(state, epoch, state.elapsed())
+        snapshot["partial"] = {"step": step, "loss_sum": tally.loss_sum, "correct": tally.correct,
+                               "seen": tally.seen, "rng": _get_rng(),
+                               "loader_rng": None if state.loader.generator is None
+                               else state.loader.generator.get_state()}
+        writes.submit(runs.save_checkpoint, state.run_dir, _host_copy(snapshot))
+    state.last_recovery = time.perf_counter()
+
+
+def _progress_bar(state: RunState, epoch: int, start: int):
     if not state.show_bar:
         return None
     from tqdm.auto import tqdm  # a notebook widget inside Jupyter, text in a terminal
 
-    return tqdm(total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{state.config.epochs}", leave=False,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=state.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{state.config.epochs}",
+                leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: BackgroundWrites) -> None:
@@ -466,7 +539,7 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         snapshot = _host_copy(_checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
         writes.submit(runs.save_checkpoint, state.run_dir, snapshot)
         writes.submit(runs.write_metrics, state.run_dir, snapshot["metrics"])  # the snapshot's copy of the rows
-        now = time.perf_counter()
+        now = state.last_recovery = time.perf_counter()  # the epoch's checkpoint is the newest recovery point
         if now - state.last_plot >= PLOT_EVERY_SECONDS:
             writes.submit(_plot_curves, state.run_dir, snapshot["metrics"], state.config)
             state.last_plot, state.plotted = now, len(state.rows)
@@ -599,11 +672,22 @@ def _host_copy(obj):
     return obj
 
 
-def _checkpoint_state(state: RunState, epoch: int, elapsed: float) -> dict:
-    """Tensors and plain containers only, so ``torch.load(weights_only=True)`` can read it."""
+def _get_rng() -> dict:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+
+
+def _checkpoint_state(state: RunState, epoch: int, elapsed: float) -> dict:
+    """Tensors and plain containers only, so ``torch.load(weights_only=True)`` can read it."""
+    rng = _get_rng()
     return {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
