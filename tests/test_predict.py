@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from inceptionlab import data, runs
 from inceptionlab.cli import main
@@ -305,6 +306,32 @@ def test_cut_outs_are_inverted_only_when_dark_on_light(tmp_path, fmnist):
             if inverted != negate or not torch.allclose(x, expected[i], atol=1e-6):
                 wrong[negate].append(i)
     assert wrong == {False: [], True: []}
+
+
+# ----------------------------------------------------------------------------------- device and broken models
+
+
+def test_unknown_device_is_named_before_the_weights_are_read(tmp_path, fmnist, run_dir, capsys):
+    image = tmp_path / "a.png"
+    write_image(image, fmnist.test_images[0].numpy())
+    for device in ("tpu", "cuda:99", "meta"):
+        assert main(["predict", str(run_dir), str(image), "--device", device]) == 1
+        err = capsys.readouterr().err
+        assert f"--device {device}" in err and runs.WEIGHTS not in err and len(err.strip().splitlines()) == 1
+
+
+def test_overflowing_logits_are_refused_not_printed_as_nan(tmp_path, fmnist, run_dir, capsys):
+    """Finite weights whose logits overflow to infinity: softmax would print "nan%" with exit 0."""
+    broken = tmp_path / "overflow"
+    shutil.copytree(run_dir, broken)
+    state = load_file(broken / runs.WEIGHTS)
+    state["head.weight"] = torch.full_like(state["head.weight"], 3e38)
+    save_file(state, broken / runs.WEIGHTS)
+    image = tmp_path / "a.png"
+    write_image(image, fmnist.test_images[0].numpy())
+    assert main(["predict", str(broken), str(image)]) == 1
+    captured = capsys.readouterr()
+    assert "NaN or infinite" in captured.err and "nan" not in captured.out
 
 
 def test_exif_orientation_still_applies_to_a_shrunk_photo(tmp_path, fmnist):

@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.config import DEVICES
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.onnx import open_session, session_logits
-from inceptionlab.errors import InceptionLabError
+from inceptionlab.devices import resolve_device
+from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.inputs import class_names, pixel_model
 
 FASHION_MNIST_SIZE = 28
@@ -46,6 +48,10 @@ INVERT_MODES = ("auto", "invert", "no-invert")
 
 class ImageError(InceptionLabError, ValueError):
     """An image file that is missing, unreadable or not an image."""
+
+
+class NonFiniteError(InceptionLabError, ValueError):
+    """A model whose logits are NaN or infinite."""
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -196,12 +202,29 @@ def load_image(path: str | os.PathLike, size: int, invert: bool | str = "auto") 
 # ----------------------------------------------------------------------------------------------- models
 
 
+def predict_device(name: str | torch.device) -> torch.device:
+    """The PyTorch device ``name`` (cpu, cuda, cuda:N, mps or auto), or a ConfigError saying which exist here."""
+    try:
+        device = torch.device("cpu" if name == "auto" else name)
+    except (RuntimeError, TypeError):
+        device = None
+    usable = "use cpu, cuda, cuda:N, mps or auto"
+    if device is None or device.type not in DEVICES:
+        raise ConfigError(f"--device {name}: not a device predict can use; {usable}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); {usable}")
+    available = resolve_device(name if name == "auto" else device.type)  # ConfigError when MPS is absent
+    return device if device.index is not None else available
+
+
 def load_predictor(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | None = None, device="cpu"):
     """What :func:`predict` takes, and the run's :class:`~inceptionlab.config.TrainConfig`.
 
     Without ``onnx_path``: the run's PyTorch model taking [0, 1] pixels. With it: an ONNX Runtime session,
-    after checking that the file was exported from this run (see :func:`inceptionlab.export.open_session`).
+    after checking that the file was exported from this run and computes what the run's model computes
+    (see :func:`inceptionlab.deploy.onnx.open_session`). The device is checked before anything is read.
     """
+    device = predict_device(device)
     if onnx_path is None:
         model, config = runs.load_run_model(run_dir, device)
         return pixel_model(model, config), config
@@ -255,6 +278,12 @@ def predict(model_or_session, images: torch.Tensor, top_k: int = 3, names: list[
     if images.dim() == 3:
         images = images.unsqueeze(0)
     logits = logits_of(model_or_session, images)
+    broken = (~logits.isfinite().all(dim=1)).nonzero().flatten().tolist()
+    if broken:  # softmax would turn them into "nan%"
+        raise NonFiniteError(
+            f"the model's logits are NaN or infinite for {len(broken)} of {len(logits)} images (e.g. image "
+            f"{broken[0]}): its weights are damaged or overflow; retrain the run or restore model.safetensors"
+        )
     names = names or class_names(logits.shape[1])
     k = max(1, min(top_k, logits.shape[1]))
     probs, classes = torch.softmax(logits, dim=1).topk(k, dim=1)
