@@ -260,7 +260,7 @@ def tiny_graph(node, *initializers, opset=17):
 
 def forged_graph(kind, fmnist, tmp_path):
     """Another run's real graph (same model, same shapes, other weights), or a hand-made one whose output has
-    the wrong shape, or one that fails to run at other batch sizes."""
+    the wrong shape, or one that ONNX Runtime cannot run on our images."""
     from onnx import helper, numpy_helper
 
     if kind == "other-weights":
@@ -268,7 +268,7 @@ def forged_graph(kind, fmnist, tmp_path):
         return deploy_onnx.to_onnx_proto(deploy_onnx.pixel_model(model, config), deploy_onnx.probe_images(config), 17)
     if kind == "wrong-output":
         return tiny_graph(helper.make_node("Flatten", ["images"], ["logits"]))
-    shape = numpy_helper.from_array(torch.tensor([2, -1]).numpy(), name="shape")
+    shape = numpy_helper.from_array(torch.tensor([3, -1]).numpy(), name="shape")  # 784 N values: not 3 rows
     return tiny_graph(helper.make_node("Reshape", ["images", "shape"], ["logits"]), shape)
 
 
