@@ -222,3 +222,81 @@ def test_run_without_weights_and_missing_onnx_packages(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(InceptionLabError, match=r"pip install 'inceptionlab\[onnx\]'"):
         deploy_onnx.require_onnx()
+
+
+@pytest.mark.parametrize("opset", [1, 5, 6, 99])
+def test_opsets_onnx_runtime_cannot_run_are_refused_up_front(exported, opset, capsys, tmp_path):
+    """--opset 5 ended in an ONNX Runtime traceback, and with --no-check wrote a file predict could not load."""
+    run_dir, _, _ = exported
+    path = tmp_path / "m.onnx"
+    for extra in ([], ["--no-check"]):
+        assert main(["export", str(run_dir), "--onnx", str(path), "--opset", str(opset), *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"--opset {opset} is not supported: choose 7-" in err and len(err.strip().splitlines()) == 1
+        assert not path.exists() and leftovers(tmp_path) == []
+
+
+def test_lowest_supported_opset_exports_and_passes_the_check(exported, fmnist, tmp_path, capsys):
+    """Opset 7 (the TorchScript exporter) is where the accepted range starts: it must really work."""
+    run_dir, _, _ = exported
+    path = tmp_path / "m7.onnx"
+    report = export.export_onnx(run_dir, path, opset=7, num_check_images=32)
+    assert report["check"]["same_top1"] == 32 and export.read_metadata(path)["opset"] == "7"
+    image = tmp_path / "a.png"
+    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    assert main(["predict", str(run_dir), str(image), "--onnx", str(path)]) == 0
+    assert "%" in capsys.readouterr().out
+
+
+def tiny_graph(node, *initializers, opset=17):
+    """A hand-made graph taking ``images`` [N, 1, 28, 28] and giving ``logits`` through one ``node``."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [node], "forged", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def forged_graph(kind, fmnist, tmp_path):
+    """Another run's real graph (same model, same shapes, other weights), or a hand-made one whose output has
+    the wrong shape, or one that ONNX Runtime cannot run on our images."""
+    from onnx import helper, numpy_helper
+
+    if kind == "other-weights":
+        model, config = runs.load_run_model(make_run(tmp_path / "other", fmnist, train_images=0, seed=1))
+        return deploy_onnx.to_onnx_proto(deploy_onnx.pixel_model(model, config), deploy_onnx.probe_images(config), 17)
+    if kind == "wrong-output":
+        return tiny_graph(helper.make_node("Flatten", ["images"], ["logits"]))
+    shape = numpy_helper.from_array(torch.tensor([3, -1]).numpy(), name="shape")  # 784 N values: not 3 rows
+    return tiny_graph(helper.make_node("Reshape", ["images", "shape"], ["logits"]), shape)
+
+
+@pytest.mark.parametrize("kind", ["other-weights", "wrong-output", "fails-to-run"])
+def test_forged_metadata_on_another_graph_is_refused(kind, exported, fmnist, tmp_path, capsys):
+    """Metadata is text anyone can copy: a real export's props pasted onto another graph pass every metadata
+    check; only running the graph beside the run's PyTorch model tells them apart."""
+    run_dir, path, _ = exported
+    forged = forged_graph(kind, fmnist, tmp_path)
+    forged.metadata_props.extend(onnx.load(str(path)).metadata_props)
+    forged_path = tmp_path / "forged.onnx"
+    onnx.save(forged, str(forged_path))
+    assert export.read_metadata(forged_path) == export.read_metadata(path)
+    image = tmp_path / "a.png"
+    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    assert main(["predict", str(run_dir), str(image), "--onnx", str(forged_path)]) == 1
+    captured = capsys.readouterr()
+    assert "computes other logits than" in captured.err or "could not run the graph" in captured.err
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_never_written(exported, monkeypatch, tmp_path, capsys):
+    """Behind the opset range: whatever the exporter writes is loaded in ONNX Runtime before the file is, even
+    with --no-check (opset 5 once wrote a file that predict could not open)."""
+    run_dir, _, _ = exported
+    monkeypatch.setattr(deploy_onnx, "check_opset", lambda opset: None)
+    path = tmp_path / "m5.onnx"
+    assert main(["export", str(run_dir), "--onnx", str(path), "--opset", "5", "--no-check"]) == 1
+    err = capsys.readouterr().err
+    assert "ONNX Runtime cannot load the graph exported at opset 5; the file was not written" in err
+    assert not path.exists() and leftovers(tmp_path) == []

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from inceptionlab import data, runs
 from inceptionlab.cli import main
@@ -202,3 +206,140 @@ def test_normalized_run_takes_pixels(fmnist, monkeypatch):
         expected = model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
         assert torch.allclose(pixel_model(model, config)(x), expected)
     assert pixel_model(model, config.replace(normalize=False)) is model
+
+
+# ------------------------------------------------------------------------------------ large images and bombs
+
+
+def png_of_zeros(path, width, height, rows=None):
+    """A valid grey PNG of ``width`` x ``height`` black pixels, written without allocating the image: the
+    IDAT stream is compressed row by row (a real decompression bomb: a few KB on disk). ``rows`` truncates it."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row, parts = zlib.compressobj(9), bytes(width + 1), []  # filter byte 0, then the pixels
+    for _ in range(height if rows is None else rows):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def exact_pixels(grey: np.ndarray) -> torch.Tensor:
+    """The reference of the module doc's steps 4-5 without any shortcut: pad to a square, then Pillow's resize."""
+    h, w = grey.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = grey
+    small = Image.fromarray(square).resize((28, 28), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255)
+
+
+@pytest.mark.parametrize("shape", [(1, 8000), (8000, 3)])
+def test_long_strip_is_shrunk_before_it_is_padded(tmp_path, shape):
+    """The 1 x 50,000 PNG of the report became a 50,000^2 float array (19.8 GB). Sizes here keep a broken guard
+    survivable (8000^2 float32 = 256 MB); numpy's allocations are what tracemalloc sees."""
+    path = tmp_path / "strip.png"
+    Image.new("L", shape, 200).save(path)
+    tracemalloc.start()
+    x = load_image(path, SIZE, invert=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32e6, f"{peak / 1e6:.0f} MB for a {shape} image"
+    assert x.shape == (1, SIZE, SIZE) and 0 < x.max() <= 200 / 255 + 1e-6
+
+
+def test_shrinking_a_large_photo_keeps_what_the_model_sees(tmp_path, fmnist):
+    """A 2400 x 1800 photo of a test item (above the shrink threshold) against the unshortened pipeline."""
+    item = Image.fromarray(fmnist.test_images[0].numpy()).resize((2400, 1800), Image.Resampling.BICUBIC)
+    item.save(tmp_path / "big.png")
+    expected = data.resize_batch((exact_pixels(np.asarray(item)) * 255).round().to(torch.uint8)[None], SIZE)[0]
+    x = load_image(tmp_path / "big.png", SIZE, invert=False)
+    assert (x - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, run_dir, capsys, recwarn):
+    """72 Mpx is above our limit and below Pillow's warning; 144 Mpx is the reported 12000^2 PNG; 400 Mpx is
+    above Pillow's own error. Each is a one-line error, and the other image of the same command still works."""
+    good = tmp_path / "good.png"
+    Image.new("L", (28, 28)).save(good)
+    cases = [png_of_zeros(tmp_path / "72mpx.png", 9000, 8000),
+             png_of_zeros(tmp_path / "144mpx.png", 12000, 12000, rows=10),
+             png_of_zeros(tmp_path / "400mpx.png", 20000, 20000, rows=10)]
+    for path in cases:
+        assert path.stat().st_size < 200_000
+        with pytest.raises(ImageError, match=f"{path.name}.*(megapixels|decompression bomb)"):
+            load_image(path, SIZE)
+    assert main(["predict", str(run_dir), str(good), *map(str, cases)]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == len(cases) and "Traceback" not in captured.err
+    assert captured.out.startswith(str(good))
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]  # a 2nd stderr line
+
+
+# ----------------------------------------------------------------------------------------------- auto-invert
+
+
+def cut_out(item: np.ndarray, negate: bool = False) -> Image.Image:
+    """A user's cut-out of a garment: the item's own grey levels, dark interior pixels included, opaque wherever
+    the item is; fully transparent (white underneath, as an editor leaves it) everywhere else."""
+    colours = 255 - item if negate else item
+    rgba = np.stack([colours, colours, colours, np.where(item > 0, 255, 0)], axis=-1).astype(np.uint8)
+    rgba[item == 0, :3] = 255
+    return Image.fromarray(rgba, mode="RGBA")
+
+
+def test_cut_outs_are_inverted_only_when_dark_on_light(tmp_path, fmnist):
+    """The first 200 test items as light-on-dark cut-outs (Fashion-MNIST's colours) stay as they are, and as
+    dark-on-light cut-outs (a garment photo's colours) are inverted; both give exactly the training input.
+    The rule before (the item's mean grey) inverted 64 of the first 200."""
+    items = fmnist.test_images[:200]
+    expected = data.resize_batch(items, SIZE)
+    wrong = {False: [], True: []}
+    for i, item in enumerate(items.numpy()):
+        for negate in (False, True):
+            path = tmp_path / f"{i}-{negate}.png"
+            cut_out(item, negate).save(path)
+            x, inverted = load_image_with_info(path, SIZE)
+            if inverted != negate or not torch.allclose(x, expected[i], atol=1e-6):
+                wrong[negate].append(i)
+    assert wrong == {False: [], True: []}
+
+
+# ----------------------------------------------------------------------------------- device and broken models
+
+
+def test_unknown_device_is_named_before_the_weights_are_read(tmp_path, fmnist, run_dir, capsys):
+    image = tmp_path / "a.png"
+    write_image(image, fmnist.test_images[0].numpy())
+    for device in ("tpu", "cuda:99", "meta"):
+        assert main(["predict", str(run_dir), str(image), "--device", device]) == 1
+        err = capsys.readouterr().err
+        assert f"--device {device}" in err and runs.WEIGHTS not in err and len(err.strip().splitlines()) == 1
+
+
+def test_overflowing_logits_are_refused_not_printed_as_nan(tmp_path, fmnist, run_dir, capsys):
+    """Finite weights whose logits overflow to infinity: softmax would print "nan%" with exit 0."""
+    broken = tmp_path / "overflow"
+    shutil.copytree(run_dir, broken)
+    state = load_file(broken / runs.WEIGHTS)
+    state["head.weight"] = torch.full_like(state["head.weight"], 3e38)
+    save_file(state, broken / runs.WEIGHTS)
+    image = tmp_path / "a.png"
+    write_image(image, fmnist.test_images[0].numpy())
+    assert main(["predict", str(broken), str(image)]) == 1
+    captured = capsys.readouterr()
+    assert "NaN or infinite" in captured.err and "nan" not in captured.out
+
+
+def test_exif_orientation_still_applies_to_a_shrunk_photo(tmp_path, fmnist):
+    """A phone photo stored sideways with EXIF orientation 6, large enough to be shrunk first."""
+    upright = Image.fromarray(fmnist.test_images[0].numpy()).resize((1900, 2000), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif.tobytes())
+    upright.save(tmp_path / "upright.png")
+    x = load_image(tmp_path / "sideways.png", SIZE, invert=False)
+    assert (x - load_image(tmp_path / "upright.png", SIZE, invert=False)).abs().max() <= 2 / 255

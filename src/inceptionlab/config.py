@@ -23,6 +23,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device run
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INITS = ("xavier", "default")
 STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engine.step
+# Fashion-MNIST is 28 px and the models are built for 28-299 px; beyond 512 an upscale adds only memory and time
+MAX_IMAGE_SIZE = 512
 
 
 @dataclass
@@ -108,6 +110,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (Fashion-MNIST is "
+                f"28 px; the models are built for 28-299 px): pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96"
+            )
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):

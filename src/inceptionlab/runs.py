@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from inceptionlab.analysis import check_input_size
 from inceptionlab.config import TrainConfig
-from inceptionlab.errors import InceptionLabError, RunDirError, WriteError
+from inceptionlab.errors import InceptionLabError, InputSizeError, RunDirError, WriteError
 from inceptionlab.fileio import (
     atomic_write_json,
     atomic_write_text,
@@ -62,7 +64,13 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, metadata: dict
     atomic_write_with(path, lambda f: f.write(payload))
 
 
+# The weights alone cannot tell these; every other key has a default or is checked against the weights' shapes.
+REQUIRED_KEYS = ("model", "image_size")
+RESTORE = "restore the run directory's original files or retrain the run"
+
+
 def read_config(run_dir: str | os.PathLike) -> dict:
+    """The run's config.json as a dict (unchecked values; :func:`read_run_config` checks them)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a directory; pass the run directory that `inceptionlab train` made")
@@ -70,26 +78,84 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {CONFIG}: it is not a training run directory")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from None
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}); the run directory is damaged: {RESTORE}") from None
+    if not isinstance(values, dict):
+        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(values), "a number")
+        raise RunDirError(f"{path} holds {kind}, not a config object; the run directory is damaged: {RESTORE}")
+    return values
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The run's config.json as a checked :class:`TrainConfig`; a damaged one is a :class:`RunDirError`."""
     values = read_config(run_dir)
-    if not isinstance(values, dict):
-        raise RunDirError(f"{Path(run_dir) / CONFIG} holds a {type(values).__name__}, not a config; the run "
-                          "directory is damaged")
+    path = Path(run_dir) / CONFIG
+    missing = [key for key in REQUIRED_KEYS if key not in values]
+    if missing:
+        raise RunDirError(f"{path} lacks {' and '.join(missing)}; the run directory is damaged: {RESTORE}")
+    for key, kind, what in (("model", str, "a model name"), ("model_options", dict, "an object of options")):
+        if key in values and not isinstance(values[key], kind):  # from_dict and validate assume these types
+            raise RunDirError(f"{path}: {key} must be {what}, got {json.dumps(values[key])}; the run directory is "
+                              f"damaged: {RESTORE}")
     try:
         return TrainConfig.from_dict(values).validate()
-    except (InceptionLabError, TypeError) as exc:
-        raise RunDirError(f"{Path(run_dir) / CONFIG} is not a valid run config ({exc}); the run directory is "
-                          "damaged") from None
+    except (InceptionLabError, TypeError, ValueError) as exc:  # from_dict's dict(model_options) raises both
+        raise RunDirError(f"{path} is not a valid run config ({exc}); the run directory is damaged: "
+                          f"{RESTORE}") from None
+
+
+def _model_skeleton(run_dir: Path, config: TrainConfig) -> nn.Module:
+    """The run's model on the meta device (shapes, no memory), or a RunDirError if config.json cannot build it."""
+    path = run_dir / CONFIG
+    try:
+        with torch.device("meta"):
+            model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
+                                 **config.model_options)
+    except (TypeError, ValueError) as exc:  # a factory refusing unknown or bad model_options
+        raise RunDirError(f"{path}: {config.model} cannot be built with model_options {config.model_options} "
+                          f"({exc}); {RESTORE}") from None
+    try:
+        check_input_size(config.model, config.image_size, config.in_channels)
+    except InputSizeError as exc:
+        raise RunDirError(f"{path}: image_size {config.image_size} does not suit the model ({exc}); "
+                          f"{RESTORE}") from None
+    return model
+
+
+def _check_weights_fit(weights: Path, config: TrainConfig, expected: dict[str, torch.Tensor]) -> None:
+    """Refuse a model.safetensors whose metadata, tensor names or shapes do not fit the run's model.
+
+    Reads only the file's header, so a mismatch costs no memory and load_state_dict never sees it.
+    """
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise RunDirError(f"{weights} could not be read ({exc}); the file is damaged: {RESTORE}") from None
+    for key, value in (("model", config.model), ("image_size", str(config.image_size))):
+        if key in metadata and metadata[key] != value:
+            raise RunDirError(f"{weights} was saved for {key} {metadata[key]}, but {weights.parent / CONFIG} "
+                              f"says {value}: the two files come from different runs; {RESTORE}")
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if shapes[k] != tuple(expected[k].shape))
+    if missing or extra or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+                 f"{len(wrong)} of the wrong shape (e.g. {wrong[0]}: {list(shapes[wrong[0]])} in the file, "
+                 f"{list(expected[wrong[0]].shape)} in the model)" if wrong else ""]
+        raise RunDirError(f"{weights} does not fit the {config.model} of {weights.parent / CONFIG}: tensors "
+                          f"{', '.join(p for p in parts if p)}; {RESTORE}")
 
 
 def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained model of a run directory, in eval mode, and its config."""
+    """The trained model of a run directory, in eval mode, and its config.
+
+    config.json and model.safetensors are checked against each other before anything is allocated: a damaged or
+    mismatched pair is a :class:`RunDirError` naming the file, as are weights holding NaN or infinity.
+    """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     weights = run_dir / WEIGHTS
@@ -98,12 +164,17 @@ def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu
             f"{run_dir} has no {WEIGHTS}: the run has not finished. Finish it with "
             f"`inceptionlab train --resume {run_dir}`"
         )
+    _check_weights_fit(weights, config, _model_skeleton(run_dir, config).state_dict())
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise RunDirError(f"{weights} could not be read ({exc}); the file is damaged: {RESTORE}") from None
+    bad = [key for key, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise RunDirError(f"{weights}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {bad[0]}), so every "
+                          f"prediction would be NaN; the training diverged or the file is damaged: {RESTORE}")
     model = create_model(config.model, num_classes=config.num_classes, in_channels=config.in_channels,
                          **config.model_options)
-    try:
-        state = load_file(str(weights), device=str(device))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise RunDirError(f"{weights} could not be read ({exc}); the file is damaged") from None
     model.load_state_dict(state)
     return model.to(device).eval(), config
 

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--onnx", type=Path, metavar="PATH", help="output file (default: RUN_DIR/model.onnx)")
-    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 18; below 18 uses the "
-                   "older TorchScript exporter)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset, 7 or above (default 18; below 18 "
+                   "uses the older TorchScript exporter; ONNX Runtime cannot run our graphs below 7)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the ONNX Runtime vs PyTorch check (needs no dataset)")
     p.add_argument("--check-images", type=positive_int, default=256, metavar="N",
@@ -46,10 +46,12 @@ def register(subparsers) -> None:
     mode.add_argument("--no-invert", dest="invert", action="store_const", const=False,
                       help="the images are light-on-dark like Fashion-MNIST: keep them")
     mode.add_argument("--auto-invert", dest="invert", action="store_const", const="auto",
-                      help="invert when the border is bright (the default)")
+                      help="invert when the border is bright, or for a transparent cut-out when its edge is (the "
+                      "default)")
     p.set_defaults(invert="auto")
-    p.add_argument("--onnx", type=Path, metavar="PATH", help="predict with this exported file in ONNX Runtime")
-    p.add_argument("--device", default="cpu", help="PyTorch device (default cpu)")
+    p.add_argument("--onnx", type=Path, metavar="PATH", help="predict with this exported file in ONNX Runtime "
+                   "(checked first: its metadata and its logits on 4 seeded images must match the run's model)")
+    p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=cmd_predict)
 

@@ -37,6 +37,10 @@ OUTPUT_NAME = "logits"
 # ONNX Runtime has run it since 1.14. Lower opsets go through the older TorchScript exporter.
 DEFAULT_OPSET = 18
 MIN_DYNAMO_OPSET = 18
+# ONNX Runtime guarantees opset 7 and up; at 5 and 6 it has no Relu-1 / Gemm-6 kernel and cannot load our graphs
+# (ORT 1.32). 7-17 export through TorchScript and pass the check for every model (measured, torch 2.13).
+MIN_OPSET = 7
+PROBES = 4  # seeded images on which `predict --onnx` compares the file with the run's PyTorch model
 META = "inceptionlab."
 ATOL = 1e-4  # largest |logit difference| accepted between ONNX Runtime and PyTorch (fp32), per unit of logit size
 
@@ -56,6 +60,23 @@ def require_onnx():
             "Install them with `pip install 'inceptionlab[onnx]'`"
         ) from None
     return onnx, onnxruntime
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before any work, an opset that the exporter or ONNX Runtime cannot handle."""
+    onnx, _ = require_onnx()
+    newest = onnx.defs.onnx_opset_version()  # the installed onnx package's newest opset
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"--opset {opset} is not supported: choose {MIN_OPSET}-{newest} (default {DEFAULT_OPSET}; "
+                          f"ONNX Runtime cannot run our graphs below {MIN_OPSET})")
+
+
+def ort_session(ort, model, what):
+    """An ONNX Runtime CPU session of ``model`` (bytes or a path); what it cannot load is an ONNXMismatchError."""
+    try:
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ONNXMismatchError(f"ONNX Runtime cannot load {what} ({str(exc).splitlines()[0]})") from None
 
 
 def metadata_for(config: TrainConfig, sha256: str, opset: int) -> dict[str, str]:
@@ -121,8 +142,34 @@ def to_onnx_proto(model: torch.nn.Module, example: torch.Tensor, opset: int = DE
             proto = onnx.load_from_string(buffer.getvalue())
     written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
     if written != opset:
-        raise ConfigError(f"asked for opset {opset} but the exporter wrote opset {written}; choose opset >= 18")
+        raise ConfigError(
+            f"asked for opset {opset} but the exporter wrote opset {written}; choose --opset {MIN_OPSET}-{written}"
+        )
     return proto
+
+
+def compare_with_pytorch(session, model: torch.nn.Module, images: torch.Tensor, atol: float = ATOL) -> dict:
+    """How far an ONNX Runtime session's logits are from the PyTorch model's on ``images``; ``ok`` says whether
+    they agree (see :func:`check_onnx`). Runs the whole batch, then batches of 1 and 7."""
+    with torch.inference_mode():
+        expected = model(images).float()
+    got = session_logits(session, images)
+    parts = [session_logits(session, images[:1]), session_logits(session, images[1:8])]
+    scale = max(1.0, expected.abs().max().item())
+    tolerance = atol * scale
+    report = {"images": len(images), "max_abs_logit_diff": float("inf"), "max_abs_logit": scale, "atol": atol,
+              "tolerance": tolerance, "same_top1": 0, "near_ties": 0, "batch_sizes": [len(images), 1, 7],
+              "ok": False}
+    if [got.shape, *(p.shape for p in parts)] != [expected.shape, expected[:1].shape, expected[1:8].shape]:
+        return report  # another graph's output
+    small = torch.cat(parts)
+    diff = max((got - expected).abs().max().item(), (small - expected[:8]).abs().max().item())
+    top2 = expected.topk(min(2, expected.shape[1]), dim=1).values
+    near_tie = (top2[:, 0] - top2[:, -1]) <= 2 * tolerance
+    agree = got.argmax(1) == expected.argmax(1)
+    report.update(max_abs_logit_diff=diff, same_top1=int(agree.sum()), near_ties=int(near_tie.sum()),
+                  ok=bool(diff <= tolerance and (agree | near_tie).all()))
+    return report
 
 
 def check_onnx(session, model: torch.nn.Module, images: torch.Tensor, atol: float = ATOL) -> dict:
@@ -136,30 +183,12 @@ def check_onnx(session, model: torch.nn.Module, images: torch.Tensor, atol: floa
     (measured on a BN model), while a real fault (a missing normalization, a wrong layer) differs by ~1.
     Raises :class:`InceptionLabError` otherwise.
     """
-    with torch.inference_mode():
-        expected = model(images).float()
-    got = session_logits(session, images)
-    small = torch.cat([session_logits(session, images[:1]), session_logits(session, images[1:8])])
-    diff = max((got - expected).abs().max().item(), (small - expected[:8]).abs().max().item())
-    scale = max(1.0, expected.abs().max().item())
-    tolerance = atol * scale
-    top2 = expected.topk(min(2, expected.shape[1]), dim=1).values
-    near_tie = (top2[:, 0] - top2[:, -1]) <= 2 * tolerance
-    agree = got.argmax(1) == expected.argmax(1)
-    report = {
-        "images": len(images),
-        "max_abs_logit_diff": diff,
-        "max_abs_logit": scale,
-        "atol": atol,
-        "tolerance": tolerance,
-        "same_top1": int(agree.sum()),
-        "near_ties": int(near_tie.sum()),
-        "batch_sizes": [len(images), 1, 7],
-    }
-    if not diff <= tolerance or not bool((agree | near_tie).all()):
+    report = compare_with_pytorch(session, model, images, atol)
+    if not report.pop("ok"):
         raise InceptionLabError(
-            f"ONNX Runtime disagrees with PyTorch: largest logit difference {diff:.3g} (allowed {tolerance:.3g} = "
-            f"{atol:g} x largest |logit| {scale:.3g}), same top-1 on {int(agree.sum())}/{len(images)} images. "
+            f"ONNX Runtime disagrees with PyTorch: largest logit difference {report['max_abs_logit_diff']:.3g} "
+            f"(allowed {report['tolerance']:.3g} = {atol:g} x largest |logit| {report['max_abs_logit']:.3g}), same "
+            f"top-1 on {report['same_top1']}/{len(images)} images. "
             "The file was not written (--atol relaxes the check, --no-check skips it)"
         )
     return report
@@ -196,6 +225,7 @@ def export_onnx(
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
     _, ort = require_onnx()
+    check_opset(opset)
     sha = runs.weights_sha256(run_dir)  # also refuses a run without weights, before any work
     model, config = runs.load_run_model(run_dir, "cpu")
     model = pixel_model(model, config)
@@ -218,8 +248,8 @@ def export_onnx(
         "bytes": len(payload),
         "check": None,
     }
+    session = ort_session(ort, payload, f"the graph exported at opset {opset}; the file was not written")
     if check:
-        session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
         report["check"] = check_onnx(session, model, check_images(config, num_check_images, data_dir), atol)
     if path.exists() and not force:  # appeared while we exported
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
@@ -237,21 +267,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {p.key[len(META) :]: p.value for p in proto.metadata_props if p.key.startswith(META)}
 
 
-def open_session(path: str | os.PathLike, *, run_dir: str | os.PathLike, config: TrainConfig | None = None):
-    """An ONNX Runtime session for ``path``, refused unless it was exported from ``run_dir``'s weights.
-
-    Checks the metadata (model, image size, classes, SHA-256 of the weights) and the input/output shapes.
-    """
-    _, ort = require_onnx()
-    path = Path(path)
-    if not path.is_file():
-        raise ONNXMismatchError(
-            f"{path}: no such ONNX file; make one with `inceptionlab export {run_dir} --onnx {path}`"
-        )
-    config = config if config is not None else runs.read_run_config(run_dir)
-    sha = runs.weights_sha256(run_dir)
+def _check_metadata(path: Path, run_dir, config: TrainConfig, redo: str) -> None:
+    """Refuse a file whose inceptionlab metadata names another model, size or weights than the run's."""
     meta = read_metadata(path)
-    redo = f"re-export it with `inceptionlab export {run_dir} --onnx {path} --force`"
     if not meta:
         raise ONNXMismatchError(
             f"{path} has no inceptionlab metadata: it was not made by `inceptionlab export`; {redo}"
@@ -267,26 +285,59 @@ def open_session(path: str | os.PathLike, *, run_dir: str | os.PathLike, config:
             raise ONNXMismatchError(
                 f"{path} belongs to another model: its {key} is {meta.get(key)!r}, the run's is {want!r}; {redo}"
             )
-    if meta.get("weights_sha256") != sha:
+    if meta.get("weights_sha256") != runs.weights_sha256(run_dir):
         raise ONNXMismatchError(
             f"{path} was exported from other weights than {run_dir}/{runs.WEIGHTS} (another run, or an earlier "
             f"state of this one); {redo}"
         )
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types
-        raise ONNXMismatchError(f"ONNX Runtime cannot load {path} ({exc})") from None
+
+
+def probe_images(config: TrainConfig, count: int = PROBES) -> torch.Tensor:
+    """``count`` seeded [0, 1] images at the run's size: the same every time, so a check is reproducible."""
+    size, channels = config.image_size, config.in_channels
+    return torch.rand(count, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def open_session(path: str | os.PathLike, *, run_dir: str | os.PathLike, config: TrainConfig | None = None):
+    """An ONNX Runtime session for ``path``, refused unless it was exported from ``run_dir``'s weights.
+
+    Checks the metadata (model, image size, classes, SHA-256 of the weights) and the input shape, then the
+    behaviour: metadata is plain text anyone can copy onto another graph, so the session must also give the
+    run's PyTorch logits on :data:`PROBES` seeded images (within :data:`ATOL`, as :func:`check_onnx`).
+    """
+    _, ort = require_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise ONNXMismatchError(
+            f"{path}: no such ONNX file; make one with `inceptionlab export {run_dir} --onnx {path}`"
+        )
+    config = config if config is not None else runs.read_run_config(run_dir)
+    redo = f"re-export it with `inceptionlab export {run_dir} --onnx {path} --force`"
+    _check_metadata(path, run_dir, config, redo)
+    session = ort_session(ort, str(path), path)
     size, channels = config.image_size, config.in_channels
     shape = list(session.get_inputs()[0].shape)
     if len(shape) != 4 or shape[1:] != [channels, size, size]:
         raise ONNXMismatchError(f"{path} takes input {shape}, the run needs [N, {channels}, {size}, {size}]; {redo}")
+    model, _ = runs.load_run_model(run_dir, "cpu")
+    report = compare_with_pytorch(session, pixel_model(model, config), probe_images(config))
+    if not report["ok"]:
+        raise ONNXMismatchError(
+            f"{path} computes other logits than {run_dir}'s model although its metadata names these weights "
+            f"(largest difference {report['max_abs_logit_diff']:.3g}, allowed {report['tolerance']:.3g}, on "
+            f"{PROBES} seeded images): the file was altered; {redo}"
+        )
     return session
 
 
 def session_logits(session, images: torch.Tensor) -> torch.Tensor:
     """Logits (float32, CPU) of an ONNX Runtime session for float32 ``[N, C, S, S]`` pixels."""
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)}
-    return torch.from_numpy(session.run(None, feed)[0])
+    try:
+        out = session.run(None, feed)[0]
+    except Exception as exc:  # onnxruntime's own exception types: a graph that does not take our images
+        raise ONNXMismatchError(f"ONNX Runtime could not run the graph ({str(exc).splitlines()[0]})") from None
+    return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
 def onnx_logits(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:

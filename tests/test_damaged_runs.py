@@ -1,0 +1,174 @@
+"""A damaged or mismatched run directory: `evaluate`, `export` and `predict` each refuse it with one line that names
+the file and the fix, before any large allocation, and leave the directory as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from inceptionlab import runs
+from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig
+from inceptionlab.errors import ConfigError, RunDirError
+from inceptionlab.models import create_model
+
+CONFIG = {"model": "lenet", "model_options": {}, "num_classes": 10, "in_channels": 1, "image_size": 28,
+          "normalize": False}
+
+
+def make_run(run_dir, *, metadata=True):
+    """An untrained lenet run (28 px, 60k parameters): the checks are about files, not accuracy."""
+    torch.manual_seed(0)
+    run_dir.mkdir(parents=True)
+    meta = {"model": "lenet", "image_size": "28"} if metadata else {}
+    state = {k: v.contiguous() for k, v in create_model("lenet").state_dict().items()}
+    save_file(state, run_dir / runs.WEIGHTS, metadata=meta)
+    (run_dir / runs.CONFIG).write_text(json.dumps(CONFIG))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, fmnist):
+    base = tmp_path_factory.mktemp("damaged")
+    Image.fromarray(fmnist.test_images[0].numpy()).save(base / "item.png")
+    make_run(base / "healthy")
+    make_run(base / "no-metadata", metadata=False)
+    return base
+
+
+def edit_config(**changes):
+    def damage(run_dir):
+        values = {**CONFIG, **changes}
+        values = {k: v for k, v in values.items() if v is not DROP}
+        (run_dir / runs.CONFIG).write_text(json.dumps(values))
+    return damage
+
+
+def write_config(text):
+    def damage(run_dir):
+        (run_dir / runs.CONFIG).write_text(text)
+    return damage
+
+
+def edit_weights(change, metadata=None):
+    def damage(run_dir):
+        state = load_file(run_dir / runs.WEIGHTS)
+        change(state)
+        save_file(state, run_dir / runs.WEIGHTS, metadata=metadata or {"model": "lenet", "image_size": "28"})
+    return damage
+
+
+def write_weights(cut=None, data=None):
+    def damage(run_dir):
+        path = run_dir / runs.WEIGHTS
+        path.write_bytes(data if data is not None else path.read_bytes()[:cut])
+    return damage
+
+
+DROP = object()
+NAN_WEIGHT = edit_weights(lambda s: s["conv1.0.weight"].view(-1)[7].fill_(float("nan")))
+
+# (case id, base run, damage, file named in the message, what the message says)
+CASES = [
+    ("other-model", "healthy", edit_config(model="googlenet"), runs.WEIGHTS, "was saved for model lenet"),
+    ("other-model-no-metadata", "no-metadata", edit_config(model="googlenet"), runs.WEIGHTS, "does not fit"),
+    ("other-image-size", "healthy", edit_config(image_size=30), runs.WEIGHTS, "was saved for image_size 28"),
+    ("missing-model", "healthy", edit_config(model=DROP), runs.CONFIG, "lacks model"),
+    ("missing-image-size", "healthy", edit_config(image_size=DROP), runs.CONFIG, "lacks image_size"),
+    ("image-size-string", "healthy", edit_config(image_size="28"), runs.CONFIG, "image_size must be"),
+    ("image-size-huge", "healthy", edit_config(image_size=100000), runs.CONFIG, "image_size 100000 is above"),
+    ("image-size-unfit", "no-metadata", edit_config(image_size=40), runs.CONFIG, "lenet cannot take 40x40"),
+    ("num-classes-null", "healthy", edit_config(num_classes=None), runs.CONFIG, "num_classes must be"),
+    ("normalize-string", "healthy", edit_config(normalize="yes"), runs.CONFIG, "normalize must be true or false"),
+    ("model-null", "healthy", edit_config(model=None), runs.CONFIG, "model must be a model name, got null"),
+    ("unknown-key", "healthy", edit_config(colour="red"), runs.CONFIG, "unknown config keys: colour"),
+    ("options-unknown", "healthy", edit_config(model_options={"widht": 2}), runs.CONFIG,
+     "cannot be built with model_options {'widht': 2}"),
+    ("options-null", "healthy", edit_config(model_options=None), runs.CONFIG,
+     "model_options must be an object of options, got null"),
+    ("options-list", "healthy", edit_config(model_options=[1, 2]), runs.CONFIG,
+     "model_options must be an object of options, got [1, 2]"),
+    ("config-null", "healthy", write_config("null"), runs.CONFIG, "holds null, not a config"),
+    ("config-list", "healthy", write_config("[1, 2]"), runs.CONFIG, "holds an array, not a config"),
+    ("config-not-json", "healthy", write_config('{"model": "lenet",'), runs.CONFIG, "not valid JSON"),
+    ("tensor-missing", "healthy", edit_weights(lambda s: s.pop("head.4.bias")), runs.WEIGHTS,
+     "1 missing (e.g. head.4.bias)"),
+    ("tensor-extra", "healthy", edit_weights(lambda s: s.update(extra=torch.zeros(3))), runs.WEIGHTS,
+     "1 unexpected (e.g. extra)"),
+    ("tensor-shape", "healthy", edit_weights(lambda s: s.update({"head.4.bias": torch.zeros(11)})), runs.WEIGHTS,
+     "head.4.bias: [11] in the file, [10] in the model"),
+    ("weights-not-safetensors", "healthy", write_weights(data=b"\x00" * 64), runs.WEIGHTS, "could not be read"),
+    ("weights-truncated", "healthy", write_weights(cut=5000), runs.WEIGHTS, "could not be read"),
+    ("weights-nan", "healthy", NAN_WEIGHT, runs.WEIGHTS, "NaN or infinite values (e.g. conv1.0.weight)"),
+]
+
+
+def command(name, run_dir, base):
+    return {
+        "evaluate": ["evaluate", str(run_dir), "--device", "cpu"],
+        "export": ["export", str(run_dir), "--no-check", "--opset", "17"],
+        "predict": ["predict", str(run_dir), str(base / "item.png")],
+    }[name]
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["evaluate", "export", "predict"])
+def test_healthy_runs_work(name, base, capsys):
+    """The control: the unmodified runs pass every check (export into a copy, not to leave a file behind)."""
+    for kind in ("healthy", "no-metadata"):
+        run_dir = base / f"{kind}-{name}"
+        shutil.copytree(base / kind, run_dir)
+        assert main(command(name, run_dir, base)) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["evaluate", "export", "predict"])
+@pytest.mark.parametrize("case,kind,damage,filename,message", CASES, ids=[c[0] for c in CASES])
+def test_damaged_run_is_one_line_naming_the_file(case, kind, damage, filename, message, name, base, tmp_path,
+                                                  capsys):
+    if name == "export":
+        pytest.importorskip("onnxscript")
+    run_dir = tmp_path / case
+    shutil.copytree(base / kind, run_dir)
+    damage(run_dir)
+    before = snapshot(run_dir)
+    assert main(command(name, run_dir, base)) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(run_dir / filename) in err and message in err, err
+    assert "restore the run directory's original files or retrain the run" in err, err
+    assert captured.out == "" and snapshot(run_dir) == before
+
+
+def test_image_size_is_bounded_before_any_work(tmp_path, capsys):
+    """--image-size 100000 used to pass validation and die after 28 s and 6 GB in the allocator."""
+    with pytest.raises(ConfigError, match="image_size 100000 is above the largest supported, 512"):
+        TrainConfig(image_size=100000).validate()
+    TrainConfig(image_size=512).validate()
+    assert main(["train", "--image-size", "100000", "--out", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "--image-size 512 or less" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / runs.CONFIG).write_text(json.dumps({**TrainConfig().to_dict(), "image_size": 100000}))
+    assert main(["train", "--resume", str(resumed)]) == 1
+    assert "image_size 100000 is above" in capsys.readouterr().err
+
+
+def test_skeleton_check_allocates_nothing_for_a_huge_head(tmp_path, base):
+    """num_classes 10**9 in config.json: the model is built on the meta device and compared with the file's
+    shapes first, so the 4 GB head is never allocated."""
+    run_dir = tmp_path / "huge-head"
+    shutil.copytree(base / "healthy", run_dir)
+    edit_config(num_classes=10**9)(run_dir)
+    with pytest.raises(RunDirError, match=r"head.4.bias: \[10\] in the file, \[1000000000\] in the model"):
+        runs.load_run_model(run_dir)
