@@ -7,7 +7,7 @@ from torch import nn
 from inceptionlab.errors import UnknownModelError
 from inceptionlab.models import classification_loss, create_model, get_model_spec, init_xavier_, list_models
 
-INCEPTION = ["googlenet", "googlenet-bn", "googlenet-paper", "inception-v3", "inception-resnet"]
+INCEPTION = ["googlenet", "googlenet-bn", "googlenet-28", "googlenet-paper", "inception-v3", "inception-resnet"]
 COMPARATORS = ["alexnet", "vgg11", "nin", "lenet"]
 
 

@@ -19,7 +19,7 @@ from typing import NoReturn
 from inceptionlab import __version__
 from inceptionlab.errors import InceptionLabError
 
-COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments")
+COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from inceptionlab.models._registry import (
 
 # Importing a family module registers its models; this order is the order of ``list_models()`` (the Inception
 # family first, the earlier chapters' comparators last).
-FAMILY_MODULES = ("googlenet", "googlenet_paper", "inception_v3", "inception_resnet", "classic")
+FAMILY_MODULES = ("googlenet", "googlenet28", "googlenet_paper", "inception_v3", "inception_resnet", "classic")
 for _module in FAMILY_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 

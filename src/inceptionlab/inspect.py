@@ -1,0 +1,377 @@
+"""Inside a trained run's multi-branch (Inception) blocks: how each block splits its channels among its branches,
+how much of the block's output activation energy each branch carries, and what the test accuracy and loss become
+when one branch (or the whole block) is replaced by its mean over the test set or by zero.
+
+Ablation is applied from outside, as :mod:`inceptionlab.engine.cuda` applies its switches: a block's ``forward`` is
+replaced by an instance attribute for one evaluation and deleted afterwards; no model class changes. Every number
+comes from :func:`inceptionlab.engine.evaluate.evaluate` with the run's preprocessing, memory layout and precision,
+so the unablated model gives ``inceptionlab evaluate``'s test accuracy and loss exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from inceptionlab import runs
+from inceptionlab.config import TrainConfig
+from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data.resize import resize_batch
+from inceptionlab.deploy.predict import load_image
+from inceptionlab.devices import resolve_device, resolve_precision
+from inceptionlab.engine.evaluate import evaluate
+from inceptionlab.errors import ConfigError, InceptionLabError
+from inceptionlab.fileio import atomic_write_json
+from inceptionlab.inputs import class_names, forward_loss, prepare_model
+from inceptionlab.models._blocks import MultiBranch, flatten_outputs
+from inceptionlab.plots import pyplot, save_figure
+
+BRANCHES_PNG, ERRORS_PNG, FEATURES_PNG, INSPECT_JSON = "branches.png", "errors.png", "features.png", "inspect.json"
+OUT_SUBDIR = "inspect"  # default output: <run_dir>/inspect/
+MODES = ("mean", "zero")
+
+
+# ------------------------------------------------------------------------------------------ the run, evaluated
+
+
+@dataclass
+class LoadedRun:
+    """A run's model prepared as ``evaluate_run`` prepares it, and the test images it is inspected on."""
+
+    run_dir: Path
+    model: nn.Module
+    config: TrainConfig
+    data: FashionMNIST  # the whole dataset, on the CPU (``--image INDEX`` reads the full test split)
+    images: torch.Tensor  # the (first ``limit_test``) test images on the device, uint8
+    labels: torch.Tensor
+    batch_size: int | None
+
+    def evaluate(self, forwards: dict[nn.Module, Callable] | None = None) -> dict:
+        """``engine.evaluate.evaluate`` of the model, with ``forwards`` in place of those blocks' forward."""
+        with replaced_forwards(forwards or {}):
+            return evaluate(self.model, self.images, self.labels, self.config, batch_size=self.batch_size)
+
+
+def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
+             batch_size: int | None = None, data: FashionMNIST | None = None,
+             limit_test: int | None = None) -> LoadedRun:
+    """Model, config and test split exactly as :func:`inceptionlab.engine.evaluate.evaluate_run` loads them."""
+    dev = resolve_device(device)
+    model, config = runs.load_run_model(run_dir, device=dev)
+    config, _ = resolve_precision(config, dev)
+    prepare_model(model, config)
+    if data is None:
+        data = load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
+    if limit_test is not None and limit_test < 1:
+        raise ConfigError(f"limit_test must be a positive number of images, got {limit_test}")
+    images, labels = data.test_images[:limit_test].to(dev), data.test_labels[:limit_test].to(dev)
+    return LoadedRun(Path(run_dir), model, config, data, images, labels, batch_size)
+
+
+@contextlib.contextmanager
+def replaced_forwards(forwards: dict[nn.Module, Callable]):
+    """Each block in ``forwards`` runs ``forwards[block]`` (an instance attribute, deleted on the way out)."""
+    for block, forward in forwards.items():
+        block.forward = forward
+    try:
+        yield
+    finally:
+        for block in forwards:
+            del block.forward
+
+
+def multi_branch_blocks(model: nn.Module) -> list[tuple[str, MultiBranch]]:
+    """Every block whose branches read the same input, with its module path (``b3.0``), in forward order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, MultiBranch)]
+
+
+def select_blocks(model: nn.Module, model_name: str, names: Sequence[str] | None) -> list[tuple[str, MultiBranch]]:
+    """All multi-branch blocks, or those named; a model without any, or an unknown name, is an error."""
+    blocks = multi_branch_blocks(model)
+    if not blocks:
+        raise InceptionLabError(f"{model_name} has no multi-branch (Inception) blocks; inspect a run of an "
+                                "Inception-family model (`inceptionlab models`)")
+    if names is None:
+        return blocks
+    known = dict(blocks)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ConfigError(f"unknown block {', '.join(unknown) or '(none given)'}; the blocks of {model_name} "
+                          f"are: {', '.join(known)}")
+    return [(n, known[n]) for n in names]
+
+
+# --------------------------------------------------------------------------- branch outputs: record, replace
+
+
+def recording_forward(block: MultiBranch, record: Callable[[list], None], x: torch.Tensor) -> torch.Tensor:
+    """``MultiBranch.forward`` that hands the branch outputs (one entry per branch) to ``record`` on the way."""
+    outputs = [branch(x) for branch in block.parallel_branches()]
+    record(outputs)
+    return block.merge(x, flatten_outputs(outputs))
+
+
+def ablated_forward(block: MultiBranch, replace: dict[int, Callable], x: torch.Tensor) -> torch.Tensor:
+    """The block with branch ``i``'s output replaced by ``replace[i](output)``; the other branches as they are."""
+    outputs = []
+    for i, branch in enumerate(block.parallel_branches()):
+        out = branch(x)
+        outputs.append(replace[i](out) if i in replace else out)
+    return block.merge(x, flatten_outputs(outputs))
+
+
+class BranchStats:
+    """Per-channel sums and sums of squares of each branch's output, in float64 on the CPU (portable to MPS)."""
+
+    def __init__(self):
+        self.sums: list[list[torch.Tensor]] = []  # [branch][tensor of the branch] -> (channels,)
+        self.squares: list[list[torch.Tensor]] = []
+        self.positions = 0  # images x height x width seen (the same for every branch: the merge concatenates)
+
+    def add(self, outputs: list) -> None:
+        per_branch = [flatten_outputs([out]) for out in outputs]
+        if not self.sums:
+            self.sums = [[torch.zeros(t.shape[1], dtype=torch.float64) for t in ts] for ts in per_branch]
+            self.squares = [[torch.zeros(t.shape[1], dtype=torch.float64) for t in ts] for ts in per_branch]
+        for sums, squares, tensors in zip(self.sums, self.squares, per_branch, strict=True):
+            for j, t in enumerate(tensors):
+                t = t.float()  # batch sums in float32 (bf16 would round them), the running totals in float64
+                sums[j] += t.sum(dim=(0, 2, 3)).cpu().double()
+                squares[j] += t.square().sum(dim=(0, 2, 3)).cpu().double()
+        n, _, h, w = per_branch[0][0].shape
+        self.positions += n * h * w
+
+    def channels(self) -> list[int]:
+        return [sum(len(s) for s in sums) for sums in self.sums]
+
+    def energy_shares(self) -> list[float]:
+        energy = [float(sum(s.sum() for s in squares)) for squares in self.squares]
+        total = sum(energy)
+        return [e / total if total > 0 else 0.0 for e in energy]
+
+    def means(self, branch: int) -> list[torch.Tensor]:
+        return [s / max(1, self.positions) for s in self.sums[branch]]
+
+
+def branch_statistics(run: LoadedRun, blocks: list[tuple[str, MultiBranch]]) -> dict[str, BranchStats]:
+    """One evaluation pass recording every chosen block's branch outputs over the test images."""
+    stats = {name: BranchStats() for name, _ in blocks}
+    run.evaluate({block: functools.partial(recording_forward, block, stats[name].add) for name, block in blocks})
+    return stats
+
+
+def replacement(mode: str, means: list[torch.Tensor] | None = None) -> Callable:
+    """What an ablated branch outputs instead: its per-channel test-set mean (``mode="mean"``) or zero."""
+    if mode not in MODES:
+        raise ConfigError(f"ablation mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+    def replace(out):
+        tensors = flatten_outputs([out])
+        if mode == "zero":
+            return [torch.zeros_like(t) for t in tensors]
+        return [m.to(t.device, t.dtype).view(1, -1, 1, 1).expand_as(t) for m, t in zip(means, tensors, strict=True)]
+
+    return replace
+
+
+def ablation_forward(block: MultiBranch, stats: BranchStats, branches: Sequence[int], mode: str) -> Callable:
+    """The forward of ``block`` with ``branches`` (0-based) ablated by ``mode``, for :meth:`LoadedRun.evaluate`."""
+    replace = {i: replacement(mode, stats.means(i) if mode == "mean" else None) for i in branches}
+    return functools.partial(ablated_forward, block, replace)
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def block_report(run: LoadedRun, name: str, block: MultiBranch, stats: BranchStats, baseline: dict) -> dict:
+    """Channels, energy share and the accuracy / loss with each branch (and all of them) ablated both ways."""
+    channels, shares = stats.channels(), stats.energy_shares()
+    rows = [{"branch": i + 1, "channels": channels[i], "energy_share": shares[i]} for i in range(len(channels))]
+    whole = {"branch": "all", "channels": sum(channels), "energy_share": float(sum(shares))}
+    targets = [(row, [row["branch"] - 1]) for row in rows] + [(whole, list(range(len(channels))))]
+    for row, branches in targets:
+        for mode in MODES:
+            result = run.evaluate({block: ablation_forward(block, stats, branches, mode)})
+            row.update({f"{mode}_acc": result["acc"], f"{mode}_loss": result["loss"],
+                        f"{mode}_drop": baseline["acc"] - result["acc"]})
+    return {"block": name, "kind": type(block).__name__, "channels": channels, "branches": rows, "all": whole}
+
+
+def evaluate_with_logits(run: LoadedRun) -> tuple[dict, torch.Tensor]:
+    """The plain model's evaluation and the float logits it computed, in test-set order (a hook on the model)."""
+    logits: list[torch.Tensor] = []
+    hook = run.model.register_forward_hook(
+        lambda _module, _args, out: logits.append((out[0] if isinstance(out, tuple) else out).float()))
+    try:
+        result = run.evaluate()
+    finally:
+        hook.remove()
+    return result, torch.cat(logits)
+
+
+def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+    """The ``k`` misclassified test images with the highest predicted probability, most confident first."""
+    probs = torch.softmax(logits.float(), dim=1)
+    confidence, predicted = probs.max(dim=1)
+    labels = labels.to(predicted.device)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:k]  # ties: lower index first
+    names = class_names(logits.shape[1])
+    return [{"index": int(i), "true": int(labels[i]), "true_name": names[int(labels[i])],
+             "predicted": int(predicted[i]), "predicted_name": names[int(predicted[i])],
+             "confidence": float(confidence[i])} for i in wrong[order].tolist()]
+
+
+def inspect_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
+                batch_size: int | None = None, data: FashionMNIST | None = None, limit_test: int | None = None,
+                blocks: Sequence[str] | None = None, image: int | str | os.PathLike | None = None,
+                out_dir: str | os.PathLike | None = None, top_errors: int = 16, invert: bool | str = "auto") -> dict:
+    """Inspect every multi-branch block of a run (or ``blocks``, by module path) on its test set; writes
+    ``branches.png``, ``errors.png``, ``inspect.json`` and, for ``image`` (a test-set index or an image file),
+    ``features.png`` into ``out_dir`` (default ``<run_dir>/inspect``). Returns the report (``inspect.json``)."""
+    run = load_run(run_dir, data_dir=data_dir, device=device, batch_size=batch_size, data=data,
+                   limit_test=limit_test)
+    chosen = select_blocks(run.model, run.config.model, blocks)
+    features = None if image is None else image_input(run, image, invert)  # bad input fails before any pass
+    baseline, logits = evaluate_with_logits(run)
+    stats = branch_statistics(run, chosen)
+    report = {"run_dir": str(run_dir), "model": run.config.model, "image_size": run.config.image_size,
+              "precision": run.config.precision, "count": baseline["count"], "test_acc": baseline["acc"],
+              "test_loss": baseline["loss"],
+              "blocks": [block_report(run, name, block, stats[name], baseline) for name, block in chosen],
+              "errors": confident_mistakes(logits, run.labels, top_errors)}
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / OUT_SUBDIR
+    report["files"] = write_figures(out, run, chosen, report, features)
+    atomic_write_json(out / INSPECT_JSON, report)
+    report["files"]["report"] = str(out / INSPECT_JSON)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- figures
+
+
+def image_input(run: LoadedRun, image: int | str | os.PathLike, invert: bool | str = "auto") -> dict:
+    """The model's input for ``image``: a test-set index (the full split) or an image file (deploy's loader)."""
+    size, dev = run.config.image_size, run.images.device
+    if isinstance(image, int):
+        count = len(run.data.test_labels)
+        if not 0 <= image < count:
+            raise ConfigError(f"test-set index {image} is out of range; pass 0..{count - 1} or an image file")
+        x = resize_batch(run.data.test_images[image : image + 1].to(dev), size)
+        return {"x": x, "label": int(run.data.test_labels[image]), "source": f"test image {image}"}
+    x = load_image(image, size, invert).unsqueeze(0).to(dev)
+    return {"x": x, "label": None, "source": Path(image).name}
+
+
+def capture_branches(run: LoadedRun, blocks: list[tuple[str, MultiBranch]], x: torch.Tensor):
+    """Each block's branch outputs (float, CPU, one C x H x W tensor per branch) and the logits for one image."""
+    captured: dict[str, list[torch.Tensor]] = {}
+
+    def record(name, outputs):
+        captured[name] = [torch.cat(flatten_outputs([o]), dim=1)[0].float().cpu() for o in outputs]
+
+    forwards = {block: functools.partial(recording_forward, block, functools.partial(record, name))
+                for name, block in blocks}
+    run.model.eval()
+    with torch.inference_mode(), replaced_forwards(forwards):
+        _, logits = forward_loss(run.model, x, torch.zeros(1, dtype=torch.long, device=x.device), None, run.config)
+    return captured, logits.float()[0].cpu()
+
+
+def write_figures(out: Path, run: LoadedRun, blocks, report: dict, features: dict | None) -> dict[str, str]:
+    files = {"branches": out / BRANCHES_PNG, "errors": out / ERRORS_PNG}
+    plot_branches(files["branches"], report)
+    plot_errors(files["errors"], run.data.test_images, report["errors"])
+    if features is not None:
+        files["features"] = out / FEATURES_PNG
+        captured, logits = capture_branches(run, blocks, features["x"])
+        plot_features(files["features"], features, captured, logits)
+    return {k: str(v) for k, v in files.items()}
+
+
+def plot_branches(path: str | os.PathLike, report: dict) -> None:
+    """Blocks x branches heat maps of the test-accuracy drop, mean- and zero-ablation side by side."""
+    plt = pyplot()
+    blocks = report["blocks"]
+    width = max(len(b["branches"]) for b in blocks)
+    drops = torch.full((len(MODES), len(blocks), width), float("nan"))
+    for i, b in enumerate(blocks):
+        for j, row in enumerate(b["branches"]):
+            drops[:, i, j] = torch.tensor([row[f"{mode}_drop"] for mode in MODES])
+    limit = max(0.01, float(drops.nan_to_num(0).abs().max()))  # one colour scale for both panels
+    fig, axes = plt.subplots(1, len(MODES), figsize=(3.2 + 1.4 * width * len(MODES), 1.2 + 0.4 * len(blocks)),
+                             dpi=120, squeeze=False)
+    for ax, mode, grid in zip(axes[0], MODES, drops, strict=True):
+        ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        for i, b in enumerate(blocks):
+            for j in range(len(b["branches"])):
+                ax.text(j, i, f"{float(grid[i, j]):+.3f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(width), [str(j + 1) for j in range(width)])
+        ax.set_yticks(range(len(blocks)), [f"{b['block']} (all {b['all'][f'{mode}_drop']:+.2f})" for b in blocks],
+                      fontsize=8)
+        ax.set_xlabel("branch")
+        ax.set_title(f"{mode}-ablated branch: test acc drop", fontsize=9)
+    fig.suptitle(f"{report['model']}: test acc {report['test_acc']:.4f} on {report['count']:,} images", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_errors(path: str | os.PathLike, test_images: torch.Tensor, errors: list[dict], columns: int = 4) -> None:
+    """The most confident mistakes: each test image with its true and predicted class and the probability."""
+    plt = pyplot()
+    rows = max(1, -(-len(errors) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.3 * rows), dpi=120, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, errors, strict=False):
+        ax.imshow(test_images[e["index"]].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"#{e['index']} true: {e['true_name']}\npred: {e['predicted_name']} ({e['confidence']:.2f})",
+                     fontsize=7)
+    if not errors:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def mosaic(maps: torch.Tensor, tiles: int = 4) -> torch.Tensor:
+    """The ``tiles x tiles`` channels of a C x H x W output with the most energy, as one image scaled to [0, 1]
+    (NaN, drawn blank, between the tiles)."""
+    _, h, w = maps.shape
+    top = torch.sort(maps.square().sum(dim=(1, 2)), descending=True, stable=True).indices[: tiles * tiles]
+    low, high = float(maps[top].min()), float(maps[top].max())
+    scaled = (maps[top] - low) / (high - low) if high > low else torch.zeros_like(maps[top])
+    grid = torch.full((tiles * tiles, h + 1, w + 1), float("nan"))
+    grid[: len(top), :h, :w] = scaled
+    return grid.view(tiles, tiles, h + 1, w + 1).permute(0, 2, 1, 3).reshape(tiles * (h + 1), tiles * (w + 1))
+
+
+def plot_features(path: str | os.PathLike, features: dict, captured: dict[str, list[torch.Tensor]],
+                  logits: torch.Tensor) -> None:
+    """One picture: the input, then per block (a row) each branch's 16 strongest feature maps for that image."""
+    plt = pyplot()
+    width = max(len(outputs) for outputs in captured.values())
+    fig, axes = plt.subplots(len(captured) + 1, width, figsize=(2.2 * width, 2.3 * (len(captured) + 1)), dpi=100,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    names = class_names(len(logits))
+    probs = torch.softmax(logits, dim=0)
+    label = "" if features["label"] is None else f", true: {names[features['label']]}"
+    axes[0, 0].imshow(features["x"][0, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title(f"{features['source']}\npred: {names[int(probs.argmax())]} ({float(probs.max()):.2f})"
+                         f"{label}", fontsize=7, loc="left")
+    for row, (name, outputs) in zip(axes[1:], captured.items(), strict=True):
+        for j, maps in enumerate(outputs):
+            row[j].imshow(mosaic(maps).numpy(), cmap="viridis", vmin=0, vmax=1)
+            row[j].set_title(f"{name} branch {j + 1}: {maps.shape[0]} ch, {maps.shape[1]}x{maps.shape[2]}",
+                             fontsize=7)
+    fig.suptitle("each branch's 16 strongest channels for this image", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

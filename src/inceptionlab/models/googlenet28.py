@@ -1,0 +1,37 @@
+"""``googlenet-28``: the chapter's GoogLeNet for Fashion-MNIST's native 28x28 images (not upsampled to 96).
+
+The chapter feeds 96x96 images, which the stem shrinks by 8 (96 -> 48 -> 24 -> 12) before the first Inception
+block, so b3 / b4 / b5 work on 12x12 / 6x6 / 3x3 grids. Fed 28x28 images the same network runs them on 4x4 / 2x2 /
+1x1 grids (28 -> 14 -> 7 -> 4 after the stem), where a 3x3 or 5x5 branch mostly sees padding.
+
+The one change: b1 keeps its 7x7 convolution with 64 channels but drops its stride 2 and the 3x3/2 max-pool after
+it, so the stem shrinks by 2 instead of 8 and b3 / b4 / b5 work on 14x14 / 7x7 / 4x4 grids, close to the chapter's
+12 / 6 / 3. b2, the Inception channel table of b3-b5, the pools between the stages, the global average pool and
+the linear head are the chapter's, so the parameters (5,977,530) and their names are the same as ``googlenet``'s.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from inceptionlab.models._registry import register_model
+from inceptionlab.models.googlenet import ConvFactory, GoogLeNet
+
+
+class GoogLeNet28(GoogLeNet):
+    """d2l's GoogLeNet whose stem does not downsample before b2's pool (see the module docstring)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d):
+        super().__init__(num_classes=num_classes, in_channels=in_channels, conv_block=conv_block)
+        # deviation: stride 1 and no pool, so that b3-b5 see 14 / 7 / 4 grids instead of 4 / 2 / 1
+        self.b1 = nn.Sequential(
+            conv_block(in_channels, 64, kernel_size=7, padding=3), nn.ReLU()
+        )  # N x 64 x 28 x 28 (for 28 x 28 input)
+        # the chapter's stages from here on: b2 -> N x 192 x 14 x 14, b3 -> N x 480 x 7 x 7,
+        # b4 -> N x 832 x 4 x 4, b5 -> N x 1024, head -> N x num_classes
+
+
+@register_model("googlenet-28", natural_size=28, family="googlenet")
+def googlenet_28(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet28:
+    """The chapter's GoogLeNet for native 28x28 inputs: b1 without its stride 2 and pool (b3-b5 on 14/7/4 grids)."""
+    return GoogLeNet28(num_classes=num_classes, in_channels=in_channels)

@@ -1,0 +1,90 @@
+"""googlenet-28: the chapter's GoogLeNet for native 28x28 inputs. Expected values come from the chapter's layer
+table and the size arithmetic, written out here, not from the model code."""
+
+import pytest
+import torch
+from torch import nn
+
+from inceptionlab.analysis import stage_shapes
+from inceptionlab.data import resize_batch
+from inceptionlab.models import create_model, get_model_spec, list_models
+from inceptionlab.models.googlenet import Inception
+
+# the chapter's Inception table (d2l 8.4): in_channels, c1, c2, c3, c4 for b3, b4, b5
+CHAPTER_TABLE = {
+    "b3": [(192, 64, (96, 128), (16, 32), 32), (256, 128, (128, 192), (32, 96), 64)],
+    "b4": [(480, 192, (96, 208), (16, 48), 64), (512, 160, (112, 224), (24, 64), 64),
+           (512, 128, (128, 256), (24, 64), 64), (512, 112, (144, 288), (32, 64), 64),
+           (528, 256, (160, 320), (32, 128), 128)],
+    "b5": [(832, 256, (160, 320), (32, 128), 128), (832, 384, (192, 384), (48, 128), 128)],
+}
+
+
+def conv(k: int, cin: int, cout: int) -> int:
+    return k * k * cin * cout + cout  # weights + biases
+
+
+def inception(cin, c1, c2, c3, c4) -> int:
+    return (conv(1, cin, c1) + conv(1, cin, c2[0]) + conv(3, c2[0], c2[1]) + conv(1, cin, c3[0])
+            + conv(5, c3[0], c3[1]) + conv(1, cin, c4))
+
+
+def expected_stage_params() -> dict[str, int]:
+    stages = {"b1": conv(7, 1, 64), "b2": conv(1, 64, 64) + conv(3, 64, 192)}
+    stages.update({name: sum(inception(*row) for row in rows) for name, rows in CHAPTER_TABLE.items()})
+    stages["head"] = 1024 * 10 + 10
+    return stages
+
+
+# 28 -> b1 (7x7, stride 1, no pool) 28 -> b2's 3x3/2 pool 14 -> b3's pool 7 -> b4's pool 4 -> global pool
+EXPECTED_SHAPES = {"b1": (64, 28, 28), "b2": (192, 14, 14), "b3": (480, 7, 7), "b4": (832, 4, 4), "b5": (1024,),
+                   "head": (10,)}
+
+
+def test_registered_for_native_28_pixel_inputs():
+    assert "googlenet-28" in list_models()
+    spec = get_model_spec("googlenet-28")
+    assert spec.natural_size == 28 and spec.family == "googlenet"
+
+
+def test_forward_on_real_28_pixel_images(fmnist):
+    torch.manual_seed(0)
+    model = create_model("googlenet-28").eval()
+    x = resize_batch(fmnist.test_images[:4], 28)  # no resampling at 28: pixels / 255
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (4, 10) and torch.isfinite(out).all()
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), out)
+
+
+def test_shape_walk_through_at_28():
+    model = create_model("googlenet-28").eval()
+    x = torch.zeros(1, 1, 28, 28)
+    with torch.no_grad():
+        for stage, shape in EXPECTED_SHAPES.items():
+            x = getattr(model, stage)(x)
+            assert tuple(x.shape[1:]) == shape, stage
+    # `inceptionlab shapes --model googlenet-28` walks the same stages
+    assert {r.name: r.shape for r in stage_shapes("googlenet-28", 28)} == EXPECTED_SHAPES
+
+
+def test_parameter_count_from_the_layer_table():
+    model = create_model("googlenet-28")
+    expected = expected_stage_params()
+    assert {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in expected} == expected
+    assert sum(p.numel() for p in model.parameters()) == sum(expected.values()) == 5_977_530
+
+
+def block_table(model: nn.Module, stage: str) -> list[tuple]:
+    """(in_channels, c1, c2, c3, c4) of each Inception block of a stage, read from its convolutions."""
+    return [(b.b1_1.in_channels, b.b1_1.out_channels, (b.b2_1.out_channels, b.b2_2.out_channels),
+             (b.b3_1.out_channels, b.b3_2.out_channels), b.b4_2.out_channels)
+            for b in getattr(model, stage) if isinstance(b, Inception)]
+
+
+@pytest.mark.parametrize("stage", list(CHAPTER_TABLE))
+def test_inception_blocks_are_the_chapters(stage):
+    ours, chapter = create_model("googlenet-28"), create_model("googlenet")
+    assert block_table(ours, stage) == CHAPTER_TABLE[stage] == block_table(chapter, stage)
+    kernels = {(b.b2_2.kernel_size, b.b3_2.kernel_size) for b in getattr(ours, stage) if isinstance(b, Inception)}
+    assert kernels == {((3, 3), (5, 5))}
