@@ -27,6 +27,11 @@ STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engin
 MAX_IMAGE_SIZE = 512
 
 
+# Options that may change when a run continues (they do not change what it computes beyond rounding, or extend it).
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "tensorboard",
+             "checkpoint_every", *CUDA_SWITCHES)
+
+
 @dataclass
 class TrainConfig:
     # what is trained (these keys are read back by `evaluate`, `export`, `predict`: keep their names)

@@ -31,7 +31,7 @@ from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import atomic_write_json
 from inceptionlab.inputs import class_names, forward_loss, prepare_model
 from inceptionlab.models._blocks import MultiBranch, flatten_outputs
-from inceptionlab.plots import pyplot, save_figure
+from inceptionlab.plots import new_axes_grid, save_figure
 
 BRANCHES_PNG, ERRORS_PNG, FEATURES_PNG, INSPECT_JSON = "branches.png", "errors.png", "features.png", "inspect.json"
 OUT_SUBDIR = "inspect"  # default output: <run_dir>/inspect/
@@ -298,7 +298,6 @@ def write_figures(out: Path, run: LoadedRun, blocks, report: dict, features: dic
 
 def plot_branches(path: str | os.PathLike, report: dict) -> None:
     """Blocks x branches heat maps of the test-accuracy drop, mean- and zero-ablation side by side."""
-    plt = pyplot()
     blocks = report["blocks"]
     width = max(len(b["branches"]) for b in blocks)
     drops = torch.full((len(MODES), len(blocks), width), float("nan"))
@@ -306,8 +305,7 @@ def plot_branches(path: str | os.PathLike, report: dict) -> None:
         for j, row in enumerate(b["branches"]):
             drops[:, i, j] = torch.tensor([row[f"{mode}_drop"] for mode in MODES])
     limit = max(0.01, float(drops.nan_to_num(0).abs().max()))  # one colour scale for both panels
-    fig, axes = plt.subplots(1, len(MODES), figsize=(3.2 + 1.4 * width * len(MODES), 1.2 + 0.4 * len(blocks)),
-                             dpi=120, squeeze=False)
+    fig, axes = new_axes_grid(1, len(MODES), figsize=(3.2 + 1.4 * width * len(MODES), 1.2 + 0.4 * len(blocks)))
     for ax, mode, grid in zip(axes[0], MODES, drops, strict=True):
         ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         for i, b in enumerate(blocks):
@@ -325,9 +323,8 @@ def plot_branches(path: str | os.PathLike, report: dict) -> None:
 
 def plot_errors(path: str | os.PathLike, test_images: torch.Tensor, errors: list[dict], columns: int = 4) -> None:
     """The most confident mistakes: each test image with its true and predicted class and the probability."""
-    plt = pyplot()
     rows = max(1, -(-len(errors) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.3 * rows), dpi=120, squeeze=False)
+    fig, axes = new_axes_grid(rows, columns, figsize=(2.0 * columns, 2.3 * rows))
     for ax in axes.flat:
         ax.axis("off")
     for ax, e in zip(axes.flat, errors, strict=False):
@@ -355,10 +352,8 @@ def mosaic(maps: torch.Tensor, tiles: int = 4) -> torch.Tensor:
 def plot_features(path: str | os.PathLike, features: dict, captured: dict[str, list[torch.Tensor]],
                   logits: torch.Tensor) -> None:
     """One picture: the input, then per block (a row) each branch's 16 strongest feature maps for that image."""
-    plt = pyplot()
     width = max(len(outputs) for outputs in captured.values())
-    fig, axes = plt.subplots(len(captured) + 1, width, figsize=(2.2 * width, 2.3 * (len(captured) + 1)), dpi=100,
-                             squeeze=False)
+    fig, axes = new_axes_grid(len(captured) + 1, width, figsize=(2.2 * width, 2.3 * (len(captured) + 1)), dpi=100)
     for ax in axes.flat:
         ax.axis("off")
     names = class_names(len(logits))

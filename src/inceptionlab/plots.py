@@ -13,12 +13,18 @@ from inceptionlab.fileio import atomic_write_with
 def new_figure(figsize: tuple[float, float], dpi: int = 120):
     """``(figure, axes)`` on matplotlib's Agg canvas, without pyplot: no global figure registry and no change to
     the backend of the user's session (a notebook keeps its inline plots). Imported on first use."""
+    fig, axes = new_axes_grid(1, 1, figsize=figsize, dpi=dpi)
+    return fig, axes[0, 0]
+
+
+def new_axes_grid(rows: int, cols: int, *, figsize: tuple[float, float], dpi: int = 120):
+    """``(figure, rows x cols array of axes)``, like :func:`new_figure`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots()
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

@@ -8,21 +8,16 @@ import sys
 
 from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
 from inceptionlab.config import (
-    CUDA_SWITCHES,
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
+    RESUMABLE,
     SCHEDULES,
     STEP_MODES,
     TrainConfig,
     preset_config,
 )
 from inceptionlab.errors import ConfigError
-
-# Options that may change when resuming (they do not change what the run computes, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "tensorboard",
-             "checkpoint_every",
-             *CUDA_SWITCHES)
 
 
 def nonnegative_float(text: str) -> float:
@@ -50,7 +45,10 @@ def register(subparsers) -> None:
         "override the preset. Under torchrun (--nproc_per_node N) it trains with DistributedDataParallel.",
     )
     add_training_options(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    run.add_argument("--run-dir", metavar="DIR", help="train in DIR; if DIR already holds a checkpoint of this same "
+                     "run, continue from it (what `torchrun --max-restarts N` needs to resume after a failure)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run",
@@ -158,7 +156,7 @@ def run_train(args) -> int:
     config = build_config(args)
     if config is not None:
         config.validate()
-    result = train(config, resume=args.resume, progress=args.progress)
+    result = train(config, resume=args.resume, run_dir=args.run_dir, progress=args.progress)
     if result.status == "interrupted":
         done = result.summary["epochs_completed"]
         where = f"the checkpoint of epoch {done} in {result.run_dir} is intact" if done else "no epoch had finished"

@@ -29,7 +29,7 @@ from torch import nn
 
 from inceptionlab import runs
 from inceptionlab.analysis import check_input_size
-from inceptionlab.config import TrainConfig
+from inceptionlab.config import RESUMABLE, TrainConfig
 from inceptionlab.data.augment import build_transform
 from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from inceptionlab.data.loader import DeviceLoader
@@ -162,7 +162,8 @@ def train(
       config.json (pass one to change e.g. ``epochs`` or ``device``).
     - ``data``: an already loaded :class:`~inceptionlab.data.FashionMNIST` (any device), else loaded from
       ``config.data_dir``.
-    - ``run_dir``: write into this directory instead of a new ``<out>/<timestamp>-<model>/``.
+    - ``run_dir``: write into this directory instead of a new ``<out>/<timestamp>-<model>/``; if it already holds a
+      checkpoint of this run (e.g. torchrun restarted the job), continue from it.
     - ``progress``: a tqdm bar while an epoch runs; default: when stderr is a terminal or inside a notebook.
     - ``log``: where the per-epoch lines go (``None``: silent).
     - ``live``: curves redrawn in the notebook cell as training goes; default: only inside a Jupyter notebook.
@@ -176,6 +177,8 @@ def train(
     config = (config or TrainConfig()).validate()
     dist_info = distributed.distributed_from_env()
     device = resolve_device(config.device, dist_info.local_rank)
+    if resume is None and run_dir is not None and (Path(run_dir) / runs.CHECKPOINT).is_file():
+        config, resume = continued_config(config, Path(run_dir), device), run_dir  # e.g. torchrun restarted us
     check_runtime(config, device, dist_info.world_size)
     with _torch_threads(config.num_threads), _process_group(dist_info, device):
         state = setup(config, dist_info, device, data=data, run_dir=run_dir, resume=resume is not None,
@@ -184,6 +187,19 @@ def train(
             return run_epochs(state)
         finally:
             state.release_lock()  # diverged, a failed write, a second Ctrl-C: no exit leaves the directory locked
+
+
+def continued_config(config: TrainConfig, run_dir: Path, device: torch.device) -> TrainConfig:
+    """``run_dir`` holds a checkpoint: continue it when ``config`` is that run's (options that may change on a
+    resume aside), else refuse, so a restarted job never mixes two runs in one directory."""
+    saved = runs.read_run_config(run_dir)
+    given, _ = resolve_precision(config, device)
+    differ = [k for k, v in given.to_dict().items() if k not in RESUMABLE and k != "preset" and v != getattr(saved, k)]
+    if differ:
+        what = ", ".join(f"{k} {getattr(saved, k)!r} there, {getattr(given, k)!r} here" for k in differ[:3])
+        raise ConfigError(f"{run_dir} holds another run ({what}); continue it with --resume {run_dir}, or train "
+                          "in another --run-dir")
+    return saved.replace(**{k: getattr(config, k) for k in RESUMABLE})
 
 
 def check_runtime(config: TrainConfig, device: torch.device, world_size: int) -> None:
@@ -323,6 +339,8 @@ def restore_checkpoint(state: RunState) -> None:
     state.elapsed_before = float(saved.get("elapsed_s", 0.0))
     state.plotted = len(state.rows)
     state.partial = _recovery_point(saved, path, state)
+    step = f", step {state.partial['step']}" if state.partial else ""
+    state.say(f"continuing {state.run_dir} after epoch {state.start_epoch}{step}")
     if state.start_epoch >= config.epochs:
         state.say(f"{state.run_dir}: all {config.epochs} epochs were already done; writing the final results")
 
