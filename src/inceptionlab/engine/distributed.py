@@ -50,7 +50,14 @@ def init_process_group(device: torch.device) -> bool:
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, timeout=process_group_timeout(), **kwargs)
+    timeout = process_group_timeout()
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is not None:
+        # torchrun's store outlives a restart: keys of the failed attempt (a dead peer's address) must not be read
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        kwargs.update(store=dist.PrefixStore(f"inceptionlab/attempt-{attempt}", store), rank=rank,
+                      world_size=world_size)
+    dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return True
 
 
