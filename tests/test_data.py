@@ -408,3 +408,33 @@ def test_cli_data_missing_dir_is_a_clean_error(tmp_path, capsys):
     assert main(["data", "--data-dir", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err and os.fspath(tmp_path / "nowhere") in err
+
+
+def test_a_second_load_reads_the_cached_arrays_without_decompressing_or_hashing(tmp_path, monkeypatch):
+    """The arrays equal the IDX files parsed here with gzip and numpy; a damaged cache file is read around."""
+    import gzip
+    import hashlib
+
+    from inceptionlab.data import fashion_mnist
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = data.load_fashion_mnist(download=False, progress=False)
+    with gzip.open(first.paths["test_images"]) as f:
+        raw = f.read()
+    reference = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(10_000, 28, 28)
+    assert np.array_equal(first.test_images.numpy(), reference)
+    assert len(list((tmp_path / "cache" / "inceptionlab" / "fashion-mnist" / "arrays").glob("*.npy"))) == 4
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached load must not decompress or hash")
+
+    with monkeypatch.context() as m:
+        m.setattr(fashion_mnist.gzip, "open", forbidden)
+        m.setattr(fashion_mnist.hashlib, "sha256", forbidden)
+        second = data.load_fashion_mnist(download=False, progress=False)
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(first, key), getattr(second, key)), key
+    cached = fashion_mnist._array_path(hashlib.sha256(raw).hexdigest())
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short: the next load reads the IDX file again
+    third = data.load_fashion_mnist(download=False, progress=False)
+    assert np.array_equal(third.test_images.numpy(), reference)

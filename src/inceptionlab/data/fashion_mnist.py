@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from inceptionlab.errors import DatasetError
-from inceptionlab.fileio import atomic_open, atomic_write_json
+from inceptionlab.fileio import atomic_open, atomic_write_json, atomic_write_with
 
 CLASS_NAMES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
@@ -208,27 +208,56 @@ class _VerifiedCache:
 
 def _load_verified(paths: dict[str, Path], verify: bool) -> dict[str, np.ndarray]:
     cache = _VerifiedCache(cache_dir() / "verified.json")
-    arrays = {}
-    for key, path in paths.items():
-        data = _read_bytes(path)
-        arrays[key] = parse_idx(data, str(path))
-        _check_array(key, arrays[key], path, exact_count=verify)
-        if verify:
-            expected = SHA256[FILES[key]]
-            if not cache.known_good(path, expected):
-                actual = hashlib.sha256(data).hexdigest()
-                if actual != expected:
-                    raise DatasetError(
-                        f"{path}: SHA-256 of the decompressed content is {actual}, expected {expected}. "
-                        "The file is not the published Fashion-MNIST; delete it and fetch it again "
-                        "(or pass verify=False for deliberately modified data)."
-                    )
-                cache.remember(path, expected)
+    arrays = {key: _load_file(key, path, verify, cache) for key, path in paths.items()}
     for split in ("train", "test"):
         n_images, n_labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_images != n_labels:
             raise DatasetError(f"{split} split: {n_images:,} images but {n_labels:,} labels.")
     return arrays
+
+
+def _load_file(key: str, path: Path, verify: bool, cache: _VerifiedCache) -> np.ndarray:
+    """One verified file; its decompressed array is kept in the cache (named by its content's SHA-256), so the next
+    run neither decompresses nor hashes it again (BENCHMARKS.md, data pipeline)."""
+    expected = SHA256[FILES[key]]
+    if verify and cache.known_good(path, expected):
+        array = _cached_array(expected)
+        if array is not None:
+            _check_array(key, array, path, exact_count=True)
+            return array
+    data = _read_bytes(path)
+    array = parse_idx(data, str(path))
+    _check_array(key, array, path, exact_count=verify)
+    if verify:
+        if not cache.known_good(path, expected):
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected:
+                raise DatasetError(
+                    f"{path}: SHA-256 of the decompressed content is {actual}, expected {expected}. "
+                    "The file is not the published Fashion-MNIST; delete it and fetch it again "
+                    "(or pass verify=False for deliberately modified data)."
+                )
+            cache.remember(path, expected)
+        _keep_array(expected, array)
+    return array
+
+
+def _array_path(sha256: str) -> Path:
+    return cache_dir() / "arrays" / f"{sha256}.npy"
+
+
+def _cached_array(sha256: str) -> np.ndarray | None:
+    try:
+        return np.load(_array_path(sha256), allow_pickle=False)
+    except (OSError, ValueError):  # not there yet, or damaged: read the IDX file again
+        return None
+
+
+def _keep_array(sha256: str, array: np.ndarray) -> None:
+    try:
+        atomic_write_with(_array_path(sha256), lambda f: np.save(f, array, allow_pickle=False))
+    except OSError:
+        pass  # a read-only cache only costs the decompression again next time
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,8 +414,6 @@ def save_image_grid(
     """A PNG grid of images titled with their class names, like d2l's ``show_images``; written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from inceptionlab.fileio import atomic_write_with
 
     images = images.detach().cpu()
     if images.dim() == 4:
