@@ -37,7 +37,7 @@ from inceptionlab.engine.trainer import TrainingDiverged, train
 from inceptionlab.errors import ConfigError, InputSizeError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text
 from inceptionlab.models import create_model
-from inceptionlab.plots import new_figure, save_figure
+from inceptionlab.plots import finish_axes, new_figure, save_figure
 
 RESULTS = "results.json"
 TABLE = "table.md"
@@ -369,13 +369,8 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str =
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    finish_axes(fig, ax, title=title, legend="lower right", fontsize=7)
     save_figure(fig, path)
 
 

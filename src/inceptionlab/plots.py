@@ -38,40 +38,35 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Train loss, train acc and test acc against epoch on one axis, like d2l's ``Animator`` plot."""
-    fig, ax = new_figure((4.5, 3.2))
-    epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [r["train_loss"] for r in rows], "-", label="train loss")
-    ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
-    ax.plot(epochs, [r["test_acc"] for r in rows], "g-.", label="test acc")
+def finish_axes(fig, ax, *, title: str = "", legend: str = "best", fontsize: int = 8) -> None:
+    """The common dress of every line plot: epoch axis, light grid, legend, optional title, tight layout."""
     ax.set_xlabel("epoch")
-    ax.set_xlim(0.5, max(epochs + [1]) + 0.5)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc=legend, fontsize=fontsize)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=fontsize + 1)
     fig.tight_layout()
-    save_figure(fig, path)
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
+    """curves.png: train loss, train acc and test acc per epoch on one axis, like d2l's ``Animator`` plot."""
+    train = [(r["epoch"], r["train_loss"], r["train_acc"]) for r in rows]
+    test = [(r["epoch"], r["test_acc"]) for r in rows]
+    save_figure(curves_figure(train, test, max([r["epoch"] for r in rows] + [1]), title), path)
 
 
 def curves_figure(train: list[tuple[float, float, float]], test: list[tuple[float, float]], epochs: int,
                   title: str = ""):
-    """Live curves: ``train`` = (fractional epoch, loss, acc) points, ``test`` = (epoch, acc) points."""
-    fig, ax = new_figure((4.5, 3.2), dpi=100)
+    """``train`` = (epoch, loss, acc) points (fractional epochs for the live curves), ``test`` = (epoch, acc)."""
+    fig, ax = new_figure((4.5, 3.2), dpi=120)
     if train:
         x = [p[0] for p in train]
         ax.plot(x, [p[1] for p in train], "-", label="train loss")
         ax.plot(x, [p[2] for p in train], "m--", label="train acc")
     if test:
         ax.plot([p[0] for p in test], [p[1] for p in test], "g-.", marker=".", label="test acc")
-    ax.set_xlabel("epoch")
-    ax.set_xlim(0, max(epochs, 1))
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    ax.set_xlim(0, max(epochs, 1) + 0.5)
+    finish_axes(fig, ax, title=title)
     return fig
 
 
