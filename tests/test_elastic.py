@@ -102,3 +102,22 @@ def test_two_nodes_on_localhost_meet_through_c10d(uninterrupted, tmp_path):
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert metrics(run_dir) == uninterrupted  # the same two ranks, the same numbers
+
+
+def test_a_dead_or_silent_peer_is_one_line_and_other_errors_pass_through():
+    from inceptionlab.engine.distributed import peer_failures_reported
+    from inceptionlab.errors import PeerError
+
+    gloo = "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:30947. This is typically\n..."
+    with pytest.raises(PeerError, match=r"stopped or stopped answering .*--run-dir") as info:
+        with peer_failures_reported(True):
+            raise RuntimeError(gloo)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PeerError, match="Timed out"):
+        with peer_failures_reported(True):
+            raise RuntimeError("[gloo] Timed out waiting 3000ms for recv operation to complete")
+    for enabled, message in ((True, "CUDA out of memory"), (False, gloo)):  # not a peer, or not a torchrun job
+        with pytest.raises(RuntimeError) as other:
+            with peer_failures_reported(enabled):
+                raise RuntimeError(message)
+        assert type(other.value) is RuntimeError

@@ -32,3 +32,7 @@ class WriteError(InceptionLabError, OSError):
 
     def __str__(self) -> str:  # OSError would format errno and filename instead of the message
         return str(self.args[0]) if self.args else ""
+
+
+class PeerError(InceptionLabError):
+    """Another process of a torchrun job stopped or stopped answering."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inceptionlab.errors import ConfigError
+from inceptionlab.errors import ConfigError, PeerError
 
 # How long a collective waits for the other ranks before it fails: a stopped or hung worker becomes an error on the
 # others instead of an endless wait. Long enough for rank 0's final writes and a slow first (compiled) step.
@@ -109,3 +110,26 @@ def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
+
+
+@contextlib.contextmanager
+def peer_failures_reported(enabled: bool):
+    """A collective that fails because a peer died or hung (torch's multi-line RuntimeError) becomes one line with
+    the way back; other errors pass through unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (enabled and _peer_failure(exc)):
+            raise
+        first = str(exc).strip().splitlines()[0][:200]
+        raise PeerError(
+            f"another process of this torchrun job stopped or stopped answering ({first}); the last complete "
+            "checkpoint is kept: run the same command again with --run-dir (torchrun --max-restarts N does it for "
+            f"you); a silent peer is given up on after ${TIMEOUT_ENV} seconds"
+        ) from None
+
+
+def _peer_failure(exc: RuntimeError) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    signs = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe")
+    return isinstance(exc, dist_error) or any(sign in str(exc) for sign in signs)

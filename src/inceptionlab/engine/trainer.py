@@ -180,7 +180,8 @@ def train(
     if resume is None and run_dir is not None and (Path(run_dir) / runs.CHECKPOINT).is_file():
         config, resume = continued_config(config, Path(run_dir), device), run_dir  # e.g. torchrun restarted us
     check_runtime(config, device, dist_info.world_size)
-    with _torch_threads(config.num_threads), _process_group(dist_info, device):
+    with _torch_threads(config.num_threads), _process_group(dist_info, device), \
+            distributed.peer_failures_reported(dist_info.enabled):
         state = setup(config, dist_info, device, data=data, run_dir=run_dir, resume=resume is not None,
                       progress=progress, log=log, live=live)
         try:
