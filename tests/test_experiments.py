@@ -43,6 +43,9 @@ def test_compare_two_models_two_seeds_writes_table_results_and_plot(fmnist, tmp_
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["kind"] == "compare" and saved["seeds"] == [0, 1] and len(saved["rows"]) == 2
+    # no --val-split: nothing is ranked (the rows stay in the order given) and no row has a validation accuracy
+    assert "ranking" not in saved and not any("val_acc" in row for row in saved["rows"])
+    assert "val acc" not in header and "validation" not in (out / "table.md").read_text()
     for row, cells in zip(saved["rows"], rows, strict=True):
         accs = row["test_acc"]
         assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)

@@ -25,6 +25,8 @@ INITS = ("xavier", "default")
 STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engine.step
 # Fashion-MNIST is 28 px and the models are built for 28-299 px; beyond 512 an upscale adds only memory and time
 MAX_IMAGE_SIZE = 512
+# Fashion-MNIST's training split (data.fashion_mnist.NUM_EXAMPLES): repeated so that this module never imports torch
+TRAIN_IMAGES = 60_000
 
 
 # Options that may change when a run continues (they do not change what it computes beyond rounding, or extend it).
@@ -74,6 +76,7 @@ class TrainConfig:
     sync_every: int = 50  # steps between host reads of the running loss (progress, NaN check, DDP stop agreement)
     # reproducibility and data
     seed: int = 0
+    val_split: int = 0  # training images held out for validation (the same ones for every seed and model); 0: none
     limit_train: int | None = None
     limit_test: int | None = None
     data_dir: str | None = None
@@ -128,6 +131,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number or unset, got {value!r}")
+        _check_val_split(self.val_split)
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
         if not _finite(self.lr) or self.lr <= 0:
@@ -153,6 +157,14 @@ class TrainConfig:
         if not self.out:
             raise ConfigError("out (the runs root) must not be empty")
         return self
+
+
+def _check_val_split(value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"val_split must be a whole number >= 0 (0: no validation set), got {value!r}")
+    if value >= TRAIN_IMAGES:
+        raise ConfigError(f"--val-split {value:,} leaves no training images (Fashion-MNIST has {TRAIN_IMAGES:,}); "
+                          "hold out fewer, e.g. --val-split 5000")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

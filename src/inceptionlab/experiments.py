@@ -11,7 +11,9 @@ the image size), repeated over seeds. There is no second training loop. An exper
     accuracy.png                    (sweep only) final test accuracy against the input size
 
 "Test accuracy" is the FINAL epoch's, not the best epoch's: picking the best epoch on the test set would report
-a number tuned on the test set.
+a number tuned on the test set. With ``config.val_split`` (``--val-split N``) every run also holds out the same N
+training images, and the table ranks the rows by their final validation accuracy (mean over seeds); the test
+accuracy is reported beside it and chooses nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
-from inceptionlab.config import TrainConfig
+from inceptionlab.config import TRAIN_IMAGES, TrainConfig
 from inceptionlab.devices import resolve_device
 from inceptionlab.engine.cuda import resolve_cuda_options
 from inceptionlab.engine.step import resolve_step_mode
@@ -64,6 +66,7 @@ class RowResult:
     gflops: float  # forward GFLOP per image at image_size (multiply-add = 2 FLOP)
     seeds: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)  # final epoch, one per seed
+    val_acc: list[float] = field(default_factory=list)  # final epoch on the held-out images (val_split), per seed
     best_test_acc: list[float] = field(default_factory=list)
     wall_seconds: list[float] = field(default_factory=list)  # training + per-epoch evaluation, per run
     images_per_sec: list[float] = field(default_factory=list)
@@ -79,6 +82,10 @@ class RowResult:
     def test_acc_std(self) -> float | None:
         return std(self.test_acc)
 
+    @property
+    def val_acc_mean(self) -> float:
+        return mean(self.val_acc)
+
     def curve_mean(self) -> list[float]:
         return [mean(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
 
@@ -86,13 +93,18 @@ class RowResult:
         return [std(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             **asdict(self),
             # None, not NaN, where every seed diverged (JSON has no NaN)
             "test_acc_mean": self.test_acc_mean if self.test_acc else None, "test_acc_std": self.test_acc_std,
             "wall_seconds_mean": mean(self.wall_seconds) if self.wall_seconds else None,
             "curve_mean": self.curve_mean(), "curve_std": self.curve_std(),
         }
+        if not self.val_acc:  # the results of runs without a validation split keep their keys
+            del d["val_acc"]
+        else:
+            d.update(val_acc_mean=self.val_acc_mean, val_acc_std=std(self.val_acc))
+        return d
 
 
 @dataclass
@@ -108,11 +120,15 @@ class ExperimentResult:
     exit_code: int = 0
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "kind": self.kind, "status": self.status, "out_dir": str(self.out_dir), "device": self.device,
             "host": _host(), "torch": torch.__version__, "seeds": self.seeds, "total_seconds": self.total_seconds,
             "base_config": self.base_config.to_dict(), "rows": [r.to_dict() for r in self.rows],
         }
+        order = ranked(self.rows)
+        if order is not None:
+            d.update(ranked_by="val_acc_mean", ranking=[r.label for r in order])
+        return d
 
 
 def mean(values: Sequence[float]) -> float:
@@ -128,8 +144,20 @@ def std(values: Sequence[float]) -> float | None:
 
 
 def format_acc(row: RowResult) -> str:
-    s = row.test_acc_std
-    return f"{row.test_acc_mean:.4f} ± {'n/a' if s is None else f'{s:.4f}'}"
+    return format_mean_std(row.test_acc)
+
+
+def format_mean_std(values: Sequence[float]) -> str:
+    s = std(values)
+    return f"{mean(values):.4f} ± {'n/a' if s is None else f'{s:.4f}'}"
+
+
+def ranked(rows: Sequence[RowResult]) -> list[RowResult] | None:
+    """The rows by mean final validation accuracy over seeds, best first (rows without one, e.g. diverged, last);
+    None when no run held out a validation set, so that nothing is ever chosen on the test set."""
+    if not any(r.val_acc for r in rows):
+        return None
+    return sorted(rows, key=lambda r: -r.val_acc_mean if r.val_acc else math.inf)
 
 
 def _host() -> str:
@@ -232,6 +260,8 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
         return
     row.seeds.append(config.seed)
     row.test_acc.append(run.summary["test_acc"])
+    if "val_acc" in run.summary:
+        row.val_acc.append(run.summary["val_acc"])
     row.best_test_acc.append(run.summary["best_test_acc"])
     row.wall_seconds.append(run.summary["elapsed_seconds"])
     row.images_per_sec.append(run.summary["images_per_sec"])
@@ -303,7 +333,11 @@ def _title(result: ExperimentResult) -> str:
 
 def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> str:
     """One line saying what every row was trained with (the table is meaningless without it)."""
-    train_n = f"first {config.limit_train:,}" if config.limit_train else "all 60,000"
+    train_n = f"first {config.limit_train:,}" if config.limit_train else f"all {TRAIN_IMAGES:,}"
+    if config.val_split:
+        rest = f"first {config.limit_train:,} of the rest" if config.limit_train else \
+            f"the other {TRAIN_IMAGES - config.val_split:,}"
+        train_n = f"{rest} ({config.val_split:,} held out for validation, --val-split)"
     test_n = f"first {config.limit_test:,}" if config.limit_test else "all 10,000"
     extras = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
     if config.crop_padding or config.flip or config.erasing:
@@ -317,35 +351,32 @@ def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> s
 
 
 def markdown_table(result: ExperimentResult) -> str:
-    """The experiment as a Markdown table, with the budget it was run under stated above it."""
+    """The experiment as a Markdown table, with the budget it was run under stated above it; ranked by validation
+    accuracy when the runs held out a validation set (:func:`ranked`), else in the order the rows ran."""
     c = result.base_config
     first = "image size" if result.kind == "sweep" else "model"
+    order = ranked(result.rows)
+    val = ["val acc (mean ± std)"] if order is not None else []
     lines = [
         f"# {result.kind}" + (f": {c.model}" if result.kind == "sweep" else f" at {c.image_size}x{c.image_size}"),
         "",
         describe_budget(c, result.seeds, result.device) + f". Status: {result.status}; "
         f"total wall time {datetime.timedelta(seconds=round(result.total_seconds))}.",
         "",
-        f"| {first} | parameters | GFLOP/image | test acc (mean ± std) | best-epoch test acc | seeds | "
-        "wall time per run (s) | train images/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        _cells([first, "parameters", "GFLOP/image", *val, "test acc (mean ± std)", "best-epoch test acc", "seeds",
+                "wall time per run (s)", "train images/s"]),
+        _cells(["---"] + ["---:"] * (7 + len(val))),
     ]
-    for r in result.rows:
-        label = f"{r.image_size}" if result.kind == "sweep" else r.label
-        seeds = f"{len(r.seeds)}" + (f" (+{len(r.diverged)} diverged)" if r.diverged else "")
-        if not r.test_acc:
-            if r.diverged:
-                lines.append(f"| {label} | {r.params:,} | {r.gflops:.3f} | diverged | - | {seeds} | - | - |")
-            continue
-        lines.append(
-            f"| {label} | {r.params:,} | {r.gflops:.3f} | {format_acc(r)} | {mean(r.best_test_acc):.4f} | "
-            f"{seeds} | {mean(r.wall_seconds):,.0f} | {mean(r.images_per_sec):,.0f} |"
-        )
+    lines += [line for r in (order or result.rows) if (line := _table_line(result.kind, r, bool(val)))]
     lines += [
         "",
         "Test accuracy is the final epoch's on the test images used; std is the sample std over seeds (n/a for one "
         "seed). GFLOP: forward pass, multiply-add = 2 FLOP. Wall time: training plus the per-epoch evaluation.",
     ]
+    if val:
+        lines.append(f"Rows are ranked by validation accuracy: the final epoch's on the {c.val_split:,} training "
+                     "images held out by --val-split (the same for every row and seed), mean over seeds. The test "
+                     "accuracy is reported, not used to choose.")
     diverged = [(r, d) for r in result.rows for d in r.diverged]
     if diverged:
         runs_text = "; ".join(f"{r.label} seed {d['seed']}" for r, d in diverged)
@@ -353,6 +384,22 @@ def markdown_table(result: ExperimentResult) -> str:
                      "last good checkpoint.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _cells(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table_line(kind: str, r: RowResult, with_val: bool) -> str | None:
+    """One row's line of the table; None for a row with neither a result nor a divergence (nothing to report)."""
+    label = f"{r.image_size}" if kind == "sweep" else r.label
+    seeds = f"{len(r.seeds)}" + (f" (+{len(r.diverged)} diverged)" if r.diverged else "")
+    cost = [label, f"{r.params:,}", f"{r.gflops:.3f}"]
+    if not r.test_acc:
+        return _cells([*cost, *(["-"] if with_val else []), "diverged", "-", seeds, "-", "-"]) if r.diverged else None
+    val = [format_mean_std(r.val_acc) if r.val_acc else "-"] if with_val else []
+    return _cells([*cost, *val, format_acc(r), f"{mean(r.best_test_acc):.4f}", seeds, f"{mean(r.wall_seconds):,.0f}",
+                   f"{mean(r.images_per_sec):,.0f}"])
 
 
 def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:

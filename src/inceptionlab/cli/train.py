@@ -92,7 +92,11 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--erasing", type=probability, help="random-erasing probability")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise pixels with the training set's mean/std (d2l: off)")
-    g.add_argument("--limit-train", type=positive_int, help="use only the first N training images (smoke runs)")
+    g.add_argument("--val-split", type=nonnegative_int, metavar="N",
+                   help="hold out N training images (the same ones for every seed and model) as a validation set, "
+                   "evaluated each epoch; compare and sweep then rank rows by it (default 0: none)")
+    g.add_argument("--limit-train", type=positive_int, help="use only the first N training images (smoke runs; "
+                   "after the --val-split hold-out)")
     g.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
     g.add_argument("--data-dir", help="directory holding the four Fashion-MNIST IDX files")
     g = p.add_argument_group("speed and placement")

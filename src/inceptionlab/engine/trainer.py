@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -49,6 +50,8 @@ from inceptionlab.models import create_model, init_xavier_
 
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
+# The held-out permutation's seed is fixed, not config.seed: every seed, model and rank then holds out the same images
+VAL_SPLIT_SEED = 20_170_828
 
 
 class TrainingDiverged(InceptionLabError):
@@ -126,6 +129,9 @@ class RunState:
     observers: list[Observer] = field(default_factory=list)  # TensorBoard, live notebook curves
     partial: dict | None = None  # a mid-epoch recovery point to continue from (resume)
     last_recovery: float = field(default_factory=time.perf_counter)
+    val_images: torch.Tensor | None = None  # the held-out training images (config.val_split), None without them
+    val_labels: torch.Tensor | None = None
+    last_val: dict | None = None
 
     @property
     def is_main(self) -> bool:
@@ -255,15 +261,16 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
         cuda_opts = resolve_cuda_options(config, device, step_mode, model,  # refuses what is known to be wrong
                                          allow_unverified_streams=allow_unverified_streams)
     with timer("data"):  # read + verify, to the device, resize once
-        loader, test_images, test_labels = build_data(config, dist_info, device, data)
+        run_data = build_data(config, dist_info, device, data)
     with timer("step"):  # optimizer and step function (a graph is captured at the first step)
         optimizer = build_optimizer(model, config, device)
         scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
         step_fn = build_train_step(_wrap_ddp(model, dist_info, device), optimizer, config, device, scaler=scaler,
                                    batch_size=config.batch_size // dist_info.world_size,
                                    world_size=dist_info.world_size, batched_casts=cuda_opts["batched_casts"])
-    state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts, loader,
-                     test_images, test_labels, run_dir, say, timer, precision_reason=precision_reason)
+    state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts,
+                     run_data.loader, run_data.test_images, run_data.test_labels, run_dir, say, timer,
+                     precision_reason=precision_reason, val_images=run_data.val_images, val_labels=run_data.val_labels)
     if device.type == "cpu" and config.num_threads is None:
         state.tuner = ThreadTuner(torch.get_num_threads())
     with timer("run_dir"):  # resume state, run directory, config.json
@@ -292,15 +299,46 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     return prepare_model(model.to(device), config)
 
 
+class RunData(NamedTuple):
+    """What :func:`build_data` puts on the device; ``val_*`` are None without ``config.val_split``."""
+
+    loader: DeviceLoader
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+
+def validation_split(num_train: int, val_split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) indices into a training split of ``num_train`` images, each in dataset order.
+
+    The ``val_split`` held-out images are the first of one fixed permutation (:data:`VAL_SPLIT_SEED`, drawn on the
+    CPU), so they depend on ``val_split`` alone: the same for every seed, model, device and torchrun rank, and a
+    smaller split's images are inside a larger one's."""
+    if not 0 < val_split < num_train:
+        raise ConfigError(f"--val-split {val_split:,} must be between 1 and {num_train - 1:,} (there are "
+                          f"{num_train:,} training images); hold out fewer, e.g. --val-split {num_train // 12:,}")
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    return order[val_split:].sort().values, order[:val_split].sort().values
+
+
 def build_data(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device,
-               data: FashionMNIST | None) -> tuple[DeviceLoader, torch.Tensor, torch.Tensor]:
-    """The training loader and the test split, uint8 on the device, each split resized once when it fits."""
+               data: FashionMNIST | None) -> RunData:
+    """The training loader, the test split and the held-out validation images (``config.val_split``), uint8 on the
+    device, each resized once when it fits. ``limit_train`` applies to the images left after the hold-out."""
     data = (data if data is not None else load_fashion_mnist(config.data_dir)).to(device)
-    train_images, train_labels = data.train_images[: config.limit_train], data.train_labels[: config.limit_train]
+    train_images, train_labels, val_images, val_labels = data.train_images, data.train_labels, None, None
+    if config.val_split:
+        train_index, val_index = (i.to(device) for i in validation_split(len(train_labels), config.val_split))
+        val_images, val_labels = train_images[val_index], train_labels[val_index]
+        train_images, train_labels = train_images[train_index], train_labels[train_index]
+    train_images, train_labels = train_images[: config.limit_train], train_labels[: config.limit_train]
     test_images, test_labels = data.test_images[: config.limit_test], data.test_labels[: config.limit_test]
-    if want_pre_resize(len(train_images) + len(test_images), config.image_size):
+    num_val = 0 if val_labels is None else len(val_labels)
+    if want_pre_resize(len(train_images) + len(test_images) + num_val, config.image_size):
         train_images = pre_resize(train_images, config.image_size)
         test_images = pre_resize(test_images, config.image_size)
+        val_images = None if val_images is None else pre_resize(val_images, config.image_size)
     transform = build_transform(crop_padding=config.crop_padding, flip=config.flip, erasing=config.erasing)
     loader = DeviceLoader(train_images, train_labels, config.batch_size // dist_info.world_size,
                           image_size=config.image_size, shuffle=True, seed=config.seed, rank=dist_info.rank,
@@ -309,7 +347,7 @@ def build_data(config: TrainConfig, dist_info: distributed.Distributed, device: 
         over = f" over {dist_info.world_size} processes" if dist_info.enabled else ""
         raise ConfigError(f"--drop-last leaves no training batch: {len(train_labels):,} training images{over} are "
                           f"fewer than one batch of {config.batch_size}; use --no-drop-last or a smaller --batch-size")
-    return loader, test_images, test_labels
+    return RunData(loader, test_images, test_labels, val_images, val_labels)
 
 
 def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torch.device) -> nn.Module:
@@ -385,7 +423,9 @@ def describe_run(state: RunState) -> str:
     return (
         f"training {config.model} ({num_params:,} parameters) on {state.device}"
         + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
-        + f": {len(state.loader.labels):,} training / {len(state.test_labels):,} test images at {config.image_size}x"
+        + f": {len(state.loader.labels):,} training"
+        + (f" / {len(state.val_labels):,} validation" if state.val_labels is not None else "")
+        + f" / {len(state.test_labels):,} test images at {config.image_size}x"
         f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
         f"{config.precision}{f' ({state.precision_reason})' if state.precision_reason else ''}"
         f"{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
@@ -410,12 +450,21 @@ def run_epochs(state: RunState) -> TrainResult:
             with state.timer("eval"):
                 state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
                                            rank=state.dist.rank, world_size=state.dist.world_size)
+                state.last_val = evaluate_validation(state)
             save_epoch(state, epoch, train_metrics, writes)
         if state.is_main and state.rows and state.plotted != len(state.rows):
             writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
         wait_start = time.perf_counter()
     state.timer.add("write_wait", time.perf_counter() - wait_start)  # writes still queued after the last epoch
     return finish(state)
+
+
+def evaluate_validation(state: RunState) -> dict | None:
+    """The held-out training images, preprocessed exactly as the test set (no augmentation); None without them."""
+    if state.val_images is None:
+        return None
+    return evaluate(state.model, state.val_images, state.val_labels, state.config, rank=state.dist.rank,
+                    world_size=state.dist.world_size)
 
 
 @dataclass
@@ -543,6 +592,8 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         "train_acc": train_metrics["train_acc"],
         "test_loss": state.last_eval["loss"],
         "test_acc": state.last_eval["acc"],
+        # only with a validation split, so the rows of runs without one keep their keys
+        **({"val_loss": state.last_val["loss"], "val_acc": state.last_val["acc"]} if state.last_val else {}),
         "lr": train_metrics["lr"],
         "images_per_sec": train_metrics["images"] / train_metrics["seconds"],
         "epoch_seconds": time.perf_counter() - train_metrics["start"],
@@ -562,8 +613,9 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         if now - state.last_plot >= PLOT_EVERY_SECONDS:
             writes.submit(_plot_curves, state.run_dir, snapshot["metrics"], state.config)
             state.last_plot, state.plotted = now, len(state.rows)
+    val = f"val acc {row['val_acc']:.3f}  " if "val_acc" in row else ""
     state.say(f"epoch {epoch + 1:>3}/{state.config.epochs}  loss {row['train_loss']:.3f}  train acc "
-              f"{row['train_acc']:.3f}  test acc {row['test_acc']:.3f}  {row['images_per_sec']:,.0f} img/s  "
+              f"{row['train_acc']:.3f}  {val}test acc {row['test_acc']:.3f}  {row['images_per_sec']:,.0f} img/s  "
               f"elapsed {_format_time(row['elapsed_seconds'])}")
 
 
@@ -606,6 +658,8 @@ def build_summary(state: RunState, status: str) -> dict:
         summary.update(train_loss=last["train_loss"], train_acc=last["train_acc"], test_acc=last["test_acc"],
                        best_test_acc=max(r["test_acc"] for r in rows),
                        images_per_sec=sum(r["images_per_sec"] for r in rows) / len(rows))
+        if "val_acc" in last:
+            summary.update(val_acc=last["val_acc"], best_val_acc=max(r["val_acc"] for r in rows))
     if state.stop_signal is not None:
         summary["signal"] = signal.Signals(state.stop_signal).name
     return summary
@@ -621,7 +675,8 @@ def write_results(state: RunState, summary: dict) -> None:
         _plot_confusion(run_dir, state.last_eval["confusion"], config)
     runs.write_summary(run_dir, summary)
     if summary["status"] == "completed" and state.rows:
-        say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, "
+        val = f"val acc {summary['val_acc']:.3f}, " if "val_acc" in summary else ""
+        say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, {val}"
             f"test acc {summary['test_acc']:.3f}")
         say(f"{summary['images_per_sec']:.1f} examples/sec on {state.device}")
     elif summary["status"] == "interrupted":
