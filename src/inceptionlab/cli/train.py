@@ -84,7 +84,12 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--warmup-epochs", type=nonnegative_float)
     g.add_argument("--label-smoothing", type=probability)
-    g = p.add_argument_group("data and augmentation")
+    _add_data_options(p.add_argument_group("data and augmentation"), skip)
+    _add_speed_options(p.add_argument_group("speed and placement"))
+    _add_run_options(p.add_argument_group("the run"))
+
+
+def _add_data_options(g, skip: tuple[str, ...]) -> None:
     if "image_size" not in skip:
         g.add_argument("--image-size", type=positive_int, help="side of the square input (default 96)")
     g.add_argument("--crop-padding", type=nonnegative_int, help="random crop after zero padding by this much")
@@ -99,7 +104,9 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
                    "after the --val-split hold-out)")
     g.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
     g.add_argument("--data-dir", help="directory holding the four Fashion-MNIST IDX files")
-    g = p.add_argument_group("speed and placement")
+
+
+def _add_speed_options(g) -> None:
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast + channels_last where the device runs bf16 well (CUDA with "
                    "bf16, CPUs with AVX-512 BF16 or AMX), fp32 elsewhere; fp32 with --no-channels-last is d2l's "
@@ -116,7 +123,12 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
     g.add_argument("--fuse-1x1", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA: run an Inception block's three 1x1 convs on its input as one conv (default: auto)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-    g.add_argument("--num-threads", type=positive_int, help="CPU threads for PyTorch")
+    g.add_argument("--num-threads", type=positive_int,
+                   help="CPU threads for PyTorch (default: chosen by timing the run's own steps; pin for bit-exact "
+                   "reruns)")
+
+
+def _add_run_options(g) -> None:
     g.add_argument("--seed", type=nonnegative_int)
     g.add_argument("--out", help="runs root directory (default runs)")
     g.add_argument("--checkpoint-every", type=nonnegative_float, metavar="MINUTES",

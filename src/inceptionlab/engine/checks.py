@@ -27,7 +27,7 @@ def _check_batches(steps: int, batch_size: int, image_size: int, dtype: torch.dt
 
 def _parameter_change(device: torch.device, config: TrainConfig, batches: list, dtype: torch.dtype, *,
                       captured: bool = False, branch_streams: bool = False, fuse_1x1: bool = False,
-                      batched_casts: bool = False, lr_scale: float = 1.0) -> torch.Tensor:
+                      batched_casts: bool = False, compiled: bool = False, lr_scale: float = 1.0) -> torch.Tensor:
     """Train a fresh seeded ``config.model`` on ``batches`` (lr 2^-8 * (1 + i): exact in float32, so the captured
     step's float32 lr tensor holds the very value the eager step uses) and return the change of all parameters."""
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def _parameter_change(device: torch.device, config: TrainConfig, batches: list, 
     optimizer = build_optimizer(net, config, device)
     step = (StaticTrainStep(net, optimizer, config, batch_size=config.batch_size, capture=device.type == "cuda",
                             batched_casts=batched_casts)
-            if captured else make_train_step(net, optimizer, config))
+            if captured else make_train_step(torch.compile(net) if compiled else net, optimizer, config))
     for i, (x, y) in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = 2.0**-8 * (1 + i) * lr_scale
@@ -81,6 +81,7 @@ def graph_vs_eager_max_diff(
     branch_streams: bool = False,
     fuse_1x1: bool = False,
     batched_casts: bool = False,
+    compiled: bool = False,
     precision: str = "fp32",
     dtype: torch.dtype | None = None,
 ) -> float:
@@ -89,6 +90,7 @@ def graph_vs_eager_max_diff(
     partial batch. Deterministic algorithms, no TF32, dropout off, random data. The switches apply to the captured
     side only (the eager side is the plain step): ``branch_streams``, ``fuse_1x1``, ``batched_casts`` (needs
     ``precision="bf16"``). On a CPU the "captured" side is :class:`StaticTrainStep` without a graph.
+    ``compiled``: the other side is the eager step on ``torch.compile`` of the model (step mode "compile").
 
     ``dtype`` (default: float64 for ``precision="fp32"``, float32 master weights under bf16 autocast) is the
     arithmetic of model and data. Why float64: the short training of a BatchNorm model is chaotic, so in float32 any
@@ -100,8 +102,9 @@ def graph_vs_eager_max_diff(
     batches = _check_batches(steps, batch_size, image_size, dtype)
     with _exact_arithmetic():
         eager = _parameter_change(device, config, batches, dtype)
-        graph = _parameter_change(device, config, batches, dtype, captured=True, branch_streams=branch_streams,
-                                  fuse_1x1=fuse_1x1, batched_casts=batched_casts)
+        graph = _parameter_change(device, config, batches, dtype, captured=not compiled,
+                                  branch_streams=branch_streams, fuse_1x1=fuse_1x1, batched_casts=batched_casts,
+                                  compiled=compiled)
     return float((graph - eager).norm() / eager.norm().clamp_min(1e-30))
 
 
