@@ -17,19 +17,21 @@ import torch
 class ThreadTuner:
     """Call :meth:`step_done` after every training step with its images and seconds (a CPU step is synchronous).
 
-    A probe times ``probe`` steps with each candidate count (``max_threads``, half of it, 1; the first step after a
-    switch is skipped) and keeps the fastest. A new probe starts when the chosen count runs ``slowdown`` times
-    slower than when it was chosen, or after ``every`` steps; the interval doubles (up to 8x) while probes keep
-    confirming the same count, so an idle machine pays for few of them.
+    A probe times ``probe`` steps with each candidate count (``max_threads``, half of it, 1; the run's first
+    ``warmup`` steps and the first step after a switch are not timed) and keeps the fastest. A new probe starts
+    when the chosen count runs ``slowdown`` times slower than when it was chosen, or after ``every`` steps; the
+    interval doubles (up to 8x) while probes keep confirming the same count, so an idle machine pays for few.
     """
 
-    def __init__(self, max_threads: int, *, probe: int = 4, every: int = 200, slowdown: float = 0.7):
+    def __init__(self, max_threads: int, *, probe: int = 4, every: int = 200, slowdown: float = 0.7,
+                 warmup: int = 5):
         self.candidates = sorted({max_threads, max(1, max_threads // 2), 1}, reverse=True)
         self.probe, self.base_every, self.slowdown = probe, every, slowdown
         self.every = every
         self.chosen = max_threads
         self.history: list[dict[int, float]] = []  # images/s per count, one dict per probe
-        self._queue: list[int] = list(self.candidates)  # probe from the first steps on
+        self._queue: list[int] = list(self.candidates)  # probe once the first steps (kernel set-up) are done
+        self._skip = warmup  # steps not to time: the run's first ones, and the first after each switch
         self._times: list[float] = []  # images/s of the probe's steps so far
         self._rates: dict[int, float] = {}
         self._chosen_rate = 0.0
@@ -50,7 +52,11 @@ class ThreadTuner:
 
     def _probe_step(self, images: int, seconds: float) -> None:
         if torch.get_num_threads() != self._queue[0]:
-            torch.set_num_threads(self._queue[0])  # this step ran with the previous count: not timed
+            torch.set_num_threads(self._queue[0])  # this step ran with the previous count,
+            self._skip = 1  # and the next sets up the new thread pool: neither is timed
+            return
+        if self._skip:
+            self._skip -= 1
             return
         self._times.append(images / max(seconds, 1e-9))
         if len(self._times) < self.probe:
