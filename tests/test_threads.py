@@ -1,5 +1,6 @@
-"""The CPU thread tuner against a simulated machine whose speed per thread count we set: it must keep the fastest
-count, notice when a competing process makes that count slow, and move."""
+"""The CPU thread tuner against a simulated machine whose speed and CPU share per thread count we set: idle it
+never changes anything; when another process takes a share of the cores it finds the faster count, and when the
+other process goes away it finds its way back."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 
 from inceptionlab.engine.threads import ThreadTuner
 
-IDLE = {2: 700.0, 1: 450.0}  # images/s per thread count, shaped like the 2-core machine's (BENCHMARKS.md)
-LOADED = {2: 60.0, 1: 430.0}
+# images/s and CPU share (CPU time per wall second per thread) per thread count, shaped like the 2-core machine's
+# (BENCHMARKS.md, "Training under load")
+IDLE = {2: (900.0, 1.0), 1: (530.0, 1.0)}
+LOADED = {2: (240.0, 0.64), 1: (500.0, 1.0)}
 
 
 @pytest.fixture(autouse=True)
@@ -19,63 +22,78 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def run(tuner: ThreadTuner, speeds: dict[int, float], steps: int, images: int = 128) -> list[int]:
-    """Feed ``steps`` steps timed as the simulated machine would run them; returns the thread count of each step."""
-    used = []
-    for _ in range(steps):
-        threads = torch.get_num_threads()
-        used.append(threads)
-        tuner.step_done(images, images / speeds[threads])
-    return used
+class Machine:
+    """Fake wall and CPU clocks, advanced by each simulated step."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def tuner(self, **options) -> ThreadTuner:
+        return ThreadTuner(2, wall_clock=lambda: self.wall, cpu_clock=lambda: self.cpu, **options)
+
+    def run(self, tuner: ThreadTuner, profile: dict, steps: int, images: int = 128, setup: int = 0) -> list[int]:
+        """``steps`` steps (the first ``setup`` of them 20x slower: kernel set-up); the thread count of each."""
+        used = []
+        for step in range(steps):
+            threads = torch.get_num_threads()
+            rate, share = profile[threads]
+            seconds = images / rate * (20 if step < setup else 1)
+            self.wall += seconds
+            self.cpu += seconds * threads * share
+            used.append(threads)
+            tuner.step_done(images, seconds)
+        return used
 
 
-def test_idle_keeps_all_threads_and_a_busy_machine_moves_to_one():
+def test_idle_it_never_probes_and_keeps_every_thread():
     torch.set_num_threads(2)
-    tuner = ThreadTuner(2, probe=4, every=100)
-    assert tuner.candidates == [2, 1] and tuner.active
-    used = run(tuner, IDLE, 60)
-    assert tuner.chosen == 2 and used[-40:] == [2] * 40
-    assert tuner.history[0] == pytest.approx({2: 700.0, 1: 450.0})
-    used = run(tuner, LOADED, 30)  # another process starts: 2 threads collapse
-    assert tuner.chosen == 1 and used[-10:] == [1] * 10
-    # once found, the slow count costs only the steps that noticed it and one probe of it
-    assert used.count(2) <= 4 + 1 + 4
+    machine = Machine()
+    tuner = machine.tuner()
+    used = machine.run(tuner, IDLE, 400, setup=5)
+    assert used == [2] * 400 and tuner.history == []
+    assert tuner.utilisation and min(tuner.utilisation) == pytest.approx(1.0)
 
 
-def test_probes_get_rarer_while_they_confirm_the_choice_and_the_load_going_away_is_found():
+def test_a_competing_process_moves_it_to_one_thread_within_a_few_steps():
     torch.set_num_threads(2)
-    tuner = ThreadTuner(2, probe=4, every=20)
-    run(tuner, LOADED, 20)
+    machine = Machine()
+    tuner = machine.tuner(window=4)
+    machine.run(tuner, IDLE, 40, setup=5)
+    used = machine.run(tuner, LOADED, 40)
+    assert tuner.chosen == 1 and tuner.history == [pytest.approx({2: 240.0, 1: 500.0})]
+    # noticed within one window, one probe at 2 threads, then 1 thread to the end
+    assert used.count(2) <= 4 + 1 + 4 + 1 and used[-20:] == [1] * 20
+
+
+def test_the_load_going_away_is_found_and_probes_get_rarer_while_it_stays():
+    torch.set_num_threads(2)
+    machine = Machine()
+    tuner = machine.tuner(window=4, every=20)
+    machine.run(tuner, LOADED, 30)
     assert tuner.chosen == 1
-    run(tuner, LOADED, 400)
+    machine.run(tuner, LOADED, 600)
     assert tuner.every == 8 * 20  # confirmed again and again: the interval grew to its cap
     steps = 0
-    while tuner.chosen == 1 and steps < 1000:  # the other process ended: the next periodic probe finds out
-        run(tuner, IDLE, 1)
+    while tuner.chosen == 1 and steps < 1000:  # the other process ended
+        machine.run(tuner, IDLE, 1)
         steps += 1
-    assert tuner.chosen == 2 and tuner.every == 20  # a new choice: probes are frequent again
-    assert steps <= 8 * 20 + 2 * (4 + 2) + 1  # within one interval and one probe
+    assert tuner.chosen == 2 and tuner.every == 20 and steps <= 8 * 20 + 2 * (4 + 2) + 1
 
 
-def test_the_slow_first_steps_and_the_step_after_a_switch_are_not_timed():
-    """The first steps set up the kernels (bf16 oneDNN: many times a normal step), and so does the first step with a
-    new thread count: timing them would pick the count that happened to run them second."""
+def test_slow_set_up_steps_are_not_mistaken_for_load():
     torch.set_num_threads(2)
-    tuner = ThreadTuner(2, probe=4, every=100, warmup=5)
-    counts_seen = set()
-    for step in range(30):
-        threads = torch.get_num_threads()
-        slow = step < 5 or threads not in counts_seen  # set-up steps: 20x a normal step
-        counts_seen.add(threads)
-        tuner.step_done(128, 128 / (IDLE[threads] / (20 if slow else 1)))
-    assert tuner.chosen == 2 and tuner.history[0] == pytest.approx({2: 700.0, 1: 450.0})
+    machine = Machine()
+    tuner = machine.tuner(warmup=5)
+    machine.run(tuner, {2: (900.0, 0.5), 1: (530.0, 1.0)}, 5)  # set-up: one thread busy, the other waiting
+    used = machine.run(tuner, IDLE, 100)
+    assert tuner.history == [] and used == [2] * 100
 
 
 def test_one_thread_means_nothing_to_tune():
     torch.set_num_threads(1)
     tuner = ThreadTuner(1)
     assert not tuner.active
-    run(tuner, {1: 100.0}, 10)
+    tuner.step_done(128, 0.1)
     assert tuner.history == [] and torch.get_num_threads() == 1
 
 
@@ -87,6 +105,6 @@ def test_the_trainer_tunes_only_when_threads_are_not_pinned(fmnist, tmp_path):
                          device="cpu", precision="fp32", out=str(tmp_path))
     torch.set_num_threads(2)
     free = train(config, data=fmnist, log=None)
-    assert set(free.summary["threads"]["probes"][0]) == {1, 2}
+    assert free.summary["threads"]["utilisation"]  # it watched the run's CPU share
     pinned = train(config.replace(num_threads=2), data=fmnist, log=None)
     assert "threads" not in pinned.summary and torch.get_num_threads() == 2  # restored after the run

@@ -1,41 +1,48 @@
-"""CPU threads that suit a shared machine: the trainer times its own steps with a few thread counts, keeps the
-fastest, and looks again when the speed drops or after a while, because the load of a laptop changes.
+"""CPU threads that suit a shared machine: while the run's threads get the cores they ask for, nothing changes;
+when another process takes a share of them, the trainer times its own steps with fewer threads and keeps the
+fastest count, and looks again now and then, because the load of a laptop comes and goes.
 
 Why: PyTorch's OpenMP threads wait for each other in every parallel region. When another busy process takes one
-of the cores, a descheduled thread stalls all the others: a 2-thread step on 2 cores became 12x slower than idle
-while 1 thread kept 60 % (BENCHMARKS.md, "Training under load"). Thread counts change the order of some sums
-(rounding), so ``--num-threads N`` pins them for bit-exact runs; the tuner runs only when that is unset.
+of the cores, a descheduled thread stalls all the others: a 2-thread step on 2 cores became 4-12x slower than
+idle while 1 thread kept 60 % (BENCHMARKS.md, "Training under load"). The signal is the process's CPU time per
+wall second per thread: ~1.0 on an idle machine, ~0.65 with one competing process (measured there). Thread counts
+change the order of some sums (rounding), so ``--num-threads N`` pins them for bit-exact reruns; the tuner runs
+only when that is unset.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
+
+CONTENDED = 0.85  # CPU time per wall second per thread below this: another process is taking our cores
 
 
 class ThreadTuner:
     """Call :meth:`step_done` after every training step with its images and seconds (a CPU step is synchronous).
 
-    A probe times ``probe`` steps with each candidate count (``max_threads``, half of it, 1; the run's first
-    ``warmup`` steps and the first step after a switch are not timed) and keeps the fastest. A new probe starts
-    when the chosen count runs ``slowdown`` times slower than when it was chosen, or after ``every`` steps; the
-    interval doubles (up to 8x) while probes keep confirming the same count, so an idle machine pays for few.
+    After ``warmup`` steps (kernel set-up), every ``window`` steps it compares the CPU time the process got with
+    what its threads could use. Short of it (:data:`CONTENDED`) with all threads, it probes: ``window`` timed steps
+    with each candidate count (``max_threads``, half of it, 1; the first step after a switch is not timed), and
+    keeps the fastest. With fewer threads it probes again after ``every`` steps, an interval that doubles (up to
+    8x) while probes keep confirming the count.
     """
 
-    def __init__(self, max_threads: int, *, probe: int = 4, every: int = 200, slowdown: float = 0.7,
-                 warmup: int = 5):
+    def __init__(self, max_threads: int, *, window: int = 3, every: int = 200, warmup: int = 2,
+                 wall_clock=time.perf_counter, cpu_clock=time.process_time):
         self.candidates = sorted({max_threads, max(1, max_threads // 2), 1}, reverse=True)
-        self.probe, self.base_every, self.slowdown = probe, every, slowdown
-        self.every = every
+        self.max_threads, self.window, self.base_every, self.every = max_threads, window, every, every
         self.chosen = max_threads
         self.history: list[dict[int, float]] = []  # images/s per count, one dict per probe
-        self._queue: list[int] = list(self.candidates)  # probe once the first steps (kernel set-up) are done
+        self.utilisation: list[float] = []  # CPU time per wall second per thread, one value per window watched
+        self._wall, self._cpu = wall_clock, cpu_clock
         self._skip = warmup  # steps not to time: the run's first ones, and the first after each switch
-        self._times: list[float] = []  # images/s of the probe's steps so far
+        self._queue: list[int] = []
         self._rates: dict[int, float] = {}
-        self._chosen_rate = 0.0
-        self._recent: list[float] = []
+        self._times: list[float] = []  # images/s of the probe's steps so far
+        self._mark: tuple[float, float] | None = None
         self._since_probe = 0
 
     @property
@@ -45,21 +52,47 @@ class ThreadTuner:
     def step_done(self, images: int, seconds: float) -> None:
         if not self.active:
             return
-        if self._queue:
+        if self._skip:
+            self._skip -= 1
+            self._mark = None
+        elif self._queue:
             self._probe_step(images, seconds)
         else:
             self._watch(images / max(seconds, 1e-9))
+
+    def _watch(self, rate: float) -> None:
+        now = (self._wall(), self._cpu())
+        if self._mark is None:
+            self._mark, self._times = now, []
+            return
+        self._times.append(rate)
+        self._since_probe += 1
+        if self.chosen < self.max_threads:
+            if self._since_probe >= self.every:
+                self._start_probe(measured=False)
+            return
+        if len(self._times) >= self.window:
+            wall, cpu = now[0] - self._mark[0], now[1] - self._mark[1]
+            self.utilisation.append(cpu / max(wall * self.chosen, 1e-9))
+            self._mark = now
+            if self.utilisation[-1] < CONTENDED:
+                self._start_probe(measured=True)
+            self._times = []
+
+    def _start_probe(self, measured: bool) -> None:
+        """``measured``: the window just watched timed the chosen count already; probe only the others."""
+        others = [c for c in self.candidates if c != self.chosen]
+        self._rates = {self.chosen: statistics.median(self._times)} if measured else {}
+        self._queue = others if measured else [self.chosen, *others]
+        self._times = []
 
     def _probe_step(self, images: int, seconds: float) -> None:
         if torch.get_num_threads() != self._queue[0]:
             torch.set_num_threads(self._queue[0])  # this step ran with the previous count,
             self._skip = 1  # and the next sets up the new thread pool: neither is timed
             return
-        if self._skip:
-            self._skip -= 1
-            return
         self._times.append(images / max(seconds, 1e-9))
-        if len(self._times) < self.probe:
+        if len(self._times) < self.window:
             return
         self._rates[self._queue.pop(0)] = statistics.median(self._times)
         self._times = []
@@ -70,13 +103,6 @@ class ThreadTuner:
         self.history.append(self._rates)
         best = max(self._rates, key=self._rates.get)
         self.every = min(self.every * 2, 8 * self.base_every) if best == self.chosen else self.base_every
-        self.chosen, self._chosen_rate = best, self._rates[best]
+        self.chosen = best
         torch.set_num_threads(best)
-        self._rates, self._recent, self._since_probe = {}, [], 0
-
-    def _watch(self, rate: float) -> None:
-        self._since_probe += 1
-        self._recent = (self._recent + [rate])[-self.probe:]
-        slow = len(self._recent) == self.probe and statistics.median(self._recent) < self.slowdown * self._chosen_rate
-        if slow or self._since_probe >= self.every:
-            self._queue = [self.chosen] + [c for c in self.candidates if c != self.chosen]
+        self._mark, self._since_probe = None, 0

@@ -652,7 +652,8 @@ def build_summary(state: RunState, status: str) -> dict:
         "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
     }
     if state.tuner is not None and state.tuner.active:
-        summary["threads"] = {"chosen": state.tuner.chosen, "probes": state.tuner.history}
+        summary["threads"] = {"chosen": state.tuner.chosen, "probes": state.tuner.history,
+                              "utilisation": [round(u, 3) for u in state.tuner.utilisation[-20:]]}
     if rows:
         last = rows[-1]
         summary.update(train_loss=last["train_loss"], train_acc=last["train_acc"], test_acc=last["test_acc"],
