@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
 from pathlib import Path
 
@@ -183,6 +184,88 @@ def test_images_and_labels_disagree(isolated_data_env, tmp_path):
     write_file(directory, "train-labels-idx1-ubyte", idx_bytes(np.zeros(19)))
     with pytest.raises(DatasetError, match=r"train split: 20 images but 19 labels"):
         data.load_fashion_mnist(directory, verify=False)
+
+
+# IDX at its edges. The headers are packed here by hand from the format's definition (big-endian: 0x00 0x00, type
+# 0x08 = uint8, number of dims; then one uint32 per dim), independently of inceptionlab's parser.
+
+
+def _header(ndim: int, *dims: int) -> bytes:
+    return struct.pack(">HBB", 0, 0x08, ndim) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_parse_idx_reads_what_the_format_says():
+    labels = bytes([0, 9, 3])
+    parsed = data.parse_idx(_header(1, 3) + labels)
+    assert parsed.shape == (3,) and parsed.tolist() == [0, 9, 3]
+    pixels = bytes(range(2 * 3 * 4))
+    assert data.parse_idx(_header(3, 2, 3, 4) + pixels).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
+    # a header and nothing else is a valid, empty file: the length check is exact, not "at least"
+    assert data.parse_idx(_header(1, 0)).shape == (0,)
+    assert data.parse_idx(_header(3, 0, 28, 28)).shape == (0, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", r"too short for an IDX header \(0 bytes\)"),
+        (_header(1)[:3], r"too short for an IDX header \(3 bytes\)"),
+        (_header(1), r"truncated IDX header \(4 bytes\)"),  # magic alone: its one dimension is missing
+        (_header(3, 10, 28), r"truncated IDX header \(12 bytes\)"),  # 16 bytes of header for 3 dims
+        (_header(1, 3) + bytes(2), r"truncated: 10 bytes, but its header \[3\] implies 11"),
+        (_header(1, 3) + bytes(4), r"has trailing bytes: 12 bytes, but its header \[3\] implies 11"),
+        (_header(3, 1, 2, 2) + bytes(5), r"has trailing bytes: 21 bytes, but its header \[1, 2, 2\] implies 20"),
+        (_header(2, 1, 784) + bytes(784), r"bad IDX magic number 2050"),  # images flattened to 2 dims
+    ],
+)
+def test_parse_idx_refuses_malformed_bytes(payload, expected):
+    with pytest.raises(DatasetError, match=expected):
+        data.parse_idx(payload, "f")
+
+
+def test_label_9_is_accepted_and_10_refused(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    nines = np.full(10, 9)
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 10) + nines.astype(np.uint8).tobytes(), gz=False)
+    assert data.load_fashion_mnist(directory, verify=False).test_labels.tolist() == [9] * 10
+    nines[4] = 10
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 10) + nines.astype(np.uint8).tobytes(), gz=False)
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte: label 10 at index 4 is outside 0..9"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_trailing_bytes_in_a_file_are_refused_by_name(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d")
+    write_file(directory, "train-labels-idx1-ubyte", _header(1, 20) + bytes(20) + b"\0")
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte.gz: has trailing bytes: 29 bytes"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("stem", "payload", "expected"),
+    [
+        # images in a labels-type file (one dimension, valid magic 2049): 10 "images" of nothing
+        ("t10k-images-idx3-ubyte", _header(1, 10) + bytes(10), r"1 dimensions where images \(3\) belong"),
+        # labels in an images-type file (three dimensions, valid magic 2051); values 0, so only the rank is wrong
+        ("t10k-labels-idx1-ubyte", _header(3, 10, 1, 1) + bytes(10), r"3 dimensions where labels \(1\) belong"),
+        ("t10k-images-idx3-ubyte", _header(2, 10, 784) + bytes(7840), r"bad IDX magic number 2050"),
+        ("t10k-images-idx3-ubyte", _header(3, 10, 28, 27) + bytes(7560), r"images of 28x27, expected 28x28"),
+    ],
+)
+def test_files_with_the_wrong_number_of_dimensions_are_refused(isolated_data_env, tmp_path, stem, payload, expected):
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    write_file(directory, stem, payload, gz=False)
+    with pytest.raises(DatasetError, match=f"{stem}: .*{expected}"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_an_empty_split_loads_with_verify_false(isolated_data_env, tmp_path):
+    """Zero labels have no maximum: the range check must not ask for one (custom data may hold an empty split)."""
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    write_file(directory, "t10k-images-idx3-ubyte", _header(3, 0, 28, 28), gz=False)
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 0), gz=False)
+    ds = data.load_fashion_mnist(directory, verify=False)
+    assert ds.test_images.shape == (0, 28, 28) and ds.test_labels.shape == (0,) and len(ds.train_labels) == 20
 
 
 def test_checksum_mismatch_is_refused_with_both_hashes(fmnist, isolated_data_env, tmp_path):
