@@ -323,3 +323,56 @@ def test_drop_last_skips_the_short_batch_and_refuses_an_empty_epoch(fmnist, tmp_
     assert steps == {False: 5, True: 4}
     with pytest.raises(ConfigError, match="--no-drop-last"):
         train(lenet_config(tmp_path, epochs=1, limit_train=50, drop_last=True), data=fmnist, log=None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loss the trainer minimises: a manual SGD step on PyTorch's functional cross-entropy is the reference.
+
+
+def _manual_sgd_step(model: nn.Module, x, y, lr: float, smoothing: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        return [p - lr * g for p, g in zip(model.parameters(), grads, strict=True)], loss.detach()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_eager_step_is_sgd_on_the_configs_smoothed_cross_entropy(fmnist, smoothing):
+    import copy
+
+    from inceptionlab.models import init_xavier_
+
+    config = TrainConfig(model="lenet", image_size=28, lr=0.5, optimizer="sgd", label_smoothing=smoothing)
+    torch.manual_seed(0)
+    model = init_xavier_(create_model("lenet")).double()
+    reference = copy.deepcopy(model)
+    x, y = fmnist.train_images[:32].double().unsqueeze(1) / 255, fmnist.train_labels[:32]
+    expected, expected_loss = _manual_sgd_step(reference, x, y, 0.5, smoothing)
+    other, _ = _manual_sgd_step(reference, x, y, 0.5, 0.3 - smoothing)
+    assert max(float((a - b).abs().max()) for a, b in zip(expected, other, strict=True)) > 1e-3  # can tell them apart
+    loss_sum, correct = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)(x, y)
+    for (name, p), e in zip(model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-12, msg=name)
+    assert float(loss_sum) == pytest.approx(32 * float(expected_loss), rel=1e-6)
+    assert int(correct) == int((reference(x).argmax(dim=1) == y).sum())
+
+
+def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_path):
+    """One epoch of one batch through `train`: the weights are one SGD step on F.cross_entropy with the config's
+    label smoothing, and the epoch's train_loss is that loss at the initial weights."""
+    from inceptionlab.models import init_xavier_
+
+    config = lenet_config(tmp_path, epochs=1, limit_train=64, limit_test=64, lr=0.5, optimizer="sgd",
+                          schedule="constant", label_smoothing=0.3)
+    result = train(config, data=fmnist, log=None)
+    torch.manual_seed(config.seed)  # the trainer's initial model: seeded, then the chapter's Xavier init
+    initial = init_xavier_(create_model("lenet"))
+    x, y = fmnist.train_images[:64].float().unsqueeze(1) / 255, fmnist.train_labels[:64]
+    expected, loss = _manual_sgd_step(initial, x, y, 0.5, 0.3)
+    unsmoothed, _ = _manual_sgd_step(initial, x, y, 0.5, 0.0)
+    for (name, p), e in zip(result.model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6, msg=name)
+    # the unsmoothed step lands far outside that tolerance: the comparison can tell the two losses apart
+    assert max(float((e - u).abs().max()) for e, u in zip(expected, unsmoothed, strict=True)) > 1e-3
+    assert result.metrics[0]["train_loss"] == pytest.approx(float(loss), abs=1e-6)
