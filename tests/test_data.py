@@ -454,19 +454,57 @@ def test_random_crop_is_a_shifted_window(fmnist):
         assert any(torch.equal(y[i], w) for w in windows)
 
 
-def test_flip_and_erasing(fmnist):
+def test_flip(fmnist):
     x = data.resize_batch(fmnist.test_images[:64], 28)
     y = horizontal_flip(x, torch.Generator().manual_seed(0))
     flipped = [torch.equal(y[i], x[i].flip(-1)) for i in range(64)]
     assert all(f or torch.equal(y[i], x[i]) for i, f in enumerate(flipped)) and 10 < sum(flipped) < 54
+
+
+def _erased_boxes(x: torch.Tensor, z: torch.Tensor):
+    """The erased pixels of each image and the rows and columns they span (N x H x W, N x H, N x W)."""
+    erased = z[:, 0] != x[:, 0]
+    return erased, erased.any(dim=2), erased.any(dim=1)
+
+
+def test_random_erasing_at_p1_blanks_one_box_per_image_in_the_area_range(fmnist):
+    """Zhong et al.: one rectangle of area fraction uniform in (0.02, 0.33), log aspect ratio uniform in (0.3, 3.3),
+    position uniform, clipped to the image, filled with 0. The images are lifted to [0.2, 1] so that every erased
+    pixel shows (Fashion-MNIST's background is already 0)."""
+    n, h, w = 512, 28, 28
+    x = 0.2 + 0.8 * data.resize_batch(fmnist.test_images[:n], h)
     z = random_erasing(x, torch.Generator().manual_seed(0), p=1.0)
-    for i in range(64):
-        changed = (z[i, 0] != x[i, 0]).nonzero()
-        if len(changed):
-            assert (z[i, 0][z[i, 0] != x[i, 0]] == 0).all()
-            r0, c0 = changed.min(0).values
-            r1, c1 = changed.max(0).values
-            assert (z[i, 0, r0 : r1 + 1, c0 : c1 + 1] == 0).all()  # one rectangle
+    erased, rows, cols = _erased_boxes(x, z)
+    assert (z[:, 0][erased] == 0).all()
+    height, width = rows.sum(dim=1), cols.sum(dim=1)
+    assert (height >= 1).all() and (width >= 1).all()  # every image
+    # one box: the erased set is all of (its rows) x (its columns), and those rows and columns are contiguous
+    assert torch.equal(erased, rows[:, :, None] & cols[:, None, :])
+    top, left = rows.int().argmax(dim=1), cols.int().argmax(dim=1)
+    # one run of rows and one of columns: a run starts at the first true entry and at no rising edge after it
+    assert torch.equal(rows.int().diff(dim=1).clamp(min=0).sum(1), (top > 0).int())
+    assert torch.equal(cols.int().diff(dim=1).clamp(min=0).sum(1), (left > 0).int())
+    # the area: each side is a rounded (and clipped) square root, so the fraction is in range up to half a pixel
+    assert ((height + 0.5) * (width + 0.5) >= 0.02 * h * w).all()
+    assert ((height - 0.5) * (width - 0.5) <= 0.33 * h * w).all()
+    fraction = (height * width).double() / (h * w)
+    assert fraction.min() < 0.03 and fraction.max() > 0.3 and abs(fraction.mean() - 0.175) < 0.02
+    aspect = height.double() / width
+    assert aspect.min() < 0.5 and aspect.max() > 2 and 0.35 < (aspect > 1).double().mean() < 0.65
+    # anywhere in the image: boxes shorter than the image touch each of its four borders
+    bottom, right = top + height, left + width
+    assert ((top == 0) & (bottom < h)).any() and ((bottom == h) & (top > 0)).any()
+    assert ((left == 0) & (right < w)).any() and ((right == w) & (left > 0)).any()
+    assert (height == h).any() and (width == w).any()  # a side longer than the image is clipped to it
+
+
+def test_random_erasing_probability_and_the_configs_transform(fmnist):
+    x = 0.2 + 0.8 * data.resize_batch(fmnist.test_images[:512], 28)
+    half = _erased_boxes(x, random_erasing(x, torch.Generator().manual_seed(0), p=0.5))[0].flatten(1).any(1)
+    assert 0.4 < half.double().mean() < 0.6
+    assert torch.equal(random_erasing(x, torch.Generator().manual_seed(0), p=0.0), x)
+    every = build_transform(erasing=1.0)(x, torch.Generator().manual_seed(0))
+    assert _erased_boxes(x, every)[0].flatten(1).any(1).all()
 
 
 # ---------------------------------------------------------------------------------------------------------
