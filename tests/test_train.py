@@ -376,3 +376,32 @@ def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_pat
     # the unsmoothed step lands far outside that tolerance: the comparison can tell the two losses apart
     assert max(float((e - u).abs().max()) for e, u in zip(expected, unsmoothed, strict=True)) > 1e-3
     assert result.metrics[0]["train_loss"] == pytest.approx(float(loss), abs=1e-6)
+
+
+def _file_hashes(run_dir) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir())}
+
+
+def test_resuming_a_finished_run_trains_no_more_and_keeps_its_numbers_and_files(fmnist, lenet_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_run.run_dir, run_dir)
+    before, summary_before = _file_hashes(run_dir), runs.read_summary(run_dir)
+    lines = []
+    resumed = train(resume=run_dir, data=fmnist, log=lines.append)
+    assert resumed.status == "completed" and resumed.run_dir == run_dir
+    assert any("all 2 epochs were already done" in line for line in lines)
+    assert not any(line.startswith("epoch ") for line in lines)  # no epoch ran
+    assert resumed.metrics == lenet_run.metrics
+    summary = runs.read_summary(run_dir)
+    numbers = ("status", "epochs", "epochs_completed", "train_loss", "train_acc", "test_acc", "best_test_acc",
+               "images_per_sec", "per_class_acc", "num_parameters")
+    assert {k: summary[k] for k in numbers} == {k: summary_before[k] for k in numbers}
+    # every file but the summary (whose timings are this process's) is byte for byte what the run left
+    after = _file_hashes(run_dir)
+    assert set(after) == set(before) == RUN_FILES
+    assert {k: v for k, v in after.items() if k != "summary.json"} == {
+        k: v for k, v in before.items() if k != "summary.json"}
+    for (name, a), b in zip(lenet_run.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
