@@ -96,6 +96,37 @@ def test_verification_is_cached_by_path_size_and_mtime(fmnist, isolated_data_env
     assert all(e["sha256"] == data.SHA256[Path(p).name.removesuffix(".gz")] for p, e in entries.items())
 
 
+def test_a_cached_verdict_skips_the_hash_and_a_changed_file_is_hashed_again(fmnist, isolated_data_env, tmp_path,
+                                                                            monkeypatch):
+    """verified.json holds {size, mtime_ns, sha256} per resolved path (os.stat is the reference); a second load
+    hashes nothing, and a file whose size or mtime changed is hashed again (and refused if its content is wrong)."""
+    directory = link_real_files(fmnist, tmp_path / "real", skip="test_labels")
+    labels = tmp_path / "real" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(gzip.decompress(fmnist.paths["test_labels"].read_bytes()))
+    data.load_fashion_mnist(directory, progress=False)
+    entries = json.loads((isolated_data_env / "verified.json").read_text())
+    for path in directory.iterdir():
+        st = path.stat()  # follows the symlinks, as the cache does
+        expected = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "sha256": data.SHA256[path.name.removesuffix(".gz")]}
+        assert entries[str(path.resolve())] == expected, path.name
+
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(a) or real_sha256(*a))
+    data.load_fashion_mnist(directory, progress=False)
+    assert hashed == []  # all four verdicts came from the cache
+
+    content = bytearray(labels.read_bytes())
+    content[-1] = (content[-1] + 1) % 10  # same size, valid label: only the hash can tell
+    st = labels.stat()
+    labels.write_bytes(bytes(content))
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(DatasetError, match=r"not the published Fashion-MNIST; delete it .*verify=False"):
+        data.load_fashion_mnist(directory, progress=False)
+    assert len(hashed) == 1  # only the changed file
+
+
 @pytest.mark.parametrize("size", [96, 64, 32, 16])
 def test_resize_matches_pillow_bilinear_on_real_images(fmnist, size):
     images = fmnist.test_images[:400]
@@ -203,6 +234,20 @@ def test_parse_idx_reads_what_the_format_says():
     # a header and nothing else is a valid, empty file: the length check is exact, not "at least"
     assert data.parse_idx(_header(1, 0)).shape == (0,)
     assert data.parse_idx(_header(3, 0, 28, 28)).shape == (0, 28, 28)
+    # every dimension is a whole 4-byte big-endian word (high bytes set here)
+    assert data.parse_idx(_header(3, 0, 2**24 + 1, 2**16 + 2)).shape == (0, 2**24 + 1, 2**16 + 2)
+
+
+def test_read_idx_reads_plain_and_gzip_files(tmp_path):
+    payload = _header(3, 2, 2, 3) + bytes(range(12))
+    plain, packed = tmp_path / "x-idx3-ubyte", tmp_path / "x-idx3-ubyte.gz"
+    plain.write_bytes(payload)
+    packed.write_bytes(gzip.compress(payload))
+    for path in (plain, packed):
+        assert data.read_idx(path).tolist() == np.arange(12).reshape(2, 2, 3).tolist()
+    packed.write_bytes(gzip.compress(payload + b"\0"))
+    with pytest.raises(DatasetError, match=r"x-idx3-ubyte.gz: has trailing bytes"):  # named by its path
+        data.read_idx(packed)
 
 
 @pytest.mark.parametrize(
@@ -216,11 +261,14 @@ def test_parse_idx_reads_what_the_format_says():
         (_header(1, 3) + bytes(4), r"has trailing bytes: 12 bytes, but its header \[3\] implies 11"),
         (_header(3, 1, 2, 2) + bytes(5), r"has trailing bytes: 21 bytes, but its header \[1, 2, 2\] implies 20"),
         (_header(2, 1, 784) + bytes(784), r"bad IDX magic number 2050"),  # images flattened to 2 dims
+        (_header(1, 2**24), r"truncated: 8 bytes, but its header \[16777216\] implies 16,777,224"),
     ],
 )
 def test_parse_idx_refuses_malformed_bytes(payload, expected):
     with pytest.raises(DatasetError, match=expected):
         data.parse_idx(payload, "f")
+    with pytest.raises(DatasetError, match="^IDX data: "):  # the name when none is given
+        data.parse_idx(payload)
 
 
 def test_label_9_is_accepted_and_10_refused(isolated_data_env, tmp_path):
