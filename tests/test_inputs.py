@@ -53,3 +53,6 @@ def test_forward_loss_adds_the_aux_losses_with_the_given_weight(fmnist):
     ce = [F.cross_entropy(out, y, label_smoothing=0.2) for out in (main, aux1, aux2)]
     torch.testing.assert_close(loss, ce[0] + 0.5 * (ce[1] + ce[2]), rtol=0, atol=1e-9)
     torch.testing.assert_close(logits, main, rtol=0, atol=0)
+    torch.manual_seed(1)
+    default, _ = forward_loss(model, x, y, make_criterion(config), config)
+    torch.testing.assert_close(default, ce[0] + 0.3 * (ce[1] + ce[2]), rtol=0, atol=1e-9)  # the paper's 0.3

@@ -358,6 +358,43 @@ def test_eager_step_is_sgd_on_the_configs_smoothed_cross_entropy(fmnist, smoothi
     assert int(correct) == int((reference(x).argmax(dim=1) == y).sum())
 
 
+def test_eager_step_with_a_grad_scaler_is_the_same_sgd_step(fmnist):
+    """The fp16 path's GradScaler (here on the CPU, in float64): scaling by a power of two and unscaling is exact."""
+    import copy
+
+    from inceptionlab.models import init_xavier_
+
+    config = TrainConfig(model="lenet", image_size=28, lr=0.5, optimizer="sgd")
+    torch.manual_seed(0)
+    model = init_xavier_(create_model("lenet")).double()
+    reference = copy.deepcopy(model)
+    x, y = fmnist.train_images[:16].double().unsqueeze(1) / 255, fmnist.train_labels[:16]
+    expected, _ = _manual_sgd_step(reference, x, y, 0.5, 0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config, scaler)(x, y)
+    for (name, p), e in zip(model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-12, msg=name)
+
+
+def test_eager_step_weights_the_aux_losses_by_the_models_aux_loss_weight(fmnist):
+    import copy
+
+    config = TrainConfig(model="googlenet-paper", image_size=32, lr=0.01)
+    torch.manual_seed(0)
+    model = create_model("googlenet-paper").double().train()
+    model.aux_loss_weight = 1.0  # not the default 0.3: the step must read the model's own weight
+    reference = copy.deepcopy(model)
+    x = F.interpolate(fmnist.train_images[:4].double().unsqueeze(1) / 255, size=32)
+    y = fmnist.train_labels[:4]
+    torch.manual_seed(1)
+    loss_sum, _ = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)(x, y)
+    torch.manual_seed(1)  # the same dropout masks
+    with torch.no_grad():
+        main, (aux1, aux2) = reference(x)
+    expected = F.cross_entropy(main, y) + 1.0 * (F.cross_entropy(aux1, y) + F.cross_entropy(aux2, y))
+    assert float(loss_sum) == pytest.approx(4 * float(expected), rel=1e-6)
+
+
 def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_path):
     """One epoch of one batch through `train`: the weights are one SGD step on F.cross_entropy with the config's
     label smoothing, and the epoch's train_loss is that loss at the initial weights."""
