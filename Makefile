@@ -39,3 +39,29 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+
+.PHONY: coverage mutation
+COVERAGE_DIR ?= build/coverage
+# An absolute data file, inherited by the subprocesses the suite starts (CLI runs, torchrun ranks) wherever they run.
+COVERAGE_ENV = COVERAGE_FILE=$(CURDIR)/$(COVERAGE_DIR)/.coverage
+
+# The whole suite under coverage, subprocesses included ([tool.coverage.*] in pyproject.toml); also prints the 10
+# slowest tests. Report: terminal and $(COVERAGE_DIR)/html/index.html (also when a test fails; the exit status is
+# pytest's).
+coverage: setup
+	$(PY) -m pip install --quiet "coverage>=7.10"
+	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
+	$(COVERAGE_ENV) $(PY) -m coverage run -m pytest -q --durations=10; status=$$?; \
+	$(COVERAGE_ENV) $(PY) -m coverage combine --quiet && \
+	$(COVERAGE_ENV) $(PY) -m coverage report && \
+	$(COVERAGE_ENV) $(PY) -m coverage html --quiet -d $(COVERAGE_DIR)/html && exit $$status
+
+# Mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml); slow, not part of `make test`.
+# MUTANTS narrows the run (e.g. MUTANTS='inceptionlab.fileio*'); results stay in mutants/ (`mutmut results`,
+# `mutmut show NAME`), so a second run only retries what changed.
+MUTANTS ?=
+MUTATION_JOBS ?= 1
+mutation: setup
+	$(PY) -m pip install --quiet "mutmut>=3.8,<4"
+	nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(VENV)/bin/mutmut results

@@ -67,6 +67,8 @@ def test_options_override_the_preset_and_none_means_not_given():
         ({"erasing": 1.5}, "erasing"),
         ({"crop_padding": 96}, "crop_padding"),
         ({"limit_train": 0}, "limit_train"),
+        ({"sync_every": 0}, "sync_every"),
+        ({"sync_every": 2.5}, "sync_every"),
         ({"model": "googlenett"}, "googlenet"),
     ],
 )

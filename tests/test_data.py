@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
 from pathlib import Path
 
@@ -93,6 +94,37 @@ def test_verification_is_cached_by_path_size_and_mtime(fmnist, isolated_data_env
     entries = json.loads((isolated_data_env / "verified.json").read_text())
     assert {Path(p).name.removesuffix(".gz") for p in entries} == set(data.FILES.values())
     assert all(e["sha256"] == data.SHA256[Path(p).name.removesuffix(".gz")] for p, e in entries.items())
+
+
+def test_a_cached_verdict_skips_the_hash_and_a_changed_file_is_hashed_again(fmnist, isolated_data_env, tmp_path,
+                                                                            monkeypatch):
+    """verified.json holds {size, mtime_ns, sha256} per resolved path (os.stat is the reference); a second load
+    hashes nothing, and a file whose size or mtime changed is hashed again (and refused if its content is wrong)."""
+    directory = link_real_files(fmnist, tmp_path / "real", skip="test_labels")
+    labels = tmp_path / "real" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(gzip.decompress(fmnist.paths["test_labels"].read_bytes()))
+    data.load_fashion_mnist(directory, progress=False)
+    entries = json.loads((isolated_data_env / "verified.json").read_text())
+    for path in directory.iterdir():
+        st = path.stat()  # follows the symlinks, as the cache does
+        expected = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "sha256": data.SHA256[path.name.removesuffix(".gz")]}
+        assert entries[str(path.resolve())] == expected, path.name
+
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(a) or real_sha256(*a))
+    data.load_fashion_mnist(directory, progress=False)
+    assert hashed == []  # all four verdicts came from the cache
+
+    content = bytearray(labels.read_bytes())
+    content[-1] = (content[-1] + 1) % 10  # same size, valid label: only the hash can tell
+    st = labels.stat()
+    labels.write_bytes(bytes(content))
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(DatasetError, match=r"not the published Fashion-MNIST; delete it .*verify=False"):
+        data.load_fashion_mnist(directory, progress=False)
+    assert len(hashed) == 1  # only the changed file
 
 
 @pytest.mark.parametrize("size", [96, 64, 32, 16])
@@ -183,6 +215,105 @@ def test_images_and_labels_disagree(isolated_data_env, tmp_path):
     write_file(directory, "train-labels-idx1-ubyte", idx_bytes(np.zeros(19)))
     with pytest.raises(DatasetError, match=r"train split: 20 images but 19 labels"):
         data.load_fashion_mnist(directory, verify=False)
+
+
+# IDX at its edges. The headers are packed here by hand from the format's definition (big-endian: 0x00 0x00, type
+# 0x08 = uint8, number of dims; then one uint32 per dim), independently of inceptionlab's parser.
+
+
+def _header(ndim: int, *dims: int) -> bytes:
+    return struct.pack(">HBB", 0, 0x08, ndim) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_parse_idx_reads_what_the_format_says():
+    labels = bytes([0, 9, 3])
+    parsed = data.parse_idx(_header(1, 3) + labels)
+    assert parsed.shape == (3,) and parsed.tolist() == [0, 9, 3]
+    pixels = bytes(range(2 * 3 * 4))
+    assert data.parse_idx(_header(3, 2, 3, 4) + pixels).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
+    # a header and nothing else is a valid, empty file: the length check is exact, not "at least"
+    assert data.parse_idx(_header(1, 0)).shape == (0,)
+    assert data.parse_idx(_header(3, 0, 28, 28)).shape == (0, 28, 28)
+    # every dimension is a whole 4-byte big-endian word (high bytes set here)
+    assert data.parse_idx(_header(3, 0, 2**24 + 1, 2**16 + 2)).shape == (0, 2**24 + 1, 2**16 + 2)
+
+
+def test_read_idx_reads_plain_and_gzip_files(tmp_path):
+    payload = _header(3, 2, 2, 3) + bytes(range(12))
+    plain, packed = tmp_path / "x-idx3-ubyte", tmp_path / "x-idx3-ubyte.gz"
+    plain.write_bytes(payload)
+    packed.write_bytes(gzip.compress(payload))
+    for path in (plain, packed):
+        assert data.read_idx(path).tolist() == np.arange(12).reshape(2, 2, 3).tolist()
+    packed.write_bytes(gzip.compress(payload + b"\0"))
+    with pytest.raises(DatasetError, match=r"x-idx3-ubyte.gz: has trailing bytes"):  # named by its path
+        data.read_idx(packed)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", r"too short for an IDX header \(0 bytes\)"),
+        (_header(1)[:3], r"too short for an IDX header \(3 bytes\)"),
+        (_header(1), r"truncated IDX header \(4 bytes\)"),  # magic alone: its one dimension is missing
+        (_header(3, 10, 28), r"truncated IDX header \(12 bytes\)"),  # 16 bytes of header for 3 dims
+        (_header(1, 3) + bytes(2), r"truncated: 10 bytes, but its header \[3\] implies 11"),
+        (_header(1, 3) + bytes(4), r"has trailing bytes: 12 bytes, but its header \[3\] implies 11"),
+        (_header(3, 1, 2, 2) + bytes(5), r"has trailing bytes: 21 bytes, but its header \[1, 2, 2\] implies 20"),
+        (_header(2, 1, 784) + bytes(784), r"bad IDX magic number 2050"),  # images flattened to 2 dims
+        (_header(1, 2**24), r"truncated: 8 bytes, but its header \[16777216\] implies 16,777,224"),
+    ],
+)
+def test_parse_idx_refuses_malformed_bytes(payload, expected):
+    with pytest.raises(DatasetError, match=expected):
+        data.parse_idx(payload, "f")
+    with pytest.raises(DatasetError, match="^IDX data: "):  # the name when none is given
+        data.parse_idx(payload)
+
+
+def test_label_9_is_accepted_and_10_refused(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    nines = np.full(10, 9)
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 10) + nines.astype(np.uint8).tobytes(), gz=False)
+    assert data.load_fashion_mnist(directory, verify=False).test_labels.tolist() == [9] * 10
+    nines[4] = 10
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 10) + nines.astype(np.uint8).tobytes(), gz=False)
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte: label 10 at index 4 is outside 0..9"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_trailing_bytes_in_a_file_are_refused_by_name(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d")
+    write_file(directory, "train-labels-idx1-ubyte", _header(1, 20) + bytes(20) + b"\0")
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte.gz: has trailing bytes: 29 bytes"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("stem", "payload", "expected"),
+    [
+        # images in a labels-type file (one dimension, valid magic 2049): 10 "images" of nothing
+        ("t10k-images-idx3-ubyte", _header(1, 10) + bytes(10), r"1 dimensions where images \(3\) belong"),
+        # labels in an images-type file (three dimensions, valid magic 2051); values 0, so only the rank is wrong
+        ("t10k-labels-idx1-ubyte", _header(3, 10, 1, 1) + bytes(10), r"3 dimensions where labels \(1\) belong"),
+        ("t10k-images-idx3-ubyte", _header(2, 10, 784) + bytes(7840), r"bad IDX magic number 2050"),
+        ("t10k-images-idx3-ubyte", _header(3, 10, 28, 27) + bytes(7560), r"images of 28x27, expected 28x28"),
+    ],
+)
+def test_files_with_the_wrong_number_of_dimensions_are_refused(isolated_data_env, tmp_path, stem, payload, expected):
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    write_file(directory, stem, payload, gz=False)
+    with pytest.raises(DatasetError, match=f"{stem}: .*{expected}"):
+        data.load_fashion_mnist(directory, verify=False)
+
+
+def test_an_empty_split_loads_with_verify_false(isolated_data_env, tmp_path):
+    """Zero labels have no maximum: the range check must not ask for one (custom data may hold an empty split)."""
+    directory = write_small_dataset(tmp_path / "d", gz=False)
+    write_file(directory, "t10k-images-idx3-ubyte", _header(3, 0, 28, 28), gz=False)
+    write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 0), gz=False)
+    ds = data.load_fashion_mnist(directory, verify=False)
+    assert ds.test_images.shape == (0, 28, 28) and ds.test_labels.shape == (0,) and len(ds.train_labels) == 20
 
 
 def test_checksum_mismatch_is_refused_with_both_hashes(fmnist, isolated_data_env, tmp_path):
@@ -371,19 +502,57 @@ def test_random_crop_is_a_shifted_window(fmnist):
         assert any(torch.equal(y[i], w) for w in windows)
 
 
-def test_flip_and_erasing(fmnist):
+def test_flip(fmnist):
     x = data.resize_batch(fmnist.test_images[:64], 28)
     y = horizontal_flip(x, torch.Generator().manual_seed(0))
     flipped = [torch.equal(y[i], x[i].flip(-1)) for i in range(64)]
     assert all(f or torch.equal(y[i], x[i]) for i, f in enumerate(flipped)) and 10 < sum(flipped) < 54
+
+
+def _erased_boxes(x: torch.Tensor, z: torch.Tensor):
+    """The erased pixels of each image and the rows and columns they span (N x H x W, N x H, N x W)."""
+    erased = z[:, 0] != x[:, 0]
+    return erased, erased.any(dim=2), erased.any(dim=1)
+
+
+def test_random_erasing_at_p1_blanks_one_box_per_image_in_the_area_range(fmnist):
+    """Zhong et al.: one rectangle of area fraction uniform in (0.02, 0.33), log aspect ratio uniform in (0.3, 3.3),
+    position uniform, clipped to the image, filled with 0. The images are lifted to [0.2, 1] so that every erased
+    pixel shows (Fashion-MNIST's background is already 0)."""
+    n, h, w = 512, 28, 28
+    x = 0.2 + 0.8 * data.resize_batch(fmnist.test_images[:n], h)
     z = random_erasing(x, torch.Generator().manual_seed(0), p=1.0)
-    for i in range(64):
-        changed = (z[i, 0] != x[i, 0]).nonzero()
-        if len(changed):
-            assert (z[i, 0][z[i, 0] != x[i, 0]] == 0).all()
-            r0, c0 = changed.min(0).values
-            r1, c1 = changed.max(0).values
-            assert (z[i, 0, r0 : r1 + 1, c0 : c1 + 1] == 0).all()  # one rectangle
+    erased, rows, cols = _erased_boxes(x, z)
+    assert (z[:, 0][erased] == 0).all()
+    height, width = rows.sum(dim=1), cols.sum(dim=1)
+    assert (height >= 1).all() and (width >= 1).all()  # every image
+    # one box: the erased set is all of (its rows) x (its columns), and those rows and columns are contiguous
+    assert torch.equal(erased, rows[:, :, None] & cols[:, None, :])
+    top, left = rows.int().argmax(dim=1), cols.int().argmax(dim=1)
+    # one run of rows and one of columns: a run starts at the first true entry and at no rising edge after it
+    assert torch.equal(rows.int().diff(dim=1).clamp(min=0).sum(1), (top > 0).int())
+    assert torch.equal(cols.int().diff(dim=1).clamp(min=0).sum(1), (left > 0).int())
+    # the area: each side is a rounded (and clipped) square root, so the fraction is in range up to half a pixel
+    assert ((height + 0.5) * (width + 0.5) >= 0.02 * h * w).all()
+    assert ((height - 0.5) * (width - 0.5) <= 0.33 * h * w).all()
+    fraction = (height * width).double() / (h * w)
+    assert fraction.min() < 0.03 and fraction.max() > 0.3 and abs(fraction.mean() - 0.175) < 0.02
+    aspect = height.double() / width
+    assert aspect.min() < 0.5 and aspect.max() > 2 and 0.35 < (aspect > 1).double().mean() < 0.65
+    # anywhere in the image: boxes shorter than the image touch each of its four borders
+    bottom, right = top + height, left + width
+    assert ((top == 0) & (bottom < h)).any() and ((bottom == h) & (top > 0)).any()
+    assert ((left == 0) & (right < w)).any() and ((right == w) & (left > 0)).any()
+    assert (height == h).any() and (width == w).any()  # a side longer than the image is clipped to it
+
+
+def test_random_erasing_probability_and_the_configs_transform(fmnist):
+    x = 0.2 + 0.8 * data.resize_batch(fmnist.test_images[:512], 28)
+    half = _erased_boxes(x, random_erasing(x, torch.Generator().manual_seed(0), p=0.5))[0].flatten(1).any(1)
+    assert 0.4 < half.double().mean() < 0.6
+    assert torch.equal(random_erasing(x, torch.Generator().manual_seed(0), p=0.0), x)
+    every = build_transform(erasing=1.0)(x, torch.Generator().manual_seed(0))
+    assert _erased_boxes(x, every)[0].flatten(1).any(1).all()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
+"""d2l's GoogLeNet: the chapter's parameter count and stage shapes, and the weights of the chapter's own code."""
+
+import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from inceptionlab.models import create_model
 from inceptionlab.models.googlenet import load_chapter_state_dict, to_chapter_state_dict
@@ -32,3 +39,152 @@ def test_chapter_state_dict_round_trip():
         target = create_model("googlenet").eval()
         load_chapter_state_dict(target, state)
         torch.testing.assert_close(target(x), source(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The chapter's own network, written here as d2l writes it (independent of inceptionlab.models.googlenet): its
+# state dict, loaded through load_chapter_state_dict, must give our model the chapter's outputs to the last bit.
+
+
+class ChapterInception(nn.Module):
+    """d2l 1.0, "Multi-Branch Networks (GoogLeNet)": ``Inception(c1, c2, c3, c4)`` on lazy convolutions."""
+
+    def __init__(self, c1, c2, c3, c4, **kwargs):
+        super().__init__(**kwargs)
+        self.b1_1 = nn.LazyConv2d(c1, kernel_size=1)
+        self.b2_1 = nn.LazyConv2d(c2[0], kernel_size=1)
+        self.b2_2 = nn.LazyConv2d(c2[1], kernel_size=3, padding=1)
+        self.b3_1 = nn.LazyConv2d(c3[0], kernel_size=1)
+        self.b3_2 = nn.LazyConv2d(c3[1], kernel_size=5, padding=2)
+        self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.b4_2 = nn.LazyConv2d(c4, kernel_size=1)
+
+    def forward(self, x):
+        b1 = F.relu(self.b1_1(x))
+        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
+        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
+        b4 = F.relu(self.b4_2(self.b4_1(x)))
+        return torch.cat((b1, b2, b3, b4), dim=1)
+
+
+class ChapterGoogleNet(nn.Module):
+    """d2l 1.0's ``GoogleNet`` (its ``b1`` ... ``b5`` methods, then ``self.net``), without the d2l base class."""
+
+    def b1(self):
+        return nn.Sequential(nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3), nn.ReLU(),
+                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+    def b2(self):
+        return nn.Sequential(nn.LazyConv2d(64, kernel_size=1), nn.ReLU(),
+                             nn.LazyConv2d(192, kernel_size=3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+    def b3(self):
+        return nn.Sequential(ChapterInception(64, (96, 128), (16, 32), 32),
+                             ChapterInception(128, (128, 192), (32, 96), 64),
+                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+    def b4(self):
+        return nn.Sequential(ChapterInception(192, (96, 208), (16, 48), 64),
+                             ChapterInception(160, (112, 224), (24, 64), 64),
+                             ChapterInception(128, (128, 256), (24, 64), 64),
+                             ChapterInception(112, (144, 288), (32, 64), 64),
+                             ChapterInception(256, (160, 320), (32, 128), 128),
+                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+    def b5(self):
+        return nn.Sequential(ChapterInception(256, (160, 320), (32, 128), 128),
+                             ChapterInception(384, (192, 384), (48, 128), 128),
+                             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.net = nn.Sequential(self.b1(), self.b2(), self.b3(), self.b4(), self.b5(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class NotebookInception(nn.Module):
+    """d2l 0.17's notebook version: explicit input channels, branches named ``p1_1`` ... ``p4_2``."""
+
+    def __init__(self, in_channels, c1, c2, c3, c4, **kwargs):
+        super().__init__(**kwargs)
+        self.p1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
+        self.p2_1 = nn.Conv2d(in_channels, c2[0], kernel_size=1)
+        self.p2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
+        self.p3_1 = nn.Conv2d(in_channels, c3[0], kernel_size=1)
+        self.p3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
+        self.p4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.p4_2 = nn.Conv2d(in_channels, c4, kernel_size=1)
+
+    def forward(self, x):
+        p1 = F.relu(self.p1_1(x))
+        p2 = F.relu(self.p2_2(F.relu(self.p2_1(x))))
+        p3 = F.relu(self.p3_2(F.relu(self.p3_1(x))))
+        p4 = F.relu(self.p4_2(self.p4_1(x)))
+        return torch.cat((p1, p2, p3, p4), dim=1)
+
+
+def notebook_googlenet() -> nn.Sequential:
+    """d2l 0.17's ``net = nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))``."""
+    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b2 = nn.Sequential(nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
+                       nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b3 = nn.Sequential(NotebookInception(192, 64, (96, 128), (16, 32), 32),
+                       NotebookInception(256, 128, (128, 192), (32, 96), 64),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b4 = nn.Sequential(NotebookInception(480, 192, (96, 208), (16, 48), 64),
+                       NotebookInception(512, 160, (112, 224), (24, 64), 64),
+                       NotebookInception(512, 128, (128, 256), (24, 64), 64),
+                       NotebookInception(512, 112, (144, 288), (32, 64), 64),
+                       NotebookInception(528, 256, (160, 320), (32, 128), 128),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b5 = nn.Sequential(NotebookInception(832, 256, (160, 320), (32, 128), 128),
+                       NotebookInception(832, 384, (192, 384), (48, 128), 128),
+                       nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+    return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))
+
+
+def chapter_init_(net: nn.Module) -> nn.Module:
+    """d2l's ``init_cnn``: Xavier-uniform on conv and linear weights; the biases keep PyTorch's random init."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+    return net
+
+
+@pytest.fixture(scope="module")
+def pil_images_96(fmnist):
+    """Two real test images at 96 px, resized by Pillow (what d2l's Resize(96) + ToTensor feed), in float64."""
+    pixels = [np.asarray(Image.fromarray(im.numpy()).resize((96, 96), Image.BILINEAR)) for im in fmnist.test_images[:2]]
+    return torch.from_numpy(np.stack(pixels)).unsqueeze(1).double() / 255
+
+
+def _outputs_match(reference: nn.Module, state: dict, x: torch.Tensor) -> None:
+    ours = create_model("googlenet").double().eval()
+    load_chapter_state_dict(ours, state)
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert expected.abs().max() > 0 and (expected[0] - expected[1]).abs().max() > 0  # not a dead network
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_chapter_googlenet_weights_give_the_chapters_outputs(pil_images_96):
+    torch.manual_seed(0)
+    chapter = ChapterGoogleNet()
+    chapter(torch.zeros(1, 1, 96, 96))  # the lazy layers take their input channels from a first forward
+    chapter = chapter_init_(chapter).double().eval()
+    state = chapter.state_dict()
+    assert "net.2.0.b1_1.weight" in state and state["net.2.0.b4_2.weight"].shape == (32, 192, 1, 1)
+    _outputs_match(chapter, state, pil_images_96)
+
+
+def test_notebook_googlenet_weights_give_the_notebooks_outputs(pil_images_96):
+    torch.manual_seed(1)
+    notebook = chapter_init_(notebook_googlenet()).double().eval()
+    state = notebook.state_dict()
+    assert "0.0.weight" in state and "2.0.p1_1.weight" in state
+    _outputs_match(notebook, state, pil_images_96)

@@ -323,3 +323,132 @@ def test_drop_last_skips_the_short_batch_and_refuses_an_empty_epoch(fmnist, tmp_
     assert steps == {False: 5, True: 4}
     with pytest.raises(ConfigError, match="--no-drop-last"):
         train(lenet_config(tmp_path, epochs=1, limit_train=50, drop_last=True), data=fmnist, log=None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loss the trainer minimises: a manual SGD step on PyTorch's functional cross-entropy is the reference.
+
+
+def _manual_sgd_step(model: nn.Module, x, y, lr: float, smoothing: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        return [p - lr * g for p, g in zip(model.parameters(), grads, strict=True)], loss.detach()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_eager_step_is_sgd_on_the_configs_smoothed_cross_entropy(fmnist, smoothing):
+    import copy
+
+    from inceptionlab.models import init_xavier_
+
+    config = TrainConfig(model="lenet", image_size=28, lr=0.5, optimizer="sgd", label_smoothing=smoothing)
+    torch.manual_seed(0)
+    model = init_xavier_(create_model("lenet")).double()
+    reference = copy.deepcopy(model)
+    x, y = fmnist.train_images[:32].double().unsqueeze(1) / 255, fmnist.train_labels[:32]
+    expected, expected_loss = _manual_sgd_step(reference, x, y, 0.5, smoothing)
+    other, _ = _manual_sgd_step(reference, x, y, 0.5, 0.3 - smoothing)
+    assert max(float((a - b).abs().max()) for a, b in zip(expected, other, strict=True)) > 1e-3  # can tell them apart
+    loss_sum, correct = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)(x, y)
+    for (name, p), e in zip(model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-12, msg=name)
+    assert float(loss_sum) == pytest.approx(32 * float(expected_loss), rel=1e-6)
+    assert int(correct) == int((reference(x).argmax(dim=1) == y).sum())
+
+
+def test_eager_step_with_a_grad_scaler_is_the_same_sgd_step(fmnist):
+    """The fp16 path's GradScaler (here on the CPU, in float64): scaling by a power of two and unscaling is exact."""
+    import copy
+
+    from inceptionlab.models import init_xavier_
+
+    config = TrainConfig(model="lenet", image_size=28, lr=0.5, optimizer="sgd")
+    torch.manual_seed(0)
+    model = init_xavier_(create_model("lenet")).double()
+    reference = copy.deepcopy(model)
+    x, y = fmnist.train_images[:16].double().unsqueeze(1) / 255, fmnist.train_labels[:16]
+    expected, _ = _manual_sgd_step(reference, x, y, 0.5, 0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config, scaler)(x, y)
+    for (name, p), e in zip(model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-12, msg=name)
+
+
+def test_eager_step_weights_the_aux_losses_by_the_models_aux_loss_weight(fmnist):
+    import copy
+
+    config = TrainConfig(model="googlenet-paper", image_size=32, lr=0.01)
+    torch.manual_seed(0)
+    model = create_model("googlenet-paper").double().train()
+    model.aux_loss_weight = 1.0  # not the default 0.3: the step must read the model's own weight
+    reference = copy.deepcopy(model)
+    x = F.interpolate(fmnist.train_images[:4].double().unsqueeze(1) / 255, size=32)
+    y = fmnist.train_labels[:4]
+    torch.manual_seed(1)
+    loss_sum, _ = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)(x, y)
+    torch.manual_seed(1)  # the same dropout masks
+    with torch.no_grad():
+        main, (aux1, aux2) = reference(x)
+    expected = F.cross_entropy(main, y) + 1.0 * (F.cross_entropy(aux1, y) + F.cross_entropy(aux2, y))
+    assert float(loss_sum) == pytest.approx(4 * float(expected), rel=1e-6)
+
+
+def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_path):
+    """One epoch of one batch through `train`: the weights are one SGD step on F.cross_entropy with the config's
+    label smoothing, and the epoch's train_loss is that loss at the initial weights."""
+    from inceptionlab.models import init_xavier_
+
+    config = lenet_config(tmp_path, epochs=1, limit_train=64, limit_test=64, lr=0.5, optimizer="sgd",
+                          schedule="constant", label_smoothing=0.3)
+    result = train(config, data=fmnist, log=None)
+    torch.manual_seed(config.seed)  # the trainer's initial model: seeded, then the chapter's Xavier init
+    initial = init_xavier_(create_model("lenet"))
+    x, y = fmnist.train_images[:64].float().unsqueeze(1) / 255, fmnist.train_labels[:64]
+    expected, loss = _manual_sgd_step(initial, x, y, 0.5, 0.3)
+    unsmoothed, _ = _manual_sgd_step(initial, x, y, 0.5, 0.0)
+    for (name, p), e in zip(result.model.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6, msg=name)
+    # the unsmoothed step lands far outside that tolerance: the comparison can tell the two losses apart
+    assert max(float((e - u).abs().max()) for e, u in zip(expected, unsmoothed, strict=True)) > 1e-3
+    assert result.metrics[0]["train_loss"] == pytest.approx(float(loss), abs=1e-6)
+
+
+def _file_hashes(run_dir) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir())}
+
+
+def test_resuming_a_finished_run_trains_no_more_and_keeps_its_numbers_and_files(fmnist, lenet_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_run.run_dir, run_dir)
+    before, summary_before = _file_hashes(run_dir), runs.read_summary(run_dir)
+    lines = []
+    resumed = train(resume=run_dir, data=fmnist, log=lines.append)
+    assert resumed.status == "completed" and resumed.run_dir == run_dir
+    assert any("all 2 epochs were already done" in line for line in lines)
+    assert not any(line.startswith("epoch ") for line in lines)  # no epoch ran
+    assert resumed.metrics == lenet_run.metrics
+    summary = runs.read_summary(run_dir)
+    numbers = ("status", "epochs", "epochs_completed", "train_loss", "train_acc", "test_acc", "best_test_acc",
+               "images_per_sec", "per_class_acc", "num_parameters")
+    assert {k: summary[k] for k in numbers} == {k: summary_before[k] for k in numbers}
+    # every file but the summary (whose timings are this process's) and the weights is byte for byte what the run
+    # left. The weights file is rewritten: same tensors and metadata, but safetensors writes its metadata map in
+    # no fixed order, so its bytes (and runs.weights_sha256) may change (reported; see docs/testing.md).
+    after = _file_hashes(run_dir)
+    assert set(after) == set(before) == RUN_FILES
+    rewritten = ("summary.json", "model.safetensors")
+    assert {k: v for k, v in after.items() if k not in rewritten} == {
+        k: v for k, v in before.items() if k not in rewritten}
+    from safetensors import safe_open
+
+    with safe_open(lenet_run.run_dir / "model.safetensors", "pt") as a, safe_open(run_dir / "model.safetensors",
+                                                                               "pt") as b:
+        assert a.metadata() == b.metadata() == {"model": "lenet", "image_size": "28"}
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    for (name, a), b in zip(lenet_run.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
