@@ -1,5 +1,8 @@
 """d2l's GoogLeNet: the chapter's parameter count and stage shapes, and the weights of the chapter's own code."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,12 @@ from torch import nn
 
 from inceptionlab.models import create_model
 from inceptionlab.models.googlenet import load_chapter_state_dict, to_chapter_state_dict
+
+# d2l 0.17's notebook version (``nn.Sequential(b1, ..., b5, nn.Linear(1024, 10))``, branches ``p1_1`` ...) is the
+# one the d2l reference loop of the benchmarks trains: the same independent definition serves both
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import d2l_reference  # noqa: E402
 
 
 def test_chapter_parameter_count():
@@ -105,49 +114,6 @@ class ChapterGoogleNet(nn.Module):
         return self.net(x)
 
 
-class NotebookInception(nn.Module):
-    """d2l 0.17's notebook version: explicit input channels, branches named ``p1_1`` ... ``p4_2``."""
-
-    def __init__(self, in_channels, c1, c2, c3, c4, **kwargs):
-        super().__init__(**kwargs)
-        self.p1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
-        self.p2_1 = nn.Conv2d(in_channels, c2[0], kernel_size=1)
-        self.p2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
-        self.p3_1 = nn.Conv2d(in_channels, c3[0], kernel_size=1)
-        self.p3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
-        self.p4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-        self.p4_2 = nn.Conv2d(in_channels, c4, kernel_size=1)
-
-    def forward(self, x):
-        p1 = F.relu(self.p1_1(x))
-        p2 = F.relu(self.p2_2(F.relu(self.p2_1(x))))
-        p3 = F.relu(self.p3_2(F.relu(self.p3_1(x))))
-        p4 = F.relu(self.p4_2(self.p4_1(x)))
-        return torch.cat((p1, p2, p3, p4), dim=1)
-
-
-def notebook_googlenet() -> nn.Sequential:
-    """d2l 0.17's ``net = nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))``."""
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b2 = nn.Sequential(nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
-                       nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b3 = nn.Sequential(NotebookInception(192, 64, (96, 128), (16, 32), 32),
-                       NotebookInception(256, 128, (128, 192), (32, 96), 64),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b4 = nn.Sequential(NotebookInception(480, 192, (96, 208), (16, 48), 64),
-                       NotebookInception(512, 160, (112, 224), (24, 64), 64),
-                       NotebookInception(512, 128, (128, 256), (24, 64), 64),
-                       NotebookInception(512, 112, (144, 288), (32, 64), 64),
-                       NotebookInception(528, 256, (160, 320), (32, 128), 128),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b5 = nn.Sequential(NotebookInception(832, 256, (160, 320), (32, 128), 128),
-                       NotebookInception(832, 384, (192, 384), (48, 128), 128),
-                       nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
-    return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))
-
-
 def chapter_init_(net: nn.Module) -> nn.Module:
     """d2l's ``init_cnn``: Xavier-uniform on conv and linear weights; the biases keep PyTorch's random init."""
     for module in net.modules():
@@ -184,7 +150,7 @@ def test_chapter_googlenet_weights_give_the_chapters_outputs(pil_images_96):
 
 def test_notebook_googlenet_weights_give_the_notebooks_outputs(pil_images_96):
     torch.manual_seed(1)
-    notebook = chapter_init_(notebook_googlenet()).double().eval()
+    notebook = chapter_init_(d2l_reference.googlenet()).double().eval()
     state = notebook.state_dict()
     assert "0.0.weight" in state and "2.0.p1_1.weight" in state
     _outputs_match(notebook, state, pil_images_96)
