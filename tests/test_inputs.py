@@ -24,7 +24,7 @@ def test_criterion_is_functional_cross_entropy_with_the_configs_smoothing(fmnist
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_forward_loss_is_cross_entropy_of_the_models_logits(fmnist, normalize):
-    config = TrainConfig(model="lenet", image_size=28, label_smoothing=0.1, normalize=normalize)
+    config = TrainConfig(model="lenet", image_size=28, label_smoothing=0.1, normalize=normalize, precision="fp32")
     torch.manual_seed(0)
     model = init_xavier_(create_model("lenet")).double()
     x, y = fmnist.test_images[:32].double().unsqueeze(1) / 255, fmnist.test_labels[:32]
@@ -41,7 +41,7 @@ def test_forward_loss_is_cross_entropy_of_the_models_logits(fmnist, normalize):
 
 def test_forward_loss_adds_the_aux_losses_with_the_given_weight(fmnist):
     """googlenet-paper in training mode: the main loss plus ``aux_weight`` x each auxiliary head's loss."""
-    config = TrainConfig(model="googlenet-paper", image_size=32, label_smoothing=0.2)
+    config = TrainConfig(model="googlenet-paper", image_size=32, label_smoothing=0.2, precision="fp32")
     torch.manual_seed(0)
     model = create_model("googlenet-paper").double().train()
     x = F.interpolate(fmnist.test_images[:4].double().unsqueeze(1) / 255, size=32)

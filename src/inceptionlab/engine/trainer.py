@@ -668,10 +668,11 @@ def build_summary(state: RunState, status: str) -> dict:
 
 def write_results(state: RunState, summary: dict) -> None:
     config, run_dir, say = state.config, state.run_dir, state.say
-    trained_here = len(state.rows) > state.start_epoch
-    if summary["status"] == "completed" and (trained_here or not (run_dir / runs.WEIGHTS).is_file()):
-        # a resumed finished run keeps its file: rewritten, its bytes (and an ONNX export's tie to them) could change
-        runs.save_weights(run_dir / runs.WEIGHTS, state.model, {"model": config.model, "image_size": config.image_size})
+    if summary["status"] == "completed":
+        if len(state.rows) > state.start_epoch or not (run_dir / runs.WEIGHTS).is_file():
+            # a resumed finished run keeps its file: rewritten, its bytes (and an ONNX export's tie) could change
+            runs.save_weights(run_dir / runs.WEIGHTS, state.model,
+                              {"model": config.model, "image_size": config.image_size})
         report = per_class_report(state.last_eval["confusion"])
         summary["per_class_acc"] = report["per_class_acc"]
         runs.write_per_class(run_dir, report)
