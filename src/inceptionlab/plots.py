@@ -93,3 +93,22 @@ def confusion_figure(confusion: torch.Tensor, class_names, title: str = ""):
 
 def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names, title: str = "") -> None:
     save_figure(confusion_figure(confusion, class_names, title), path)
+
+
+def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, *, num_cols: int = 9,
+                    scale: float = 1.5) -> None:
+    """A PNG grid of Fashion-MNIST images titled with their class names, like d2l's ``show_images``."""
+    from inceptionlab.data.fashion_mnist import CLASS_NAMES
+
+    images = images.detach().cpu()
+    if images.dim() == 4:
+        images = images[:, 0]
+    num_rows = max(1, -(-len(images) // num_cols))
+    fig, axes = new_axes_grid(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale * 1.15), dpi=80)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i].numpy(), cmap="gray")
+            ax.set_title(CLASS_NAMES[int(labels[i])], fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

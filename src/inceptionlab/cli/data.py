@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.grid is not None:
         n = min(args.samples, len(ds.train_labels))
-        data.save_image_grid(ds.train_images[:n], ds.train_labels[:n], args.grid)
+        from inceptionlab.plots import save_image_grid
+
+        save_image_grid(ds.train_images[:n], ds.train_labels[:n], args.grid)
         report["grid"] = str(args.grid)
     if args.json:
         print_json(report)

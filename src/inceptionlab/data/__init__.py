@@ -17,7 +17,6 @@ from inceptionlab.data.fashion_mnist import (
     load_fashion_mnist,
     parse_idx,
     read_idx,
-    save_image_grid,
 )
 from inceptionlab.data.loader import DeviceLoader
 from inceptionlab.data.resize import pre_resize, resize_batch, want_pre_resize
@@ -25,5 +24,5 @@ from inceptionlab.data.resize import pre_resize, resize_batch, want_pre_resize
 __all__ = [
     "CLASS_NAMES", "DEBIAN_DIR", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FILES", "SHA256", "DeviceLoader",
     "FashionMNIST", "cache_dir", "candidate_dirs", "class_counts", "download_fashion_mnist", "find_dataset",
-    "load_fashion_mnist", "parse_idx", "pre_resize", "read_idx", "resize_batch", "save_image_grid", "want_pre_resize",
+    "load_fashion_mnist", "parse_idx", "pre_resize", "read_idx", "resize_batch", "want_pre_resize",
 ]

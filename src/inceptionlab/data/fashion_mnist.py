@@ -401,32 +401,3 @@ def class_counts(labels: torch.Tensor) -> dict[str, int]:
     """Examples per class, by class name."""
     counts = torch.bincount(labels.cpu(), minlength=len(CLASS_NAMES)).tolist()
     return dict(zip(CLASS_NAMES, counts, strict=True))
-
-
-def save_image_grid(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    path: str | os.PathLike,
-    *,
-    num_cols: int = 9,
-    scale: float = 1.5,
-) -> None:
-    """A PNG grid of images titled with their class names, like d2l's ``show_images``; written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    images = images.detach().cpu()
-    if images.dim() == 4:
-        images = images[:, 0]
-    n = len(images)
-    num_rows = max(1, -(-n // num_cols))
-    fig = Figure(figsize=(num_cols * scale, num_rows * scale * 1.15))
-    FigureCanvasAgg(fig)  # a figure without pyplot: no global figure registry, no display backend
-    axes = fig.subplots(num_rows, num_cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < n:
-            ax.imshow(images[i].numpy(), cmap="gray")
-            ax.set_title(CLASS_NAMES[int(labels[i])], fontsize=9)
-    fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=80))
