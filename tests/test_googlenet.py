@@ -11,7 +11,13 @@ from PIL import Image
 from torch import nn
 
 from inceptionlab.models import create_model
-from inceptionlab.models.googlenet import GoogLeNet, chapter_key_to_ours, load_chapter_state_dict, to_chapter_state_dict
+from inceptionlab.models.googlenet import (
+    GoogLeNet,
+    Inception,
+    chapter_key_to_ours,
+    load_chapter_state_dict,
+    to_chapter_state_dict,
+)
 
 # d2l 0.17's notebook version (``nn.Sequential(b1, ..., b5, nn.Linear(1024, 10))``, branches ``p1_1`` ...) is the
 # one the d2l reference loop of the benchmarks trains: the same independent definition serves both
@@ -48,6 +54,20 @@ def test_chapter_state_dict_round_trip():
         target = create_model("googlenet").eval()
         load_chapter_state_dict(target, state)
         torch.testing.assert_close(target(x), source(x))
+
+
+def test_each_inception_blocks_out_channels_is_the_width_it_outputs():
+    # the chapter's text: the nine blocks output 256, 480 (b3), 512, 512, 512, 528, 832 (b4), 832, 1024 (b5)
+    model = create_model("googlenet").eval()
+    blocks = [m for m in model.modules() if isinstance(m, Inception)]
+    widths = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: widths.append(out.shape[1])) for b in blocks]
+    with torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert widths == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    assert [b.out_channels for b in blocks] == widths
 
 
 def test_the_class_defaults_are_the_chapters_fashion_mnist_network():
