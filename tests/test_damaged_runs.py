@@ -3,6 +3,7 @@ the file and the fix, before any large allocation, and leave the directory as it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -172,3 +173,20 @@ def test_skeleton_check_allocates_nothing_for_a_huge_head(tmp_path, base):
     edit_config(num_classes=10**9)(run_dir)
     with pytest.raises(RunDirError, match=r"head.4.bias: \[10\] in the file, \[1000000000\] in the model"):
         runs.load_run_model(run_dir)
+
+
+def test_weights_sha256_is_hashlibs_digest_of_the_file_and_a_missing_file_is_named(tmp_path):
+    payload = bytes(range(256)) * 10_000 + b"tail"  # 2.4 MiB: more than one of the reader's 1 MiB chunks
+    (tmp_path / "model.safetensors").write_bytes(payload)
+    assert runs.weights_sha256(tmp_path) == hashlib.sha256(payload).hexdigest()
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(RunDirError) as info:
+        runs.weights_sha256(tmp_path)
+    assert str(info.value) == (f"{tmp_path} has no model.safetensors: the run has not finished (or this is not a "
+                               f"run directory). Finish it with `inceptionlab train --resume {tmp_path}`")
+
+
+def test_a_run_without_a_summary_is_named(tmp_path):
+    with pytest.raises(RunDirError) as info:
+        runs.read_summary(tmp_path)
+    assert str(info.value) == f"{tmp_path} has no summary.json"

@@ -267,6 +267,45 @@ def test_resume_refuses_a_checkpoint_with_more_epochs_than_the_run(fmnist, finis
         train(resume=run_copy, data=fmnist, log=None)
 
 
+# The smallest structure load_checkpoint accepts: no epoch finished, one tensor, an empty optimizer state dict.
+EMPTY_CHECKPOINT = {"epoch": 0, "model": {"w": torch.arange(3.0)}, "optimizer": {"state": {}, "param_groups": []},
+                    "metrics": []}
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): a checkpoint that runs code when loaded with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_missing_checkpoint_says_no_epoch_finished(tmp_path):
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    assert str(info.value) == f"{tmp_path} has no checkpoint.pt: no epoch finished, so there is nothing to resume"
+
+
+def test_a_checkpoint_loads_onto_the_device_asked_for(tmp_path):
+    torch.save(EMPTY_CHECKPOINT, tmp_path / "checkpoint.pt")
+    assert runs.load_checkpoint(tmp_path)["model"]["w"].device.type == "cpu"  # the default
+    # torch.load's map_location: "meta" stands in for a GPU on this CPU-only test machine
+    assert runs.load_checkpoint(tmp_path, map_location="meta")["model"]["w"].device.type == "meta"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({**EMPTY_CHECKPOINT, "model": {"w": _RunsCode(marker)}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'checkpoint.pt'} could not be loaded (")
+    assert message.endswith("); the checkpoint is damaged") and "weights_only" in message
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------------------------- 4. data
 
 
