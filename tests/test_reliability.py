@@ -229,12 +229,15 @@ DAMAGES = {
     "a list": (lambda c: [c], "it holds a list, not a dict"),
     "no model": (lambda c: {k: v for k, v in c.items() if k != "model"}, "it has no 'model'"),
     "epoch as text": (lambda c: {**c, "epoch": "1"}, "its 'epoch' is a str, not a int"),
-    "model as a list": (lambda c: {**c, "model": list(c["model"].values())}, "its 'model' is a list"),
-    "model of numbers": (lambda c: {**c, "model": {k: 0.0 for k in c["model"]}}, "not a state dict of tensors"),
-    "optimizer without groups": (lambda c: {**c, "optimizer": {"state": {}}}, "not an optimizer state dict"),
+    "model as a list": (lambda c: {**c, "model": list(c["model"].values())}, "its 'model' is a list, not a dict"),
+    "model of numbers": (lambda c: {**c, "model": {k: 0.0 for k in c["model"]}},
+                         "its 'model' is not a state dict of tensors"),
+    "optimizer without groups": (lambda c: {**c, "optimizer": {"state": {}}},
+                                 "its 'optimizer' is not an optimizer state dict"),
     "epoch 99, one row": (lambda c: {**c, "epoch": 99}, "it claims 99 finished epochs but holds 1 metrics rows"),
-    "rows not dicts": (lambda c: {**c, "metrics": [[0.5]]}, "its metrics rows are not one per epoch"),
+    "rows not dicts": (lambda c: {**c, "metrics": [[0.5]]}, "its metrics rows are not one per epoch, in order"),
     "scaler as a list": (lambda c: {**c, "scaler": []}, "its 'scaler' is a list"),
+    "elapsed_s as text": (lambda c: {**c, "elapsed_s": "12.5"}, "its 'elapsed_s' is a str"),
 }
 
 
@@ -244,9 +247,8 @@ def test_a_checkpoint_with_the_wrong_structure_is_refused_by_name(finished_run, 
     torch.save(change(_good_checkpoint(finished_run)), tmp_path / runs.CHECKPOINT)
     with pytest.raises(RunDirError) as info:
         runs.load_checkpoint(tmp_path)
-    message = str(info.value)
-    assert message.startswith(f"{tmp_path / runs.CHECKPOINT} is not a usable checkpoint: ") and "\n" not in message
-    assert problem in message and message.endswith("start a new run")
+    assert str(info.value) == (f"{tmp_path / runs.CHECKPOINT} is not a usable checkpoint: {problem}; the checkpoint "
+                               "is damaged, start a new run")
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(fmnist, finished_run, run_copy):
