@@ -106,6 +106,8 @@ CASES = [
     ("weights-not-safetensors", "healthy", write_weights(data=b"\x00" * 64), runs.WEIGHTS, "could not be read"),
     ("weights-truncated", "healthy", write_weights(cut=5000), runs.WEIGHTS, "could not be read"),
     ("weights-nan", "healthy", NAN_WEIGHT, runs.WEIGHTS, "NaN or infinite values (e.g. conv1.0.weight)"),
+    ("tensor-renamed", "healthy", edit_weights(lambda s: s.update(extra=s.pop("head.4.bias"))), runs.WEIGHTS,
+     "tensors 1 missing (e.g. head.4.bias), 1 unexpected (e.g. extra); restore"),
 ]
 
 
@@ -190,3 +192,19 @@ def test_a_run_without_a_summary_is_named(tmp_path):
     with pytest.raises(RunDirError) as info:
         runs.read_summary(tmp_path)
     assert str(info.value) == f"{tmp_path} has no summary.json"
+
+
+def test_a_run_of_three_channel_images_loads_with_its_weights(tmp_path):
+    """config.json's in_channels reaches the shape check: a 3-channel LeNet is not refused as the wrong shape."""
+    torch.manual_seed(0)
+    model = create_model("lenet", in_channels=3).eval()
+    run_dir = tmp_path / "rgb"
+    run_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / runs.WEIGHTS,
+              metadata={"model": "lenet", "image_size": "28"})
+    (run_dir / runs.CONFIG).write_text(json.dumps({**CONFIG, "in_channels": 3}))
+    loaded, config = runs.load_run_model(run_dir)
+    assert config.in_channels == 3
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
