@@ -196,20 +196,39 @@ def test_a_run_without_a_summary_is_named(tmp_path):
     assert str(info.value) == f"{tmp_path} has no summary.json"
 
 
-def test_a_run_of_three_channel_images_loads_with_its_weights(tmp_path):
-    """config.json's in_channels reaches the shape check: a 3-channel LeNet is not refused as the wrong shape."""
+def write_run(run_dir, name, image_size, **config_values):
+    """A run directory holding a freshly initialised ``name`` built with config.json's values; returns the model."""
     torch.manual_seed(0)
-    model = create_model("lenet", in_channels=3).eval()
-    run_dir = tmp_path / "rgb"
+    options = config_values.get("model_options", {})
+    model = create_model(name, num_classes=config_values.get("num_classes", 10),
+                         in_channels=config_values.get("in_channels", 1), **options).eval()
     run_dir.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / runs.WEIGHTS,
-              metadata={"model": "lenet", "image_size": "28"})
-    (run_dir / runs.CONFIG).write_text(json.dumps({**CONFIG, "in_channels": 3}))
-    loaded, config = runs.load_run_model(run_dir)
-    assert config.in_channels == 3
+              metadata={"model": name, "image_size": str(image_size)})
+    (run_dir / runs.CONFIG).write_text(json.dumps({**CONFIG, "model": name, "image_size": image_size, **config_values}))
+    return model
+
+
+def test_a_run_of_three_channel_images_and_five_classes_loads_with_its_weights(tmp_path):
+    """config.json's in_channels and num_classes reach the shape check and the model: not refused, same outputs."""
+    model = write_run(tmp_path / "rgb", "lenet", 28, in_channels=3, num_classes=5)
+    loaded, config = runs.load_run_model(tmp_path / "rgb")
+    assert (config.in_channels, config.num_classes) == (3, 5)
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        expected = model(x)
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+    assert expected.shape == (2, 5)
+
+
+def test_the_loaded_model_has_the_runs_model_options_and_the_device_asked_for(tmp_path):
+    write_run(tmp_path / "nin", "nin", 67, model_options={"dropout": 0.2})  # NiN's own default is 0.5
+    loaded, _ = runs.load_run_model(tmp_path / "nin")
+    assert [m.p for m in loaded.modules() if isinstance(m, torch.nn.Dropout)] == [0.2]
+    assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
+    # the device goes to Module.to: "meta" stands in for a GPU on this CPU-only test machine
+    on_meta, _ = runs.load_run_model(tmp_path / "nin", device="meta")
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
 
 
 def test_weights_that_fail_to_load_after_the_header_check_are_named(tmp_path, base, monkeypatch):
