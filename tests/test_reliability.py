@@ -113,6 +113,30 @@ def test_out_that_is_a_file_is_one_line_from_the_cli(tmp_path, capsys):
     assert "is a file, not a directory; pass a directory with --out" in one_line_cli_error(capsys, "train")
 
 
+def test_a_missing_out_is_made_with_its_parents_and_the_run_is_named_by_its_start(tmp_path):
+    out = tmp_path / "a" / "b" / "runs"
+    run_dir = runs.create_run_dir(out, "lenet")
+    assert run_dir.parent == out and run_dir.is_dir() and run_dir.name.endswith("-lenet")
+    # runs/<YYYYmmdd-HHMMSS>-<model>/: the local time the run started, to the second
+    started = datetime.datetime.strptime(run_dir.name.removesuffix("-lenet"), "%Y%m%d-%H%M%S")
+    assert abs((datetime.datetime.now() - started).total_seconds()) < 60
+
+
+def test_a_root_where_every_name_is_taken_is_refused_by_name(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    real_mkdir = Path.mkdir
+
+    def taken(self, *args, **kwargs):
+        if self.parent == root:
+            raise FileExistsError(errno.EEXIST, "File exists", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", taken)
+    with pytest.raises(RunDirError) as info:
+        runs.create_unique_dir(root, "sweep")
+    assert str(info.value) == f"could not create a new directory 'sweep' under {root}"
+
+
 @pytest.mark.parametrize(("code", "reason", "fix"), [
     (errno.EROFS, "Read-only file system", "pass another --out"),
     (errno.EACCES, "Permission denied", "make it writable for you or pass another --out"),
