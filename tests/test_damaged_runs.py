@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from inceptionlab import runs
@@ -244,3 +245,16 @@ def test_weights_that_fail_to_load_after_the_header_check_are_named(tmp_path, ba
         runs.load_run_model(run_dir)
     assert str(info.value) == (f"{run_dir / 'model.safetensors'} could not be read ([Errno 5] Input/output error); "
                                "the file is damaged: restore the run directory's original files or retrain the run")
+
+
+def test_save_weights_writes_the_state_dict_and_the_metadata_as_text(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lenet")
+    runs.save_weights(tmp_path / "model.safetensors", model, {"model": "lenet", "image_size": 28})
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:  # safetensors' own reader
+        assert f.metadata() == {"model": "lenet", "image_size": "28"}
+        saved = {key: f.get_tensor(key) for key in f.keys()}
+    expected = model.state_dict()
+    assert saved.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(saved[key], tensor, rtol=0, atol=0)
