@@ -99,6 +99,7 @@ CASES = [
      "model_options must be an object of options, got [1, 2]"),
     ("config-null", "healthy", write_config("null"), runs.CONFIG, "holds null, not a config"),
     ("config-list", "healthy", write_config("[1, 2]"), runs.CONFIG, "holds an array, not a config"),
+    ("config-number", "healthy", write_config("12"), runs.CONFIG, "holds a number, not a config"),
     ("config-not-json", "healthy", write_config('{"model": "lenet",'), runs.CONFIG, "not valid JSON"),
     ("tensor-missing", "healthy", edit_weights(lambda s: s.pop("head.4.bias")), runs.WEIGHTS,
      "tensors 1 missing (e.g. head.4.bias); restore"),
@@ -258,3 +259,9 @@ def test_save_weights_writes_the_state_dict_and_the_metadata_as_text(tmp_path):
     assert saved.keys() == expected.keys()
     for key, tensor in expected.items():
         torch.testing.assert_close(saved[key], tensor, rtol=0, atol=0)
+
+
+def test_a_directory_without_config_json_is_not_a_run(tmp_path):
+    with pytest.raises(RunDirError) as info:
+        runs.read_config(tmp_path)
+    assert str(info.value) == f"{tmp_path} has no config.json: it is not a training run directory"

@@ -408,6 +408,23 @@ def test_a_locked_run_keeps_its_temporary_files_and_refuses_a_second_trainer(fmn
     assert (run_copy / OURS[0]).exists() and (run_copy / runs.CONFIG).read_bytes() == config_before
 
 
+def test_removing_leftovers_returns_what_it_removed_and_needs_the_lock(tmp_path, monkeypatch):
+    for name in OURS + NOT_OURS:
+        (tmp_path / name).write_bytes(b"x")
+    lock = runs.lock_run_dir(tmp_path)
+    try:
+        assert runs.remove_interrupted_writes(lock) == sorted(tmp_path / name for name in OURS)
+        assert temp_files(tmp_path) == sorted(NOT_OURS)
+        # a file gone between the listing and the unlink (another cleaner) is skipped, not an error
+        monkeypatch.setattr(runs, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
+        assert runs.remove_interrupted_writes(lock) == []
+    finally:
+        lock.release()
+    with pytest.raises(RunDirError) as info:
+        runs.remove_interrupted_writes(lock)
+    assert str(info.value) == f"{tmp_path} is not locked by this process: its temporary files may be live writes"
+
+
 # --------------------------------------------------------------------------------------------- 6. file modes
 
 
