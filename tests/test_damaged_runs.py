@@ -100,6 +100,7 @@ CASES = [
     ("config-null", "healthy", write_config("null"), runs.CONFIG, "holds null, not a config"),
     ("config-list", "healthy", write_config("[1, 2]"), runs.CONFIG, "holds an array, not a config"),
     ("config-number", "healthy", write_config("12"), runs.CONFIG, "holds a number, not a config"),
+    ("config-string", "healthy", write_config('"lenet"'), runs.CONFIG, "holds a string, not a config"),
     ("config-not-json", "healthy", write_config('{"model": "lenet",'), runs.CONFIG, "not valid JSON"),
     ("tensor-missing", "healthy", edit_weights(lambda s: s.pop("head.4.bias")), runs.WEIGHTS,
      "tensors 1 missing (e.g. head.4.bias); restore"),
