@@ -454,6 +454,39 @@ def test_another_process_holding_the_run_is_named_and_its_lock_dies_with_it(tmp_
     runs.lock_run_dir(tmp_path).release()
 
 
+def test_the_lock_makes_a_missing_run_directory_and_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.lock_run_dir(tmp_path / "a" / "b" / "run").release()  # --run-dir below directories not made yet
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "run" / runs.LOCK).stat().st_mode) == 0o644  # 0o666 & ~0o022
+
+
+def test_a_run_directory_below_a_file_cannot_be_locked_and_says_why(tmp_path):
+    (tmp_path / "notes").write_text("keep me")
+    with pytest.raises(WriteError) as info:
+        runs.lock_run_dir(tmp_path / "notes" / "run")
+    assert str(info.value) == (f"could not write {tmp_path / 'notes' / 'run' / runs.LOCK} (Not a directory); "
+                               f"{tmp_path / 'notes'} is a file, not a directory: write to another directory")
+
+
+def test_a_holder_that_wrote_no_pid_line_or_a_garbled_one_is_still_named(tmp_path):
+    holder = runs.lock_run_dir(tmp_path)
+    rest = "is training in it; wait for it to end (or stop it), then resume, or train into another directory"
+    try:
+        os.truncate(tmp_path / runs.LOCK, 0)  # the moment between the holder's flock and its pid line
+        with pytest.raises(RunDirError) as info:
+            runs.lock_run_dir(tmp_path)
+        assert str(info.value) == f"{tmp_path} is in use: another process {rest}"
+        (tmp_path / runs.LOCK).write_bytes(b"pid 7 on h\xffst\n")  # not UTF-8
+        with pytest.raises(RunDirError) as info:
+            runs.lock_run_dir(tmp_path)
+        assert str(info.value) == f"{tmp_path} is in use: pid 7 on h\ufffdst {rest}"
+    finally:
+        holder.release()
+
+
 def _interrupt(state, epoch, stop, writes):
     state.stop_signal = signal.SIGTERM
     return None
