@@ -487,6 +487,31 @@ def test_a_holder_that_wrote_no_pid_line_or_a_garbled_one_is_still_named(tmp_pat
         holder.release()
 
 
+def test_a_file_system_without_locks_is_named_and_a_full_one_does_not_stop_the_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    real_flock, real_pwrite = fcntl.flock, os.pwrite
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # what some network file systems answer
+    with pytest.raises(RunDirError) as info:
+        runs.lock_run_dir(tmp_path)
+    assert str(info.value) == (f"could not lock {tmp_path / runs.LOCK} (No locks available); train in a directory "
+                               "on a local disk")
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+
+    def disk_full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", disk_full)  # the pid line is for messages only
+    lock = runs.lock_run_dir(tmp_path)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert lock.held
+    lock.release()
+
+
 def _interrupt(state, epoch, stop, writes):
     state.stop_signal = signal.SIGTERM
     return None
