@@ -23,7 +23,7 @@ from inceptionlab import create_model, list_models
 from inceptionlab.analysis import cost_table, input_size_report, stage_shapes
 from inceptionlab.config import preset_config
 
-budget = dict(limit_train=512, limit_test=256, epochs=1, image_size=28, num_threads=1) if SMOKE else {}
+budget = dict(limit_train=128, limit_test=128, epochs=1, image_size=28, num_threads=1) if SMOKE else {}
 print("models:", ", ".join(list_models()))
 print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)")"""),
     ("md", """## The Inception block
