@@ -3,6 +3,7 @@ the file and the fix, before any large allocation, and leave the directory as it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -97,14 +98,16 @@ CASES = [
     ("config-list", "healthy", write_config("[1, 2]"), runs.CONFIG, "holds an array, not a config"),
     ("config-not-json", "healthy", write_config('{"model": "lenet",'), runs.CONFIG, "not valid JSON"),
     ("tensor-missing", "healthy", edit_weights(lambda s: s.pop("head.4.bias")), runs.WEIGHTS,
-     "1 missing (e.g. head.4.bias)"),
+     "tensors 1 missing (e.g. head.4.bias); restore"),
     ("tensor-extra", "healthy", edit_weights(lambda s: s.update(extra=torch.zeros(3))), runs.WEIGHTS,
-     "1 unexpected (e.g. extra)"),
+     "tensors 1 unexpected (e.g. extra); restore"),
     ("tensor-shape", "healthy", edit_weights(lambda s: s.update({"head.4.bias": torch.zeros(11)})), runs.WEIGHTS,
-     "head.4.bias: [11] in the file, [10] in the model"),
+     "tensors 1 of the wrong shape (e.g. head.4.bias: [11] in the file, [10] in the model); restore"),
     ("weights-not-safetensors", "healthy", write_weights(data=b"\x00" * 64), runs.WEIGHTS, "could not be read"),
     ("weights-truncated", "healthy", write_weights(cut=5000), runs.WEIGHTS, "could not be read"),
     ("weights-nan", "healthy", NAN_WEIGHT, runs.WEIGHTS, "NaN or infinite values (e.g. conv1.0.weight)"),
+    ("tensor-renamed", "healthy", edit_weights(lambda s: s.update(extra=s.pop("head.4.bias"))), runs.WEIGHTS,
+     "tensors 1 missing (e.g. head.4.bias), 1 unexpected (e.g. extra); restore"),
 ]
 
 
@@ -172,3 +175,36 @@ def test_skeleton_check_allocates_nothing_for_a_huge_head(tmp_path, base):
     edit_config(num_classes=10**9)(run_dir)
     with pytest.raises(RunDirError, match=r"head.4.bias: \[10\] in the file, \[1000000000\] in the model"):
         runs.load_run_model(run_dir)
+
+
+def test_weights_sha256_is_hashlibs_digest_of_the_file_and_a_missing_file_is_named(tmp_path):
+    payload = bytes(range(256)) * 10_000 + b"tail"  # 2.4 MiB: more than one of the reader's 1 MiB chunks
+    (tmp_path / "model.safetensors").write_bytes(payload)
+    assert runs.weights_sha256(tmp_path) == hashlib.sha256(payload).hexdigest()
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(RunDirError) as info:
+        runs.weights_sha256(tmp_path)
+    assert str(info.value) == (f"{tmp_path} has no model.safetensors: the run has not finished (or this is not a "
+                               f"run directory). Finish it with `inceptionlab train --resume {tmp_path}`")
+
+
+def test_a_run_without_a_summary_is_named(tmp_path):
+    with pytest.raises(RunDirError) as info:
+        runs.read_summary(tmp_path)
+    assert str(info.value) == f"{tmp_path} has no summary.json"
+
+
+def test_a_run_of_three_channel_images_loads_with_its_weights(tmp_path):
+    """config.json's in_channels reaches the shape check: a 3-channel LeNet is not refused as the wrong shape."""
+    torch.manual_seed(0)
+    model = create_model("lenet", in_channels=3).eval()
+    run_dir = tmp_path / "rgb"
+    run_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / runs.WEIGHTS,
+              metadata={"model": "lenet", "image_size": "28"})
+    (run_dir / runs.CONFIG).write_text(json.dumps({**CONFIG, "in_channels": 3}))
+    loaded, config = runs.load_run_model(run_dir)
+    assert config.in_channels == 3
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

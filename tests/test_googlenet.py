@@ -11,7 +11,13 @@ from PIL import Image
 from torch import nn
 
 from inceptionlab.models import create_model
-from inceptionlab.models.googlenet import load_chapter_state_dict, to_chapter_state_dict
+from inceptionlab.models.googlenet import (
+    GoogLeNet,
+    Inception,
+    chapter_key_to_ours,
+    load_chapter_state_dict,
+    to_chapter_state_dict,
+)
 
 # d2l 0.17's notebook version (``nn.Sequential(b1, ..., b5, nn.Linear(1024, 10))``, branches ``p1_1`` ...) is the
 # one the d2l reference loop of the benchmarks trains: the same independent definition serves both
@@ -48,6 +54,43 @@ def test_chapter_state_dict_round_trip():
         target = create_model("googlenet").eval()
         load_chapter_state_dict(target, state)
         torch.testing.assert_close(target(x), source(x))
+
+
+def test_each_inception_blocks_out_channels_is_the_width_it_outputs():
+    # the chapter's text: the nine blocks output 256, 480 (b3), 512, 512, 512, 528, 832 (b4), 832, 1024 (b5)
+    model = create_model("googlenet").eval()
+    blocks = [m for m in model.modules() if isinstance(m, Inception)]
+    widths = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: widths.append(out.shape[1])) for b in blocks]
+    with torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert widths == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    assert [b.out_channels for b in blocks] == widths
+
+
+def test_the_class_defaults_are_the_chapters_fashion_mnist_network():
+    # GoogLeNet() without arguments: one input channel, ten classes, the chapter's 5,977,530 parameters
+    with torch.device("meta"):
+        model = GoogLeNet()
+    assert model.b1[0].in_channels == 1 and model.head.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 5_977_530
+
+
+def test_a_key_outside_the_chapters_layout_is_refused_by_name():
+    assert chapter_key_to_ours("net.5.weight") == "head.weight"
+    with pytest.raises(KeyError, match=r"'net\.6\.weight' is not a key of the chapter's GoogLeNet"):
+        chapter_key_to_ours("net.6.weight")
+
+
+def test_loading_the_chapters_weights_is_strict_unless_told_otherwise():
+    # torch's load_state_dict semantics: strict raises on a missing tensor, strict=False reports it
+    partial = {k: v for k, v in to_chapter_state_dict(create_model("googlenet")).items() if k != "net.5.bias"}
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "head\.bias"'):
+        load_chapter_state_dict(create_model("googlenet"), partial)
+    result = load_chapter_state_dict(create_model("googlenet"), partial, strict=False)
+    assert result.missing_keys == ["head.bias"] and result.unexpected_keys == []
 
 
 # ---------------------------------------------------------------------------------------------------------

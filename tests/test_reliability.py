@@ -229,12 +229,15 @@ DAMAGES = {
     "a list": (lambda c: [c], "it holds a list, not a dict"),
     "no model": (lambda c: {k: v for k, v in c.items() if k != "model"}, "it has no 'model'"),
     "epoch as text": (lambda c: {**c, "epoch": "1"}, "its 'epoch' is a str, not a int"),
-    "model as a list": (lambda c: {**c, "model": list(c["model"].values())}, "its 'model' is a list"),
-    "model of numbers": (lambda c: {**c, "model": {k: 0.0 for k in c["model"]}}, "not a state dict of tensors"),
-    "optimizer without groups": (lambda c: {**c, "optimizer": {"state": {}}}, "not an optimizer state dict"),
+    "model as a list": (lambda c: {**c, "model": list(c["model"].values())}, "its 'model' is a list, not a dict"),
+    "model of numbers": (lambda c: {**c, "model": {k: 0.0 for k in c["model"]}},
+                         "its 'model' is not a state dict of tensors"),
+    "optimizer without groups": (lambda c: {**c, "optimizer": {"state": {}}},
+                                 "its 'optimizer' is not an optimizer state dict"),
     "epoch 99, one row": (lambda c: {**c, "epoch": 99}, "it claims 99 finished epochs but holds 1 metrics rows"),
-    "rows not dicts": (lambda c: {**c, "metrics": [[0.5]]}, "its metrics rows are not one per epoch"),
+    "rows not dicts": (lambda c: {**c, "metrics": [[0.5]]}, "its metrics rows are not one per epoch, in order"),
     "scaler as a list": (lambda c: {**c, "scaler": []}, "its 'scaler' is a list"),
+    "elapsed_s as text": (lambda c: {**c, "elapsed_s": "12.5"}, "its 'elapsed_s' is a str"),
 }
 
 
@@ -244,9 +247,8 @@ def test_a_checkpoint_with_the_wrong_structure_is_refused_by_name(finished_run, 
     torch.save(change(_good_checkpoint(finished_run)), tmp_path / runs.CHECKPOINT)
     with pytest.raises(RunDirError) as info:
         runs.load_checkpoint(tmp_path)
-    message = str(info.value)
-    assert message.startswith(f"{tmp_path / runs.CHECKPOINT} is not a usable checkpoint: ") and "\n" not in message
-    assert problem in message and message.endswith("start a new run")
+    assert str(info.value) == (f"{tmp_path / runs.CHECKPOINT} is not a usable checkpoint: {problem}; the checkpoint "
+                               "is damaged, start a new run")
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(fmnist, finished_run, run_copy):
@@ -265,6 +267,45 @@ def test_resume_refuses_a_checkpoint_with_more_epochs_than_the_run(fmnist, finis
     torch.save({**saved, "epoch": 3, "metrics": rows}, run_copy / runs.CHECKPOINT)
     with pytest.raises(RunDirError, match=r"holds 3 epochs but the run asks for 1; resume with --epochs 3 or more"):
         train(resume=run_copy, data=fmnist, log=None)
+
+
+# The smallest structure load_checkpoint accepts: no epoch finished, one tensor, an empty optimizer state dict.
+EMPTY_CHECKPOINT = {"epoch": 0, "model": {"w": torch.arange(3.0)}, "optimizer": {"state": {}, "param_groups": []},
+                    "metrics": []}
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): a checkpoint that runs code when loaded with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_missing_checkpoint_says_no_epoch_finished(tmp_path):
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    assert str(info.value) == f"{tmp_path} has no checkpoint.pt: no epoch finished, so there is nothing to resume"
+
+
+def test_a_checkpoint_loads_onto_the_device_asked_for(tmp_path):
+    torch.save(EMPTY_CHECKPOINT, tmp_path / "checkpoint.pt")
+    assert runs.load_checkpoint(tmp_path)["model"]["w"].device.type == "cpu"  # the default
+    # torch.load's map_location: "meta" stands in for a GPU on this CPU-only test machine
+    assert runs.load_checkpoint(tmp_path, map_location="meta")["model"]["w"].device.type == "meta"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({**EMPTY_CHECKPOINT, "model": {"w": _RunsCode(marker)}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'checkpoint.pt'} could not be loaded (")
+    assert message.endswith("); the checkpoint is damaged") and "weights_only" in message
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------------------------- 4. data
