@@ -3,6 +3,7 @@ the file and the fix, before any large allocation, and leave the directory as it
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -81,6 +82,7 @@ CASES = [
     ("other-image-size", "healthy", edit_config(image_size=30), runs.WEIGHTS, "was saved for image_size 28"),
     ("missing-model", "healthy", edit_config(model=DROP), runs.CONFIG, "lacks model"),
     ("missing-image-size", "healthy", edit_config(image_size=DROP), runs.CONFIG, "lacks image_size"),
+    ("missing-both", "healthy", edit_config(model=DROP, image_size=DROP), runs.CONFIG, "lacks model and image_size;"),
     ("image-size-string", "healthy", edit_config(image_size="28"), runs.CONFIG, "image_size must be"),
     ("image-size-huge", "healthy", edit_config(image_size=100000), runs.CONFIG, "image_size 100000 is above"),
     ("image-size-unfit", "no-metadata", edit_config(image_size=40), runs.CONFIG, "lenet cannot take 40x40"),
@@ -208,3 +210,18 @@ def test_a_run_of_three_channel_images_loads_with_its_weights(tmp_path):
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_weights_that_fail_to_load_after_the_header_check_are_named(tmp_path, base, monkeypatch):
+    """A read error in the tensor data (the header was fine): one message naming the file, not a traceback."""
+    run_dir = tmp_path / "eio"
+    shutil.copytree(base / "healthy", run_dir)
+
+    def read_error(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(runs, "load_file", read_error)
+    with pytest.raises(RunDirError) as info:
+        runs.load_run_model(run_dir)
+    assert str(info.value) == (f"{run_dir / 'model.safetensors'} could not be read ([Errno 5] Input/output error); "
+                               "the file is damaged: restore the run directory's original files or retrain the run")
