@@ -180,7 +180,7 @@ def _finite(value) -> bool:
 PRESETS: dict[str, dict[str, Any]] = {
     # The chapter, exactly.
     "d2l": {},
-    # A CPU recipe for `make run` (>= 0.92 in under 5 minutes on 2 cores), chosen on validation accuracy among the
+    # A CPU recipe for `make run` (>= 0.92 in about 5 minutes on 2 cores), chosen on validation accuracy among the
     # candidates of benchmarks/quick_preset.py: EXPERIMENTS.md (7) has the numbers, docs/training.md the reasons.
     "quick": {
         "model": "googlenet-lite",
