@@ -21,8 +21,9 @@
 #              with every switch off (when any was chosen), then --preset fast with its chosen switches, and
 #              the candidates in $FAST_CANDIDATES (fewer steps: 8 epochs, or batch 512); one process at a time, nothing
 #              else on the GPU
-#   4 exps     what the last lease left of the exercises, three processes at a time (their wall times are not
-#              speed figures): inception-v3's full-budget row, the 64 px sweep row, the best preset's second seed
+#   4 exps     what the last lease left of the exercises, four processes at a time (their wall times are not
+#              speed figures): inception-v3's full-budget row, the 64 px sweep row, the best preset's second seed,
+#              EXPERIMENTS.md (6) at the full budget (googlenet-28 / googlenet-bn at 28 px, googlenet at 96 px)
 #   5 tests    tests/test_step.py's CUDA tests, if time is left
 # Measured on one H200 (2026-11-28, the previous version of this script, BUDGET=565): environment 13 s, probe 27 s,
 # speed 225 s (reference, recipe, fast). This version's full probe and speed stages do more (about 120 s and 330 s
@@ -162,7 +163,7 @@ tee -a "$LOG" < "$WORK/bench_train.txt"
 pack
 
 if (( BUDGET >= FULL_BUDGET && $(left) > 60 )); then
-    log "4 exercises (three lanes, $(left)s left)"
+    log "4 exercises (four lanes, $(left)s left)"
     EXP="$WORK/exp"
     mkdir -p "$EXP"
     (   # lane 1: (1) inception-v3 on the chapter's recipe (the row the last lease did not finish)
@@ -184,7 +185,17 @@ if (( BUDGET >= FULL_BUDGET && $(left) > 60 )); then
         echo "sweep exit $?" >> "$EXP/sweep.log"
     ) &
     LANE3=$!
-    while kill -0 "$LANE1" 2> /dev/null || kill -0 "$LANE2" 2> /dev/null || kill -0 "$LANE3" 2> /dev/null; do
+    (   # lane 4: (6) at the full budget: googlenet-28 and googlenet-bn at 28 px, googlenet at 96 px, one held-out set
+        limited "$(limit 400)" "$PY" -m inceptionlab compare googlenet-28 googlenet-bn --image-size 28 --val-split 5000 \
+            --preset d2l "${EXP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/compare-28" > "$EXP/compare-28.log" 2>&1
+        echo "compare-28 exit $?" >> "$EXP/compare-28.log"
+        limited "$(limit 300)" "$PY" -m inceptionlab compare googlenet --val-split 5000 "${CMP_ARGS[@]}" \
+            --preset d2l "${EXP_ARGS[@]}" $COMPARE_FLAGS --out-dir "$EXP/compare-96" > "$EXP/compare-96.log" 2>&1
+        echo "compare-96 exit $?" >> "$EXP/compare-96.log"
+    ) &
+    LANE4=$!
+    while kill -0 "$LANE1" 2> /dev/null || kill -0 "$LANE2" 2> /dev/null || kill -0 "$LANE3" 2> /dev/null \
+        || kill -0 "$LANE4" 2> /dev/null; do
         sleep 5
         (( $(left) % 60 < 5 )) && pack
     done

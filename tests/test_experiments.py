@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from inceptionlab import experiments
+from inceptionlab import experiments, runs
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
 from inceptionlab.errors import ConfigError, InputSizeError
@@ -44,7 +44,7 @@ def test_compare_two_models_two_seeds_writes_table_results_and_plot(fmnist, tmp_
     saved = json.loads((out / "results.json").read_text())
     assert saved["kind"] == "compare" and saved["seeds"] == [0, 1] and len(saved["rows"]) == 2
     # no --val-split: nothing is ranked (the rows stay in the order given) and no row has a validation accuracy
-    assert "ranking" not in saved and not any("val_acc" in row for row in saved["rows"])
+    assert "ranking" not in saved and not any("val_acc" in row or "val_curves" in row for row in saved["rows"])
     assert "val acc" not in header and "validation" not in (out / "table.md").read_text()
     for row, cells in zip(saved["rows"], rows, strict=True):
         accs = row["test_acc"]
@@ -149,3 +149,40 @@ def test_branch_streams_for_a_batchnorm_model_are_refused_before_the_first_run(f
         experiments.compare(["googlenet", "googlenet-bn"], tiny(branch_streams=True), out_dir=out, data=fmnist,
                             log=None)
     assert not out.exists()  # nothing trained, nothing written
+
+
+def curves_axes(monkeypatch):
+    """The axes of every curves.png figure the experiment saves (accuracy.png's are left out)."""
+    saved = []
+    monkeypatch.setattr(experiments, "save_figure",
+                        lambda fig, path: saved.append(fig.axes[0]) if path.name == "curves.png" else None)
+    return saved
+
+
+def test_curves_plot_the_validation_accuracy_dashed_beside_the_test_accuracy(fmnist, tmp_path, monkeypatch):
+    saved = curves_axes(monkeypatch)
+    out = tmp_path / "cmp"
+    experiments.compare(["lenet"], tiny(epochs=2, val_split=200), seeds=2, out_dir=out, data=fmnist, log=None)
+
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    metrics = [[m["val_acc"] for m in runs.read_metrics(tmp_path / d)] for d in row["run_dirs"]]
+    assert row["val_curves"] == metrics and row["val_curve_mean"] == pytest.approx([statistics.mean(e) for e in
+                                                                                    zip(*metrics, strict=True)])
+    ax = saved[-1]
+    test, val = [line for line in ax.get_lines() if line.get_xdata().size]  # the legend's style key has no data
+    assert list(test.get_ydata()) == pytest.approx(row["curve_mean"])
+    assert list(val.get_xdata()) == [1, 2] and list(val.get_ydata()) == pytest.approx(row["val_curve_mean"])
+    assert val.get_linestyle() == "--" and test.get_linestyle() == "-" and val.get_color() == test.get_color()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"lenet (val {row['val_acc_mean']:.3f}, test {row['test_acc_mean']:.3f})", "dashed: validation"]
+
+
+def test_curves_without_a_validation_split_have_no_dashed_lines(monkeypatch, tmp_path):
+    saved = curves_axes(monkeypatch)
+    rows = [experiments.RowResult(label, "lenet", 28, 1, 0.0, seeds=[0, 1], test_acc=[0.6, 0.7],
+                                  curves=[[0.5, 0.6], [0.6, 0.7]]) for label in ("a", "b")]
+    experiments.plot_curves(tmp_path / "curves.png", rows)
+    (ax,) = saved
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "-"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (0.650)", "b (0.650)"]
+    assert ax.get_ylabel() == "test accuracy"

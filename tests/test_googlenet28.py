@@ -1,5 +1,5 @@
-"""googlenet-28: the chapter's GoogLeNet for native 28x28 inputs. Expected values come from the chapter's layer
-table and the size arithmetic, written out here, not from the model code."""
+"""googlenet-28 and googlenet-lite: the chapter's GoogLeNet for native 28x28 inputs. Expected values come from the
+chapter's layer table and the size arithmetic, written out here, not from the model code."""
 
 import pytest
 import torch
@@ -77,8 +77,11 @@ def test_parameter_count_from_the_layer_table():
 
 def block_table(model: nn.Module, stage: str) -> list[tuple]:
     """(in_channels, c1, c2, c3, c4) of each Inception block of a stage, read from its convolutions."""
-    return [(b.b1_1.in_channels, b.b1_1.out_channels, (b.b2_1.out_channels, b.b2_2.out_channels),
-             (b.b3_1.out_channels, b.b3_2.out_channels), b.b4_2.out_channels)
+    def c(unit):  # an nn.Conv2d, or the convolution of a conv -> BN unit
+        return getattr(unit, "conv", unit)
+
+    return [(c(b.b1_1).in_channels, c(b.b1_1).out_channels, (c(b.b2_1).out_channels, c(b.b2_2).out_channels),
+             (c(b.b3_1).out_channels, c(b.b3_2).out_channels), c(b.b4_2).out_channels)
             for b in getattr(model, stage) if isinstance(b, Inception)]
 
 
@@ -88,3 +91,51 @@ def test_inception_blocks_are_the_chapters(stage):
     assert block_table(ours, stage) == CHAPTER_TABLE[stage] == block_table(chapter, stage)
     kernels = {(b.b2_2.kernel_size, b.b3_2.kernel_size) for b in getattr(ours, stage) if isinstance(b, Inception)}
     assert kernels == {((3, 3), (5, 5))}
+
+
+# googlenet-lite: Inception-BN (conv without bias -> BN), every channel of the chapter's table halved, b1 without
+# its pool: 28 -> b1 (7x7, stride 2) 14 -> b2's pool 7 -> b3's pool 4 -> b4's pool 2 -> global pool
+LITE_SHAPES = {"b1": (32, 14, 14), "b2": (96, 7, 7), "b3": (240, 4, 4), "b4": (416, 2, 2), "b5": (512,),
+               "head": (10,)}
+
+
+def halved(row):
+    return tuple(halved(c) for c in row) if isinstance(row, tuple) else row // 2
+
+
+def conv_bn(k: int, cin: int, cout: int) -> int:
+    return k * k * cin * cout + 2 * cout  # weights, BN's gamma and beta
+
+
+def lite_stage_params() -> dict[str, int]:
+    def block(cin, c1, c2, c3, c4):
+        return (conv_bn(1, cin, c1) + conv_bn(1, cin, c2[0]) + conv_bn(3, c2[0], c2[1]) + conv_bn(1, cin, c3[0])
+                + conv_bn(5, c3[0], c3[1]) + conv_bn(1, cin, c4))
+
+    stages = {"b1": conv_bn(7, 1, 32), "b2": conv_bn(1, 32, 32) + conv_bn(3, 32, 96)}
+    stages.update({name: sum(block(*halved(row)) for row in rows) for name, rows in CHAPTER_TABLE.items()})
+    stages["head"] = 512 * 10 + 10
+    return stages
+
+
+def test_lite_is_the_halved_table_with_batchnorm():
+    model = create_model("googlenet-lite")
+    assert get_model_spec("googlenet-lite").natural_size == 28
+    for stage, rows in CHAPTER_TABLE.items():
+        assert block_table(model, stage) == [halved(row) for row in rows]
+    expected = lite_stage_params()
+    assert {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in expected} == expected
+    assert sum(expected.values()) == 1_503_194
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.bias is None for m in convs)
+    assert len([m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]) == len(convs) == 57
+
+
+def test_lite_shape_walk_through_at_28(fmnist):
+    model = create_model("googlenet-lite").eval()
+    x = resize_batch(fmnist.test_images[:2], 28)
+    with torch.no_grad():
+        for stage, shape in LITE_SHAPES.items():
+            x = getattr(model, stage)(x)
+            assert tuple(x.shape[1:]) == shape, stage
+    assert {r.name: r.shape for r in stage_shapes("googlenet-lite", 28)} == LITE_SHAPES

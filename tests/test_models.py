@@ -7,7 +7,8 @@ from torch import nn
 from inceptionlab.errors import UnknownModelError
 from inceptionlab.models import classification_loss, create_model, get_model_spec, init_xavier_, list_models
 
-INCEPTION = ["googlenet", "googlenet-bn", "googlenet-28", "googlenet-paper", "inception-v3", "inception-resnet"]
+INCEPTION = ["googlenet", "googlenet-bn", "googlenet-28", "googlenet-lite", "googlenet-paper", "inception-v3",
+             "inception-resnet"]
 COMPARATORS = ["alexnet", "vgg11", "nin", "lenet"]
 
 
@@ -53,6 +54,7 @@ def test_googlenet_bn_is_googlenet_with_bn_instead_of_conv_biases():
 SIZES = {  # natural size and the small sizes each model accepts (googlenet at 96: tests/test_googlenet.py)
     "googlenet": [64, 28],
     "googlenet-bn": [96, 28],
+    "googlenet-lite": [28, 96],
     "googlenet-paper": [32],  # 96 in the aux test; 28 is below its minimum (31, see test_analysis)
     "inception-v3": [96, 28],
     "inception-resnet": [96, 28],

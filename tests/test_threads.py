@@ -80,6 +80,30 @@ def test_the_load_going_away_is_found_and_probes_get_rarer_while_it_stays():
     assert tuner.chosen == 2 and tuner.every == 20 and steps <= 8 * 20 + 2 * (4 + 2) + 1
 
 
+def test_a_passing_blip_does_not_move_it_off_every_thread():
+    # one window slowed by a short-lived process (a build, an editor): the probe times 2 threads again, idle,
+    # instead of comparing 1 thread with the slowed window (which once chose 1 thread on an idle machine)
+    torch.set_num_threads(2)
+    machine = Machine()
+    tuner = machine.tuner(window=4)
+    machine.run(tuner, IDLE, 40, setup=5)
+    machine.run(tuner, LOADED, 4)
+    used = machine.run(tuner, IDLE, 100)
+    assert tuner.history == [pytest.approx({2: 900.0, 1: 530.0})] and tuner.chosen == 2
+    assert used[-80:] == [2] * 80
+
+
+def test_a_count_barely_faster_is_not_worth_a_switch_and_probes_back_off():
+    # mild contention: the CPU share stays below the alarm line, and 1 thread is 5 % faster (within the noise)
+    torch.set_num_threads(2)
+    machine = Machine()
+    tuner = machine.tuner(window=4, every=50)
+    used = machine.run(tuner, {2: (600.0, 0.8), 1: (630.0, 1.0)}, 300)
+    assert tuner.chosen == 2 and all(rates == pytest.approx({2: 600.0, 1: 630.0}) for rates in tuner.history)
+    assert used.count(1) <= 2 * len(tuner.history) * (4 + 1)  # each probe: one window and a switch at 1 thread
+    assert 2 <= len(tuner.history) <= 4  # waits 50, then 100, then 200 steps between probes, not every window
+
+
 def test_slow_set_up_steps_are_not_mistaken_for_load():
     torch.set_num_threads(2)
     machine = Machine()

@@ -7,7 +7,8 @@ the image size), repeated over seeds. There is no second training loop. An exper
     runs/<model-or-size>-seed<k>/   the individual run directories (the usual layout, see :mod:`inceptionlab.runs`)
     results.json                    every number below, per run and aggregated, plus the base config
     table.md                        parameters, FLOPs, final test accuracy mean ± std over seeds, wall time
-    curves.png                      mean test accuracy per epoch of every row (band: ± one std over seeds)
+    curves.png                      mean test accuracy per epoch of every row (band: ± one std over seeds), and
+                                    with a validation split its mean validation accuracy (dashed)
     accuracy.png                    (sweep only) final test accuracy against the input size
 
 "Test accuracy" is the FINAL epoch's, not the best epoch's: picking the best epoch on the test set would report
@@ -71,6 +72,7 @@ class RowResult:
     wall_seconds: list[float] = field(default_factory=list)  # training + per-epoch evaluation, per run
     images_per_sec: list[float] = field(default_factory=list)
     curves: list[list[float]] = field(default_factory=list)  # test accuracy per epoch, one list per seed
+    val_curves: list[list[float]] = field(default_factory=list)  # validation accuracy per epoch (val_split), per seed
     run_dirs: list[str] = field(default_factory=list)
     diverged: list[dict] = field(default_factory=list)  # seeds whose loss became NaN/inf: {seed, run_dir, error}
 
@@ -89,6 +91,9 @@ class RowResult:
     def curve_mean(self) -> list[float]:
         return [mean(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
 
+    def val_curve_mean(self) -> list[float]:
+        return [mean(epoch) for epoch in zip(*self.val_curves, strict=True)] if self.val_curves else []
+
     def curve_std(self) -> list[float | None]:
         return [std(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
 
@@ -101,9 +106,10 @@ class RowResult:
             "curve_mean": self.curve_mean(), "curve_std": self.curve_std(),
         }
         if not self.val_acc:  # the results of runs without a validation split keep their keys
-            del d["val_acc"]
+            del d["val_acc"], d["val_curves"]
         else:
-            d.update(val_acc_mean=self.val_acc_mean, val_acc_std=std(self.val_acc))
+            d.update(val_acc_mean=self.val_acc_mean, val_acc_std=std(self.val_acc),
+                     val_curve_mean=self.val_curve_mean())
         return d
 
 
@@ -262,6 +268,7 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
     row.test_acc.append(run.summary["test_acc"])
     if "val_acc" in run.summary:
         row.val_acc.append(run.summary["val_acc"])
+        row.val_curves.append([m["val_acc"] for m in run.metrics])
     row.best_test_acc.append(run.summary["best_test_acc"])
     row.wall_seconds.append(run.summary["elapsed_seconds"])
     row.images_per_sec.append(run.summary["images_per_sec"])
@@ -403,22 +410,35 @@ def _table_line(kind: str, r: RowResult, with_val: bool) -> str | None:
 
 
 def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:
-    """Mean test accuracy per epoch of every row on one axis; a band of ± one std where there are >= 2 seeds."""
+    """Mean test accuracy per epoch of every row on one axis; a band of ± one std where there are >= 2 seeds; with
+    a validation split, each row's mean validation accuracy dashed in the row's colour."""
     fig, ax = new_figure((5.5, 3.6))
     for r in rows:
-        m = r.curve_mean()
-        epochs = list(range(1, len(m) + 1))
-        (line,) = ax.plot(epochs, m, marker="o", markersize=3, label=f"{r.label} ({r.test_acc_mean:.3f})")
-        s = r.curve_std()
-        if s and s[0] is not None:
-            ax.fill_between(epochs, [a - b for a, b in zip(m, s, strict=True)],
-                            [a + b for a, b in zip(m, s, strict=True)], color=line.get_color(), alpha=0.2)
+        _plot_row(ax, r)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax.set_ylabel("test accuracy")
+    with_val = any(r.val_curves for r in rows)
+    if with_val:  # one legend entry for the style, not one more per row: the legend stays as long as the rows
+        ax.plot([], [], "k--", marker="o", markersize=3, fillstyle="none", label="dashed: validation")
+    ax.set_ylabel("accuracy (solid: test)" if with_val else "test accuracy")
     finish_axes(fig, ax, title=title, legend="lower right", fontsize=7)
     save_figure(fig, path)
+
+
+def _plot_row(ax, r: RowResult) -> None:
+    """One row's mean test curve with its ± std band and, when it has one, its mean validation curve (dashed)."""
+    m = r.curve_mean()
+    epochs = list(range(1, len(m) + 1))
+    score = f"val {r.val_acc_mean:.3f}, test {r.test_acc_mean:.3f}" if r.val_acc else f"{r.test_acc_mean:.3f}"
+    (line,) = ax.plot(epochs, m, marker="o", markersize=3, label=f"{r.label} ({score})")
+    s = r.curve_std()
+    if s and s[0] is not None:
+        ax.fill_between(epochs, [a - b for a, b in zip(m, s, strict=True)],
+                        [a + b for a, b in zip(m, s, strict=True)], color=line.get_color(), alpha=0.2)
+    v = r.val_curve_mean()
+    if v:  # no band of its own: two bands per row would hide the curves
+        ax.plot(range(1, len(v) + 1), v, "--", color=line.get_color(), marker="o", markersize=3, fillstyle="none")
 
 
 def plot_accuracy_vs_size(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:

@@ -49,15 +49,22 @@ def finish_axes(fig, ax, *, title: str = "", legend: str = "best", fontsize: int
 
 
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """curves.png: train loss, train acc and test acc per epoch on one axis, like d2l's ``Animator`` plot."""
+    """curves.png: train loss, train acc and test acc per epoch on one axis, like d2l's ``Animator`` plot, plus
+    validation loss and accuracy for the rows that have them (``--val-split``)."""
     train = [(r["epoch"], r["train_loss"], r["train_acc"]) for r in rows]
     test = [(r["epoch"], r["test_acc"]) for r in rows]
-    save_figure(curves_figure(train, test, max([r["epoch"] for r in rows] + [1]), title), path)
+    save_figure(curves_figure(train, test, max([r["epoch"] for r in rows] + [1]), title, val_points(rows)), path)
+
+
+def val_points(rows: list[dict]) -> list[tuple[float, float, float]]:
+    """(epoch, val loss, val acc) of the metrics rows that carry them; empty for a run without a validation split."""
+    return [(r["epoch"], r["val_loss"], r["val_acc"]) for r in rows if "val_acc" in r]
 
 
 def curves_figure(train: list[tuple[float, float, float]], test: list[tuple[float, float]], epochs: int,
-                  title: str = ""):
-    """``train`` = (epoch, loss, acc) points (fractional epochs for the live curves), ``test`` = (epoch, acc)."""
+                  title: str = "", val: list[tuple[float, float, float]] | None = None):
+    """``train`` = (epoch, loss, acc) points (fractional epochs for the live curves), ``test`` = (epoch, acc),
+    ``val`` = (epoch, loss, acc) per epoch (none: the figure is the one without a validation split)."""
     fig, ax = new_figure((4.5, 3.2), dpi=120)
     if train:
         x = [p[0] for p in train]
@@ -65,6 +72,11 @@ def curves_figure(train: list[tuple[float, float, float]], test: list[tuple[floa
         ax.plot(x, [p[2] for p in train], "m--", label="train acc")
     if test:
         ax.plot([p[0] for p in test], [p[1] for p in test], "g-.", marker=".", label="test acc")
+    if val:  # dotted with open markers: told apart from the test curve at a glance, also in grey print
+        x = [p[0] for p in val]
+        ax.plot(x, [p[1] for p in val], ":", color="tab:orange", marker="x", markersize=4, label="val loss")
+        ax.plot(x, [p[2] for p in val], ":", color="tab:red", marker="o", markersize=4, fillstyle="none",
+                label="val acc")
     ax.set_xlim(0, max(epochs, 1) + 0.5)
     finish_axes(fig, ax, title=title)
     return fig

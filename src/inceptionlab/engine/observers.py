@@ -61,8 +61,8 @@ def require_tensorboard() -> None:
 
 class TensorBoardObserver(Observer):
     """Event files in the run directory (``tensorboard --logdir runs/``): train loss and lr at every host read,
-    per-epoch losses, accuracies and images/s, the hyperparameters with the final metrics (HParams tab) and the
-    confusion matrix as an image."""
+    per-epoch losses, accuracies (validation too, with ``--val-split``) and images/s, the hyperparameters with the
+    final metrics (HParams tab) and the confusion matrix as an image."""
 
     def __init__(self, run_dir: Path, config: TrainConfig):
         require_tensorboard()
@@ -78,8 +78,9 @@ class TensorBoardObserver(Observer):
 
     def epoch(self, row: dict) -> None:
         step = row["epoch"] * 1000
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_sec"):
-            self.writer.add_scalar(f"epoch/{key}", row[key], step)
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "images_per_sec"):
+            if key in row:  # val_*: only the rows of a run with a validation split have them
+                self.writer.add_scalar(f"epoch/{key}", row[key], step)
         self.writer.flush()
 
     def finish(self, summary: dict, confusion: torch.Tensor | None) -> None:
@@ -90,15 +91,17 @@ class TensorBoardObserver(Observer):
             fig = confusion_figure(confusion, class_names(confusion.shape[0]), f"{self.config.model}: test set")
             self.writer.add_figure("test/confusion", fig, summary.get("epochs_completed", 0) * 1000)
         hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        metrics = {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "train_loss") if k in summary}
+        final = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "train_loss")
+        metrics = {f"hparam/{k}": summary[k] for k in final if k in summary}
         if metrics:
             self.writer.add_hparams(hparams, metrics, run_name=".")
         self.writer.close()
 
 
 class LiveCurves(Observer):
-    """d2l's ``Animator`` in the notebook cell: train loss, train acc (several points per epoch) and test acc
-    against epoch, redrawn in place at most every :data:`LIVE_DRAW_SECONDS` and once at the end."""
+    """d2l's ``Animator`` in the notebook cell: train loss, train acc (several points per epoch), test acc and,
+    with ``--val-split``, val loss and acc against epoch, redrawn in place at most every :data:`LIVE_DRAW_SECONDS`
+    and once at the end."""
 
     def __init__(self, title: str, epochs: int):
         from IPython.display import display
@@ -106,6 +109,7 @@ class LiveCurves(Observer):
         self.title, self.epochs = title, epochs
         self.train: list[tuple[float, float, float]] = []
         self.test: list[tuple[float, float]] = []
+        self.val: list[tuple[float, float, float]] = []  # (epoch, loss, acc); stays empty without a validation split
         self.last_draw = -float("inf")
         self.handle = display(display_id=True)
 
@@ -115,6 +119,8 @@ class LiveCurves(Observer):
 
     def epoch(self, row: dict) -> None:
         self.test.append((row["epoch"], row["test_acc"]))
+        if "val_acc" in row:
+            self.val.append((row["epoch"], row["val_loss"], row["val_acc"]))
         self._draw()
 
     def finish(self, summary: dict, confusion: torch.Tensor | None) -> None:
@@ -127,6 +133,6 @@ class LiveCurves(Observer):
 
         from inceptionlab.plots import curves_figure, png_bytes
 
-        fig = curves_figure(self.train, self.test, self.epochs, self.title)
+        fig = curves_figure(self.train, self.test, self.epochs, self.title, self.val)
         self.handle.update(Image(data=png_bytes(fig)))
         self.last_draw = time.perf_counter()

@@ -18,6 +18,7 @@ import time
 import torch
 
 CONTENDED = 0.85  # CPU time per wall second per thread below this: another process is taking our cores
+SWITCH_GAIN = 1.1  # another count must be this much faster than the chosen one: a blip must not move it
 
 
 class ThreadTuner:
@@ -26,8 +27,10 @@ class ThreadTuner:
     After ``warmup`` steps (kernel set-up), every ``window`` steps it compares the CPU time the process got with
     what its threads could use. Short of it (:data:`CONTENDED`) with all threads, it probes: ``window`` timed steps
     with each candidate count (``max_threads``, half of it, 1; the first step after a switch is not timed), and
-    keeps the fastest. With fewer threads it probes again after ``every`` steps, an interval that doubles (up to
-    8x) while probes keep confirming the count.
+    moves to the fastest only when it beats the chosen count by :data:`SWITCH_GAIN` (the chosen count is timed
+    again in the probe, not taken from the window that raised the alarm, which a passing blip may have slowed).
+    After a probe it waits ``every`` steps before the next, an interval that doubles (up to 8x) while probes keep
+    confirming the count; with fewer threads than ``max_threads`` it probes again when that interval ends.
     """
 
     def __init__(self, max_threads: int, *, window: int = 3, every: int = 200, warmup: int = 2,
@@ -69,22 +72,20 @@ class ThreadTuner:
         self._since_probe += 1
         if self.chosen < self.max_threads:
             if self._since_probe >= self.every:
-                self._start_probe(measured=False)
+                self._start_probe()
             return
         if len(self._times) >= self.window:
             wall, cpu = now[0] - self._mark[0], now[1] - self._mark[1]
             self.utilisation.append(cpu / max(wall * self.chosen, 1e-9))
             self._mark = now
-            if self.utilisation[-1] < CONTENDED:
-                self._start_probe(measured=True)
+            waited = not self.history or self._since_probe >= self.every
+            if self.utilisation[-1] < CONTENDED and waited:
+                self._start_probe()
             self._times = []
 
-    def _start_probe(self, measured: bool) -> None:
-        """``measured``: the window just watched timed the chosen count already; probe only the others."""
-        others = [c for c in self.candidates if c != self.chosen]
-        self._rates = {self.chosen: statistics.median(self._times)} if measured else {}
-        self._queue = others if measured else [self.chosen, *others]
-        self._times = []
+    def _start_probe(self) -> None:
+        self._rates, self._times = {}, []
+        self._queue = [self.chosen, *(c for c in self.candidates if c != self.chosen)]
 
     def _probe_step(self, images: int, seconds: float) -> None:
         if torch.get_num_threads() != self._queue[0]:
@@ -102,6 +103,8 @@ class ThreadTuner:
     def _choose(self) -> None:
         self.history.append(self._rates)
         best = max(self._rates, key=self._rates.get)
+        if self._rates[best] < SWITCH_GAIN * self._rates[self.chosen]:
+            best = self.chosen
         self.every = min(self.every * 2, 8 * self.base_every) if best == self.chosen else self.base_every
         self.chosen = best
         torch.set_num_threads(best)

@@ -103,45 +103,58 @@ def _inception_factory(conv_block: ConvFactory) -> Callable[..., Inception]:
     return make
 
 
+# The chapter's Inception blocks, stage by stage: (in_channels, c1, (c2 reduce, c2), (c3 reduce, c3), c4).
+INCEPTION_TABLE: dict[str, tuple[tuple, ...]] = {
+    "b3": ((192, 64, (96, 128), (16, 32), 32),
+           (256, 128, (128, 192), (32, 96), 64)),
+    "b4": ((480, 192, (96, 208), (16, 48), 64),
+           (512, 160, (112, 224), (24, 64), 64),
+           (512, 128, (128, 256), (24, 64), 64),
+           (512, 112, (144, 288), (32, 64), 64),
+           (528, 256, (160, 320), (32, 128), 128)),
+    "b5": ((832, 256, (160, 320), (32, 128), 128),
+           (832, 384, (192, 384), (48, 128), 128)),
+}
+
+
+def _scaled(row: tuple, width: float) -> tuple:
+    """A table row with every channel count multiplied by ``width`` (unchanged at 1.0)."""
+    def scale(c):
+        return tuple(scale(x) for x in c) if isinstance(c, tuple) else max(1, round(c * width))
+
+    return scale(row)
+
+
 class GoogLeNet(nn.Module):
     """d2l's GoogLeNet: stem b1, b2, Inception stages b3-b5, global average pooling, linear head.
 
     ``conv_block`` builds every convolution (default ``nn.Conv2d``: the chapter's network; ``ConvBN``: Inception-BN).
+    ``width`` scales every channel count and ``stem_pool=False`` drops b1's max-pool: both only for
+    ``googlenet-lite`` (the defaults build the chapter's network).
     """
 
     stage_names = ("b1", "b2", "b3", "b4", "b5", "head")
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d,
+                 width: float = 1.0, stem_pool: bool = True):
         super().__init__()
         conv, inception = conv_block, _inception_factory(conv_block)
+        c64, c192, c1024 = _scaled((64, 192, 1024), width)
         self.b1 = nn.Sequential(
-            conv(in_channels, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool()
+            conv(in_channels, c64, kernel_size=7, stride=2, padding=3), nn.ReLU(), *([_pool()] if stem_pool else [])
         )  # N x 64 x 24 x 24 (for 96 x 96 input)
         self.b2 = nn.Sequential(
-            conv(64, 64, kernel_size=1), nn.ReLU(),
-            conv(64, 192, kernel_size=3, padding=1), nn.ReLU(),
+            conv(c64, c64, kernel_size=1), nn.ReLU(),
+            conv(c64, c192, kernel_size=3, padding=1), nn.ReLU(),
             _pool(),
         )  # N x 192 x 12 x 12
-        self.b3 = nn.Sequential(
-            inception(192, 64, (96, 128), (16, 32), 32),
-            inception(256, 128, (128, 192), (32, 96), 64),
-            _pool(),
-        )  # N x 480 x 6 x 6
-        self.b4 = nn.Sequential(
-            inception(480, 192, (96, 208), (16, 48), 64),
-            inception(512, 160, (112, 224), (24, 64), 64),
-            inception(512, 128, (128, 256), (24, 64), 64),
-            inception(512, 112, (144, 288), (32, 64), 64),
-            inception(528, 256, (160, 320), (32, 128), 128),
-            _pool(),
-        )  # N x 832 x 3 x 3
+        rows = {stage: [_scaled(row, width) for row in table] for stage, table in INCEPTION_TABLE.items()}
+        self.b3 = nn.Sequential(*[inception(*row) for row in rows["b3"]], _pool())  # N x 480 x 6 x 6
+        self.b4 = nn.Sequential(*[inception(*row) for row in rows["b4"]], _pool())  # N x 832 x 3 x 3
         self.b5 = nn.Sequential(
-            inception(832, 256, (160, 320), (32, 128), 128),
-            inception(832, 384, (192, 384), (48, 128), 128),
-            nn.AdaptiveAvgPool2d((1, 1)),
-            nn.Flatten(),
+            *[inception(*row) for row in rows["b5"]], nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()
         )  # N x 1024
-        self.head = nn.Linear(1024, num_classes)  # N x num_classes
+        self.head = nn.Linear(c1024, num_classes)  # N x num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.b5(self.b4(self.b3(self.b2(self.b1(x)))))

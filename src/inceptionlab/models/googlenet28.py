@@ -8,12 +8,19 @@ The one change: b1 keeps its 7x7 convolution with 64 channels but drops its stri
 it, so the stem shrinks by 2 instead of 8 and b3 / b4 / b5 work on 14x14 / 7x7 / 4x4 grids, close to the chapter's
 12 / 6 / 3. b2, the Inception channel table of b3-b5, the pools between the stages, the global average pool and
 the linear head are the chapter's, so the parameters (5,977,530) and their names are the same as ``googlenet``'s.
+That keeps the chapter's arithmetic per grid cell: 0.755 GFLOP per image, more than the 96 px network.
+
+``googlenet-lite`` is the cheap way to the same end, for a CPU: Inception-BN (``googlenet-bn``'s layers) with every
+channel count of the chapter's table halved and only b1's max-pool dropped, so b2 / b3 / b4 / b5 work on 14 / 7 / 4 /
+2 grids at 28 px (``googlenet-bn``: 7 / 4 / 2 / 1) for 0.053 GFLOP per image (``googlenet-bn`` at 28 px: 0.058) and
+1,503,194 parameters. It is what the ``quick`` preset trains (EXPERIMENTS.md, "The quick preset").
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from inceptionlab.models._blocks import ConvBN
 from inceptionlab.models._registry import register_model
 from inceptionlab.models.googlenet import ConvFactory, GoogLeNet
 
@@ -35,3 +42,12 @@ class GoogLeNet28(GoogLeNet):
 def googlenet_28(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet28:
     """The chapter's GoogLeNet for native 28x28 inputs: b1 without its stride 2 and pool (b3-b5 on 14/7/4 grids)."""
     return GoogLeNet28(num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("googlenet-lite", natural_size=28, family="googlenet")
+def googlenet_lite(num_classes: int = 10, in_channels: int = 1, width: float = 0.5) -> GoogLeNet:
+    """Inception-BN for 28x28 on a CPU: the chapter's channels halved, b1 without its pool (b3-b5 on 7/4/2 grids)."""
+    if not 0 < width <= 1:
+        raise ValueError(f"googlenet-lite's width must be in (0, 1], got {width!r}")
+    return GoogLeNet(num_classes=num_classes, in_channels=in_channels, conv_block=ConvBN, width=width,
+                     stem_pool=False)
