@@ -47,6 +47,9 @@ CANDIDATES: dict[str, dict] = {
     "lite-w0.375-4ep": {"model": "googlenet-lite", "model_options": {"width": 0.375}, "epochs": 4},
     "lite-lr0.2-flip": {"model": "googlenet-lite", "lr": 0.2, "flip": True},
     "lite-lr0.2-smooth": {"model": "googlenet-lite", "lr": 0.2, "label_smoothing": 0.1},
+    # tried for a time margin over lite-4ep (a larger batch is cheaper per image); rejected: EXPERIMENTS.md (7)
+    "lite-4ep-bs192-lr0.15": {"model": "googlenet-lite", "epochs": 4, "batch_size": 192, "lr": 0.15},
+    "lite-4ep-bs256-lr0.2": {"model": "googlenet-lite", "epochs": 4, "batch_size": 256, "lr": 0.2},
 }
 # The `quick` preset before this search (config.py at 4b15054): every candidate starts from it.
 BEFORE = {"model": "googlenet-bn", "image_size": 28, "epochs": 3, "batch_size": 128, "lr": 0.1, "optimizer": "nesterov",

@@ -192,7 +192,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": "onecycle",
         "warmup_epochs": 0.5,
         "weight_decay": 5e-4,
-        "eval_batch_size": 1000,
+        "eval_batch_size": 500,
     },
     # The highest accuracy we have measured, a GPU recipe (EXPERIMENTS.md, "best").
     "best": {
