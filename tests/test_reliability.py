@@ -11,6 +11,7 @@ import datetime
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -327,9 +328,32 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(RunDirError) as info:
         runs.load_checkpoint(tmp_path)
     message = str(info.value)
-    assert message.startswith(f"{tmp_path / 'checkpoint.pt'} could not be loaded (")
-    assert message.endswith("); the checkpoint is damaged") and "weights_only" in message
+    assert message.startswith(f"{tmp_path / 'checkpoint.pt'} could not be loaded (a weights-only load refuses it: ")
+    assert message.endswith("); the checkpoint is damaged, start a new run") and "GLOBAL" in message
+    # torch's advice (weights_only=False, or allow-listing the global) would run the file's code: not passed on
+    assert "\n" not in message and "weights_only" not in message and "safe_globals" not in message
     assert not marker.exists()
+
+
+UNLOADABLE = {  # how a checkpoint.pt can fail torch.load, and the reason the one-line error gives
+    "empty": (lambda good: b"", "the file is empty"),
+    "cut in half": (lambda good: good[: len(good) // 2],
+                    "PytorchStreamReader failed reading zip archive: failed finding central directory"),
+    "not a checkpoint": (lambda good: b"GIF89a" + bytes(200),
+                         r"a weights-only load refuses it: Unsupported operand \d+"),
+}
+
+
+@pytest.mark.parametrize("damage", UNLOADABLE)
+def test_an_unloadable_checkpoint_is_one_line_without_torch_advice(finished_run, tmp_path, damage):
+    """torch.load's own messages span lines and advise weights_only=False (running the file's code): neither passes."""
+    change, reason = UNLOADABLE[damage]
+    (tmp_path / runs.CHECKPOINT).write_bytes(change((finished_run / runs.CHECKPOINT).read_bytes()))
+    with pytest.raises(RunDirError) as info:
+        runs.load_checkpoint(tmp_path)
+    expected = (f"{re.escape(str(tmp_path / runs.CHECKPOINT))} could not be loaded \\({reason}\\); "
+                "the checkpoint is damaged, start a new run")
+    assert re.fullmatch(expected, str(info.value)), str(info.value)  # one line: torch's advice is not passed on
 
 
 # --------------------------------------------------------------------------------------------- 4. data

@@ -22,6 +22,8 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import socket
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ CURVES = "curves.png"
 CONFUSION = "confusion.png"
 PER_CLASS = "per_class.json"
 LOCK = ".lock"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in some torch messages
 RUN_FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CURVES, WEIGHTS, CHECKPOINT, SUMMARY, CONFUSION, PER_CLASS)
 
 
@@ -284,11 +287,25 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # damaged or foreign file
-        raise RunDirError(f"{path} could not be loaded ({exc}); the checkpoint is damaged") from None
+        raise RunDirError(f"{path} could not be loaded ({_load_failure(exc)}); the checkpoint is damaged, start a "
+                          "new run") from None
     problem = _checkpoint_problem(saved)
     if problem is not None:
         raise RunDirError(f"{path} is not a usable checkpoint: {problem}; the checkpoint is damaged, start a new run")
     return saved
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's failure in one short line: its own messages span several lines, and a weights-only refusal
+    advises ``weights_only=False`` or allow-listing the global, either of which would run the file's code."""
+    lines = [ANSI_ESCAPE.sub("", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = next((line.split(". ")[0].rstrip(".") for line in lines if "nsupported" in line), "")
+        return "a weights-only load refuses it" + (f": {detail}" if detail else "")
+    if isinstance(exc, EOFError) and not lines:
+        return "the file is empty"
+    return lines[0].split(". ")[0] if lines else type(exc).__name__
 
 
 def _checkpoint_problem(saved) -> str | None:
