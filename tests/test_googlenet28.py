@@ -139,3 +139,22 @@ def test_lite_shape_walk_through_at_28(fmnist):
             x = getattr(model, stage)(x)
             assert tuple(x.shape[1:]) == shape, stage
     assert {r.name: r.shape for r in stage_shapes("googlenet-lite", 28)} == LITE_SHAPES
+
+
+def test_lite_at_a_sixteenth_of_the_width_is_the_table_divided_by_16():
+    # every channel count of the chapter's table divided by 16: a multiple of 16 keeps its quotient (16 -> 1 channel),
+    # 24 -> 1.5 -> 2 (to the nearest, half up or half to even alike); the block outputs stay consistent (256 / 16 = 16
+    # = 4 + 8 + 2 + 2), so the network runs: 4 / 12 / 30 / 52 / 64 channels after b1 ... b5
+    def sixteenth(row):
+        return tuple(sixteenth(c) for c in row) if isinstance(row, tuple) else int(row / 16 + 0.5)
+
+    model = create_model("googlenet-lite", width=1 / 16).eval()
+    for stage, rows in CHAPTER_TABLE.items():
+        assert block_table(model, stage) == [sixteenth(row) for row in rows], stage
+    assert block_table(model, "b3")[0] == (12, 4, (6, 8), (1, 2), 2)
+    shapes = {"b1": (4, 14, 14), "b2": (12, 7, 7), "b3": (30, 4, 4), "b4": (52, 2, 2), "b5": (64,), "head": (10,)}
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        for stage, shape in shapes.items():
+            x = getattr(model, stage)(x)
+            assert tuple(x.shape[1:]) == shape, stage
