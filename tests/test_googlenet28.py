@@ -158,3 +158,24 @@ def test_lite_at_a_sixteenth_of_the_width_is_the_table_divided_by_16():
         for stage, shape in shapes.items():
             x = getattr(model, stage)(x)
             assert tuple(x.shape[1:]) == shape, stage
+
+
+@pytest.mark.parametrize("width", [0.1, 0.3])
+def test_lite_at_any_width_feeds_each_block_what_the_previous_one_outputs(width):
+    # each branch is rounded on its own, so the sum a block outputs can differ from the table's next input rounded:
+    # at 0.1 b3's first block outputs 6 + 13 + 3 + 3 = 25 channels where 256 x 0.1 rounds to 26
+    def scaled(c):
+        return max(1, int(c * width + 0.5))
+
+    model = create_model("googlenet-lite", width=width).eval()
+    channels, mismatches = scaled(192), 0
+    for stage, rows in CHAPTER_TABLE.items():
+        expected = []
+        for cin, c1, (r2, c2), (r3, c3), c4 in rows:
+            mismatches += channels != scaled(cin)
+            expected.append((channels, scaled(c1), (scaled(r2), scaled(c2)), (scaled(r3), scaled(c3)), scaled(c4)))
+            channels = scaled(c1) + scaled(c2) + scaled(c3) + scaled(c4)
+        assert block_table(model, stage) == expected, stage
+    assert mismatches > 0 and model.head.in_features == channels
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)

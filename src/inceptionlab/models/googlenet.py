@@ -125,6 +125,22 @@ def _scaled(row: tuple, width: float) -> tuple:
     return scale(row)
 
 
+def _inception_stages(inception, in_channels: int, width: float) -> tuple[dict[str, list[nn.Module]], int]:
+    """b3-b5's Inception blocks from :data:`INCEPTION_TABLE` with their branch widths scaled, and the channels out.
+
+    Each block reads what the previous one concatenates: the table's input column is that sum at width 1, but
+    rounding each branch on its own can make the sum differ from the rounded input at other widths.
+    """
+    stages = {}
+    for stage, table in INCEPTION_TABLE.items():
+        stages[stage] = []
+        for _, *branches in table:
+            c1, c2, c3, c4 = _scaled(tuple(branches), width)
+            stages[stage].append(inception(in_channels, c1, c2, c3, c4))
+            in_channels = c1 + c2[1] + c3[1] + c4
+    return stages, in_channels
+
+
 class GoogLeNet(nn.Module):
     """d2l's GoogLeNet: stem b1, b2, Inception stages b3-b5, global average pooling, linear head.
 
@@ -138,8 +154,8 @@ class GoogLeNet(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d,
                  width: float = 1.0, stem_pool: bool = True):
         super().__init__()
-        conv, inception = conv_block, _inception_factory(conv_block)
-        c64, c192, c1024 = _scaled((64, 192, 1024), width)
+        conv = conv_block
+        c64, c192 = _scaled((64, 192), width)
         self.b1 = nn.Sequential(
             conv(in_channels, c64, kernel_size=7, stride=2, padding=3), nn.ReLU(), *([_pool()] if stem_pool else [])
         )  # N x 64 x 24 x 24 (for 96 x 96 input)
@@ -148,13 +164,11 @@ class GoogLeNet(nn.Module):
             conv(c64, c192, kernel_size=3, padding=1), nn.ReLU(),
             _pool(),
         )  # N x 192 x 12 x 12
-        rows = {stage: [_scaled(row, width) for row in table] for stage, table in INCEPTION_TABLE.items()}
-        self.b3 = nn.Sequential(*[inception(*row) for row in rows["b3"]], _pool())  # N x 480 x 6 x 6
-        self.b4 = nn.Sequential(*[inception(*row) for row in rows["b4"]], _pool())  # N x 832 x 3 x 3
-        self.b5 = nn.Sequential(
-            *[inception(*row) for row in rows["b5"]], nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()
-        )  # N x 1024
-        self.head = nn.Linear(c1024, num_classes)  # N x num_classes
+        stages, channels = _inception_stages(_inception_factory(conv_block), c192, width)
+        self.b3 = nn.Sequential(*stages["b3"], _pool())  # N x 480 x 6 x 6
+        self.b4 = nn.Sequential(*stages["b4"], _pool())  # N x 832 x 3 x 3
+        self.b5 = nn.Sequential(*stages["b5"], nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())  # N x 1024
+        self.head = nn.Linear(channels, num_classes)  # N x num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.b5(self.b4(self.b3(self.b2(self.b1(x)))))
