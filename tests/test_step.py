@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inceptionlab.config import CUDA_SWITCHES, TrainConfig, preset_config
+from inceptionlab.config import CUDA_SWITCHES, STEP_MODES, TrainConfig, preset_config
 from inceptionlab.data import DeviceLoader, resize_batch
 from inceptionlab.data.resize import pre_resize
 from inceptionlab.engine import checks
@@ -107,17 +107,28 @@ def test_resolve_step_mode():
     assert fast.resolve_step_mode(TrainConfig(step_mode="compile"), cpu) == "compile"
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         fast.resolve_step_mode(TrainConfig(step_mode="cudagraph"), cpu)
-    with pytest.raises(ConfigError, match="GradScaler"):
+    with pytest.raises(ConfigError, match=r"GradScaler.*; use --precision bf16$"):
         fast.resolve_step_mode(TrainConfig(step_mode="cudagraph", precision="fp16"), cuda)
+    # DDP: an explicit cudagraph is refused under torchrun, and only there
+    assert fast.resolve_step_mode(TrainConfig(step_mode="cudagraph"), cuda) == "cudagraph"
+    with pytest.raises(ConfigError, match=r"not supported under torchrun \(DDP\); use eager \(or auto\)$"):
+        fast.resolve_step_mode(TrainConfig(step_mode="cudagraph"), cuda, world_size=2)
     with pytest.raises(ConfigError, match="step_mode"):
         TrainConfig(step_mode="fastest").validate()
+    # a config that skipped validation: the error lists every mode, readably
+    with pytest.raises(ConfigError, match="unknown step_mode 'fastest'; choose from: ") as refused:
+        fast.resolve_step_mode(TrainConfig(step_mode="fastest"), cpu)
+    assert str(refused.value).split("choose from: ")[1].split(", ") == list(STEP_MODES)
 
 
 def test_graph_capture_refused_on_cpu():
     config = TrainConfig(image_size=32, precision="fp32")
     model, optimizer = _model_and_optimizer(config)
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="graph capture needs the model on a CUDA device$"):
         fast.StaticTrainStep(model, optimizer, config, batch_size=BATCH, capture=True)
+    # capturing is the default: without capture=False a CPU model is refused too, never silently run uncaptured
+    with pytest.raises(ConfigError, match="graph capture needs the model on a CUDA device$"):
+        fast.StaticTrainStep(model, optimizer, config, batch_size=BATCH)
 
 
 @pytest.mark.parametrize("size", [96, 64, 28])
@@ -309,3 +320,170 @@ def test_cross_stream_boundary_is_the_identity_forward_and_backward():
     assert torch.equal(y, x)
     (y * torch.arange(96.0).view(2, 3, 4, 4)).sum().backward()
     assert torch.equal(x.grad, torch.arange(96.0).view(2, 3, 4, 4))
+
+
+# ------------------------------------------------------------------ the rest of step.py (found by mutation testing)
+
+
+def _lenet_float64(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return init_xavier_(create_model("lenet")).double()
+
+
+def _fmnist_batch(fmnist, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (fmnist.train_images[start:start + n].double().unsqueeze(1) / 255,
+            fmnist.train_labels[start:start + n])
+
+
+def test_static_step_is_momentum_sgd_on_each_batch_and_adds_into_the_trainers_tallies(fmnist):
+    """LeNet in float64 against torch.optim.SGD on F.cross_entropy (written here): full batches through the static
+    buffers, a smaller batch in between (eager), the lr changed between calls (values exact in float32, the dtype of
+    the step's lr tensors). The warm-up runs once, before the first real step, and is timed; the outputs add into the
+    trainer's float32 loss and int64 count tallies (engine.trainer.train_one_epoch)."""
+    import copy
+    import time
+
+    import torch.nn.functional as F
+
+    config = TrainConfig(model="lenet", image_size=28, batch_size=4, lr=0.25, optimizer="momentum", momentum=0.9,
+                         precision="fp32").validate()
+    model = _lenet_float64()
+    reference = copy.deepcopy(model)
+    reference_opt = torch.optim.SGD(reference.parameters(), lr=0.25, momentum=0.9)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    optimizer_steps = []
+    optimizer.register_step_post_hook(lambda *_: optimizer_steps.append(1))
+    step = fast.StaticTrainStep(model, optimizer, config, batch_size=4, capture=False, warmup_steps=2)
+    assert step.prepare_seconds is None  # nothing prepared yet (the run summary's graph_capture_seconds)
+
+    sizes, lrs = [4, 4, 2, 4, 4], [0.25, 0.125, 0.0625, 0.125, 0.25]
+    loss_tally = torch.zeros((), dtype=torch.float32)
+    correct_tally = torch.zeros((), dtype=torch.int64)
+    expected_loss, expected_correct, start = 0.0, 0, 0
+    for i, (n, lr) in enumerate(zip(sizes, lrs, strict=True)):
+        x, y = _fmnist_batch(fmnist, start, n)
+        start += n
+        for group in (*optimizer.param_groups, *reference_opt.param_groups):
+            group["lr"] = lr
+        logits = reference(x)
+        expected_correct += int((logits.argmax(dim=1) == y).sum())
+        loss = F.cross_entropy(logits, y)
+        expected_loss += float(loss.detach()) * n
+        reference_opt.zero_grad()
+        loss.backward()
+        reference_opt.step()
+
+        started = time.perf_counter()
+        got_loss, got_correct = step(x, y)
+        elapsed = time.perf_counter() - started
+        loss_tally += got_loss
+        correct_tally += got_correct
+        if i == 0:  # the first call warmed up (two steps, rolled back), then took the real step
+            assert len(optimizer_steps) == 2 + 1
+            assert 0 < step.prepare_seconds <= elapsed
+        for (name, p), r in zip(model.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.detach(), r.detach(), rtol=0, atol=1e-12, msg=f"step {i}: {name}")
+    assert len(optimizer_steps) == 2 + len(sizes)  # one optimizer step per call after the first
+    assert float(loss_tally) == pytest.approx(expected_loss, rel=1e-6)
+    assert int(correct_tally) == expected_correct
+    assert all(isinstance(g["lr"], float) for g in optimizer.param_groups)
+
+
+class _TinyAuxHeads(torch.nn.Module):
+    """googlenet-paper's output convention, ``(logits, (aux1, aux2))`` in training, at almost no cost."""
+
+    aux_loss_weight = 1.0  # not the default 0.3: the step must read the model's own weight
+
+    def __init__(self):
+        super().__init__()
+        self.main, self.aux1, self.aux2 = (torch.nn.Linear(28 * 28, 10) for _ in range(3))
+
+    def forward(self, x):
+        f = x.flatten(1)
+        return (self.main(f), (self.aux1(f), self.aux2(f))) if self.training else self.main(f)
+
+
+def test_static_step_weights_the_aux_losses_by_the_models_aux_loss_weight(fmnist):
+    import copy
+
+    import torch.nn.functional as F
+
+    config = TrainConfig(model="lenet", image_size=28, batch_size=4, lr=0.5, optimizer="sgd", precision="fp32")
+    torch.manual_seed(0)
+    model = _TinyAuxHeads().double()
+    reference = copy.deepcopy(model)
+    x, y = _fmnist_batch(fmnist, 0, 4)
+    main, (aux1, aux2) = reference(x)
+    loss = F.cross_entropy(main, y) + 1.0 * (F.cross_entropy(aux1, y) + F.cross_entropy(aux2, y))
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    step = fast.StaticTrainStep(model, torch.optim.SGD(model.parameters(), lr=0.5), config, batch_size=4,
+                                capture=False)
+    loss_sum, _ = step(x, y)
+    assert float(loss_sum) == pytest.approx(4 * float(loss.detach()), rel=1e-6)
+    for (name, p), r, g in zip(model.named_parameters(), reference.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.detach(), r.detach() - 0.5 * g, rtol=0, atol=1e-12, msg=name)
+
+
+def test_graph_capture_readies_the_optimizer_groups_or_names_the_optimizer_it_cannot_capture():
+    """What a capture needs from torch.optim, set at the first call (CPU: called directly; the capture itself
+    needs a GPU). SGD must run its fused kernel, which reads the lr tensor on the device: torch's SGD dispatches to
+    foreach before fused, so foreach must go off. Adam-style optimizers must be ``capturable`` (torch refuses to
+    capture their step otherwise), whether or not they have a fused kernel."""
+    config = TrainConfig(model="lenet", image_size=28, batch_size=4, precision="fp32")
+
+    def ready(make_optimizer):
+        model = _lenet_float64()
+        optimizer = make_optimizer(model.parameters())
+        fast.StaticTrainStep(model, optimizer, config, batch_size=4, capture=False)._graph_ready_optimizer()
+        return optimizer.param_groups
+
+    for group in ready(lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=True)):
+        assert group["fused"] is True and group["foreach"] is False
+    for group in ready(lambda params: torch.optim.AdamW(params, lr=1e-3, foreach=True)):
+        assert group["capturable"] is True and group["foreach"] is False
+    for group in ready(lambda params: torch.optim.RAdam(params, lr=1e-3)):  # capturable, no fused kernel
+        assert group["capturable"] is True
+    with pytest.raises(ConfigError, match="^LBFGS cannot be graph-captured; use --step-mode eager$"):
+        ready(lambda params: torch.optim.LBFGS(params, lr=0.1))
+
+
+def test_build_train_step_follows_the_resolved_step_mode(fmnist, monkeypatch):
+    """The eager step (CPU, or CUDA under torchrun) is one SGD step and uses the GradScaler it is given; compile mode
+    trains the torch.compile'd model (a recording stand-in here: a real compile takes minutes on the CPU); auto on
+    CUDA builds the captured step (refused here, the model being on the CPU)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    config = TrainConfig(model="lenet", image_size=28, batch_size=4, lr=0.5, optimizer="sgd", precision="fp32")
+    x, y = _fmnist_batch(fmnist, 0, 4)
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+    def check(device, world_size, *, step_mode="auto", expect_compiled):
+        model = _lenet_float64()
+        reference = copy.deepcopy(model)
+        grads = torch.autograd.grad(F.cross_entropy(reference(x), y), list(reference.parameters()))
+        # growth_interval=1: a scaler that saw one finite step doubles its scale
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        compiled.clear()
+        step = fast.build_train_step(model, torch.optim.SGD(model.parameters(), lr=0.5),
+                                     config.replace(step_mode=step_mode), torch.device(device), batch_size=4,
+                                     scaler=scaler, world_size=world_size)
+        step(x, y)
+        assert compiled == ([model] if expect_compiled else [])
+        assert scaler.get_scale() == 2.0**11
+        for (name, p), r, g in zip(model.named_parameters(), reference.parameters(), grads, strict=True):
+            torch.testing.assert_close(p.detach(), r.detach() - 0.5 * g, rtol=0, atol=1e-12, msg=name)
+
+    check("cpu", 1, expect_compiled=False)
+    check("cuda", 2, expect_compiled=False)  # only the device type is read: the eager step runs on the CPU
+    check("cpu", 1, step_mode="compile", expect_compiled=True)
+    with pytest.raises(ConfigError, match="graph capture needs the model on a CUDA device$"):
+        fast.build_train_step(_lenet_float64(), torch.optim.SGD(_lenet_float64().parameters(), lr=0.5), config,
+                              torch.device("cuda"), batch_size=4)
