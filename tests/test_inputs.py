@@ -7,9 +7,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from inceptionlab.config import TrainConfig
-from inceptionlab.inputs import forward_loss, make_criterion
+from inceptionlab.errors import ConfigError
+from inceptionlab.inputs import (
+    PixelInput,
+    autocast_context,
+    aux_loss_weight,
+    class_names,
+    forward_loss,
+    make_criterion,
+    normalization,
+    normalize,
+    pixel_model,
+    prepare_input,
+    prepare_model,
+)
 from inceptionlab.models import create_model, init_xavier_
+
+# Fashion-MNIST's class names as Zalando publishes them (github.com/zalandoresearch/fashion-mnist, "Labels").
+PUBLISHED_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+
+
+def _train_stats(fmnist) -> tuple[float, float]:
+    pixels = fmnist.train_images.double() / 255
+    return float(pixels.mean()), float(pixels.std())
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
@@ -56,3 +80,122 @@ def test_forward_loss_adds_the_aux_losses_with_the_given_weight(fmnist):
     torch.manual_seed(1)
     default, _ = forward_loss(model, x, y, make_criterion(config), config)
     torch.testing.assert_close(default, ce[0] + 0.3 * (ce[1] + ce[2]), rtol=0, atol=1e-9)  # the paper's 0.3
+
+
+def test_class_names_are_fashion_mnists_for_ten_classes_and_numbered_otherwise():
+    names = class_names(10)
+    assert isinstance(names, list) and len(names) == 10
+    for name, published in zip(names, PUBLISHED_NAMES, strict=True):  # lower case, "T-shirt/top" shortened
+        assert published.lower().startswith(name), (name, published)
+    names.append("changed")  # a fresh list each call: a caller's edit does not leak into the next one
+    assert len(class_names(10)) == 10
+    assert class_names(3) == ["class 0", "class 1", "class 2"]
+    assert class_names(0) == []
+
+
+def test_normalization_is_the_training_splits_statistics_only_when_asked(fmnist):
+    mean, std = _train_stats(fmnist)
+    got = normalization(TrainConfig(normalize=True))
+    assert isinstance(got, tuple) and len(got) == 2
+    assert abs(got[0] - mean) < 1e-6 and abs(got[1] - std) < 1e-6
+    assert normalization(TrainConfig(normalize=False)) is None
+
+
+def test_normalize_standardises_with_the_training_splits_mean_and_std(fmnist):
+    mean, std = _train_stats(fmnist)
+    x = fmnist.test_images[:8].double().unsqueeze(1) / 255
+    torch.testing.assert_close(normalize(x), (x - mean) / std, rtol=0, atol=1e-5)
+    pixels = normalize(fmnist.train_images[:2000].double() / 255)  # roughly zero mean, unit std on training images
+    assert abs(float(pixels.mean())) < 0.05 and abs(float(pixels.std()) - 1) < 0.05
+
+
+@pytest.mark.parametrize("normalize_", [False, True])
+def test_prepare_input_with_channels_last_keeps_the_values_in_the_other_layout(fmnist, normalize_):
+    x = fmnist.test_images[:4].float().unsqueeze(1).expand(4, 3, 28, 28) / 255
+    config = TrainConfig(normalize=normalize_, channels_last=True, precision="fp32")
+    got = prepare_input(x, config)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    mean, std = _train_stats(fmnist)
+    torch.testing.assert_close(got, (x - mean) / std if normalize_ else x, rtol=0, atol=1e-5)
+    plain = prepare_input(x.contiguous(), config.replace(channels_last=False))
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_prepare_model_puts_the_weights_in_the_runs_layout(channels_last):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    assert prepare_model(model, TrainConfig(channels_last=channels_last, precision="fp32")) is model
+    for conv in (model[0], model[2]):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+
+
+def test_autocast_context_switches_on_the_configs_precision_and_cache():
+    cpu = torch.device("cpu")
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    with autocast_context(TrainConfig(precision="fp32"), cpu):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (a @ b).dtype == torch.float32
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with autocast_context(TrainConfig(precision=precision), cpu):
+            assert torch.is_autocast_enabled("cpu")
+            assert torch.get_autocast_dtype("cpu") == dtype
+            assert (a @ b).dtype == dtype
+            assert torch.is_autocast_cache_enabled()  # the default
+        with autocast_context(TrainConfig(precision=precision), cpu, cache_enabled=False):
+            assert not torch.is_autocast_cache_enabled()  # inside CUDA-graph capture
+    assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ConfigError, match="auto"):  # "auto" is resolved per device before it gets here
+        autocast_context(TrainConfig(precision="auto"), cpu)
+
+
+def test_forward_loss_runs_the_model_under_the_configs_autocast_and_cache():
+    seen = []
+
+    def model(x):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled()))
+        return x.flatten(1)[:, :10]
+
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([1, 2])
+    forward_loss(model, x, y, None, TrainConfig(precision="bf16", channels_last=False))
+    forward_loss(model, x, y, None, TrainConfig(precision="bf16", channels_last=False), cache_enabled=False)
+    forward_loss(model, x, y, None, TrainConfig(precision="fp32"))
+    assert seen == [(True, True), (True, False), (False, True)]
+
+
+class _Weighted(nn.Module):
+    aux_loss_weight = 1.0
+
+
+class _Wrapper(nn.Module):  # what DistributedDataParallel looks like from outside: the model is `.module`
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_aux_loss_weight_is_the_models_own_and_the_papers_otherwise():
+    assert aux_loss_weight(_Weighted()) == 1.0
+    assert aux_loss_weight(_Wrapper(_Weighted())) == 1.0  # read through the wrapper
+    assert aux_loss_weight(nn.Linear(2, 2)) == pytest.approx(0.3)  # GoogLeNet paper, sec. 5: "weighted by 0.3"
+    assert aux_loss_weight(_Wrapper(nn.Linear(2, 2))) == pytest.approx(0.3)
+
+
+def test_pixel_input_standardises_before_the_model():
+    torch.manual_seed(0)
+    inner = nn.Linear(3, 2)
+    x = torch.rand(5, 3)
+    net = PixelInput(inner, 0.5, 0.25)
+    assert net.model is inner
+    torch.testing.assert_close(net(x), inner((x - 0.5) * 4), rtol=0, atol=1e-6)  # by hand: / 0.25 is * 4
+
+
+def test_pixel_model_wraps_only_a_standardised_run_and_evaluates(fmnist):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(28 * 28, 10)).train()
+    x = fmnist.test_images[:6].float().unsqueeze(1) / 255
+    net = pixel_model(model, TrainConfig(normalize=True))
+    assert isinstance(net, PixelInput) and not net.training and not model.training  # eval: no dropout
+    mean, std = _train_stats(fmnist)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model((x - mean) / std), rtol=0, atol=1e-4)
+    plain = nn.Linear(2, 2).train()
+    assert pixel_model(plain, TrainConfig(normalize=False)) is plain and plain.training
