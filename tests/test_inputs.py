@@ -3,6 +3,9 @@ cross-entropy on real Fashion-MNIST images (the model's input statistics compute
 
 from __future__ import annotations
 
+import importlib
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,8 +147,11 @@ def test_autocast_context_switches_on_the_configs_precision_and_cache():
         with autocast_context(TrainConfig(precision=precision), cpu, cache_enabled=False):
             assert not torch.is_autocast_cache_enabled()  # inside CUDA-graph capture
     assert not torch.is_autocast_enabled("cpu")
-    with pytest.raises(ConfigError, match="auto"):  # "auto" is resolved per device before it gets here
+    with pytest.raises(ConfigError, match="auto") as info:  # "auto" is resolved per device before it gets here
         autocast_context(TrainConfig(precision="auto"), cpu)
+    named = re.search(r"\(([\w.]+)\)", str(info.value))  # the message names the function that resolves it
+    module, _, function = named.group(1).rpartition(".")
+    assert callable(getattr(importlib.import_module(module), function))
 
 
 def test_forward_loss_runs_the_model_under_the_configs_autocast_and_cache():
@@ -198,4 +204,4 @@ def test_pixel_model_wraps_only_a_standardised_run_and_evaluates(fmnist):
     with torch.no_grad():
         torch.testing.assert_close(net(x), model((x - mean) / std), rtol=0, atol=1e-4)
     plain = nn.Linear(2, 2).train()
-    assert pixel_model(plain, TrainConfig(normalize=False)) is plain and plain.training
+    assert pixel_model(plain, TrainConfig(normalize=False)) is plain
