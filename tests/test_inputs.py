@@ -1,5 +1,7 @@
 """inceptionlab.inputs: the criterion and the one forward-and-loss function, against PyTorch's functional
-cross-entropy on real Fashion-MNIST images (the model's input statistics computed here from the training split)."""
+cross-entropy on real Fashion-MNIST images (the model's input statistics computed here from the training split); the
+rest of the module (class names, standardisation, layout, autocast, aux weight, the pixel wrapper) against references
+written in the tests."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from inceptionlab.config import TrainConfig
