@@ -205,4 +205,4 @@ def test_pixel_model_wraps_only_a_standardised_run_and_evaluates(fmnist):
     with torch.no_grad():
         torch.testing.assert_close(net(x), model((x - mean) / std), rtol=0, atol=1e-4)
     plain = nn.Linear(2, 2).train()
-    assert pixel_model(plain, TrainConfig(normalize=False)) is plain
+    assert pixel_model(plain, TrainConfig(normalize=False)) is plain and not plain.training  # eval either way

@@ -99,6 +99,7 @@ class PixelInput(nn.Module):
 
 
 def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """``model`` taking [0, 1] pixels: wrapped in :class:`PixelInput` if the run standardised its inputs."""
+    """``model`` taking [0, 1] pixels, in eval mode (for export and prediction): wrapped in :class:`PixelInput` if
+    the run standardised its inputs."""
     norm = normalization(config)
-    return model if norm is None else PixelInput(model, *norm).eval()
+    return (model if norm is None else PixelInput(model, *norm)).eval()
