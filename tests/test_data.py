@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import http.client
 import http.server
 import json
 import os
@@ -790,7 +791,9 @@ def test_download_checks_the_announced_length_and_verifies_against_the_published
     class Response(io.BytesIO):
         def __init__(self, content, length):
             super().__init__(content)
-            self.headers = {"Content-Length": str(length)} if length is not None else {}
+            self.headers = http.client.HTTPMessage()  # what urlopen's responses carry (case-insensitive)
+            if length is not None:
+                self.headers["Content-Length"] = str(length)
 
     def fake_urlopen(served, length):
         def urlopen(url, timeout):
