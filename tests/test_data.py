@@ -841,3 +841,25 @@ def test_class_counts_names_every_class_even_when_absent():
     assert list(counts) == ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                             "ankle boot"]  # Fashion-MNIST's README, labels 0-9
     assert list(counts.values()) == [2, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+
+
+def test_download_progress_bar_names_the_file_and_its_size_and_clears_itself(tmp_path, monkeypatch, capsys):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    body = gzip.compress(_small_contents()["t10k-labels-idx1-ubyte"])
+
+    class Response(io.BytesIO):
+        headers = http.client.HTTPMessage()
+
+    Response.headers["Content-Length"] = str(len(body))
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", lambda url, timeout: Response(body))
+    target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    fashion_mnist._download_one("http://x/f.gz", target, "t10k-labels-idx1-ubyte", 1.0, True, False)
+    err = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz:   0%" in err and f"0.00/{len(body)} [" in err and "B/s]" in err
+    assert "100%" not in err  # leave=False: the finished bar is erased, not left on the screen
+    fashion_mnist._download_one("http://x/f.gz", target, "t10k-labels-idx1-ubyte", 1.0, False, False)
+    assert capsys.readouterr().err == ""
+    assert target.read_bytes() == body
