@@ -726,18 +726,18 @@ def test_unverified_download_falls_back_to_the_next_mirror_and_keeps_existing_fi
     second = _gz_mirror(tmp_path / "second", contents)
     dest = tmp_path / "dest"
     dest.mkdir()
-    kept = dest / "t10k-labels-idx1-ubyte"
-    kept.write_bytes(contents["t10k-labels-idx1-ubyte"])  # already there, decompressed: not downloaded again
+    kept = dest / "train-labels-idx1-ubyte"
+    kept.write_bytes(contents["train-labels-idx1-ubyte"])  # already there, decompressed: not downloaded again
     base1, base2 = serve(first), serve(second)
     monkeypatch.setattr(fashion_mnist, "MIRRORS", (base1, base2))
     paths = data.download_fashion_mnist(dest, progress=False, verify=False)
-    assert paths["test_labels"] == kept
+    assert paths["train_labels"] == kept and len(paths) == 4
     for key, stem in data.FILES.items():
-        if key != "test_labels":
+        if key != "train_labels":
             assert paths[key] == dest / (stem + ".gz")
             assert gzip.decompress(paths[key].read_bytes()) == contents[stem]
     assert sorted(p.name for p in dest.iterdir()) == sorted(
-        [kept.name] + [stem + ".gz" for key, stem in data.FILES.items() if key != "test_labels"])
+        [kept.name] + [stem + ".gz" for key, stem in data.FILES.items() if key != "train_labels"])
     ds = data.load_fashion_mnist(dest, verify=False)
     assert ds.test_labels.tolist() == list(np.arange(10) % 10) and not ds.verified
 
@@ -774,7 +774,7 @@ def test_load_downloads_into_the_cache_only_when_nothing_was_named(isolated_data
     assert message.startswith("Fashion-MNIST not found. Looked in:")
     assert f"\nDownloading into {isolated_data_env} failed too: could not download train-images-idx3-ubyte.gz:" \
            "\n  http://127.0.0.1:9/train-images-idx3-ubyte.gz: " in message
-    assert "refused" in message.lower()
+    assert "refused" in message.lower() and "<urlopen error" not in message  # the reason, not the wrapper
 
 
 def test_download_checks_the_announced_length_and_verifies_against_the_published_hash(isolated_data_env, tmp_path,
@@ -864,3 +864,27 @@ def test_download_progress_bar_names_the_file_and_its_size_and_clears_itself(tmp
     fashion_mnist._download_one("http://x/f.gz", target, "t10k-labels-idx1-ubyte", 1.0, False, False)
     assert capsys.readouterr().err == ""
     assert target.read_bytes() == body
+    # download_fashion_mnist's defaults: a progress bar, and verification (this content is not the published one)
+    with pytest.raises(DatasetError, match="SHA-256 of the content is " + hashlib.sha256(gzip.decompress(body))
+                       .hexdigest()):
+        data.download_fashion_mnist(tmp_path / "dest", mirror="http://x/")
+    assert "train-images-idx3-ubyte.gz:   0%" in capsys.readouterr().err
+
+
+def test_download_passes_its_timeout_to_every_request(tmp_path, monkeypatch):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    body = gzip.compress(b"x")
+    timeouts = []
+
+    def urlopen(url, timeout):
+        timeouts.append(timeout)
+        response = io.BytesIO(body)
+        response.headers = http.client.HTTPMessage()
+        return response
+
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", urlopen)
+    paths = data.download_fashion_mnist(tmp_path, mirror="http://x/", timeout=7.5, progress=False, verify=False)
+    assert timeouts == [7.5] * 4 and sorted(paths) == sorted(data.FILES)
