@@ -609,6 +609,19 @@ def test_a_second_load_reads_the_cached_arrays_without_decompressing_or_hashing(
     third = data.load_fashion_mnist(download=False, progress=False)
     assert np.array_equal(third.test_images.numpy(), reference)
 
+    # A pickle in the array cache is never unpickled (that would run its code): the IDX file is read instead.
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)  # unpickled: creates the file and returns 0
+
+    with gzip.open(first.paths["test_labels"]) as f:
+        raw_labels = f.read()
+    labels = np.array([RunsCode()] + list(range(1, 10)) * 1111 + [0], dtype=object)
+    np.save(fashion_mnist._array_path(hashlib.sha256(raw_labels).hexdigest()), labels, allow_pickle=True)
+    fourth = data.load_fashion_mnist(download=False, progress=False)
+    assert not (tmp_path / "ran").exists()
+    assert fourth.test_labels.tolist() == list(raw_labels[8:])
+
 
 # ---------------------------------------------------------------------------------------------------------
 # where the files are looked for, and downloading (mutation testing of fashion_mnist.py, issue #19)
