@@ -850,10 +850,12 @@ def test_to_keeps_the_paths_and_the_verified_flag(isolated_data_env, tmp_path):
 
 
 def test_class_counts_names_every_class_even_when_absent():
-    counts = data.class_counts(torch.tensor([0, 0, 9, 3]))
+    counts = data.class_counts(torch.tensor([0, 0, 8, 3]))  # no 9: the last classes still appear, with 0
     assert list(counts) == ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                             "ankle boot"]  # Fashion-MNIST's README, labels 0-9
-    assert list(counts.values()) == [2, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+    assert list(counts.values()) == [2, 0, 0, 1, 0, 0, 0, 0, 1, 0]
+    with pytest.raises(ValueError):  # a label outside 0..9 is an error, not silently left out of the counts
+        data.class_counts(torch.tensor([0, 10]))
 
 
 def test_download_progress_bar_names_the_file_and_its_size_and_clears_itself(tmp_path, monkeypatch, capsys):
