@@ -903,3 +903,26 @@ def test_download_passes_its_timeout_to_every_request(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", urlopen)
     paths = data.download_fashion_mnist(tmp_path, mirror="http://x/", timeout=7.5, progress=False, verify=False)
     assert timeouts == [7.5] * 4 and sorted(paths) == sorted(data.FILES)
+
+
+def test_load_passes_timeout_and_progress_to_the_download(isolated_data_env, tmp_path, monkeypatch, capsys):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    contents = _small_contents()
+    timeouts = []
+
+    def urlopen(url, timeout):
+        timeouts.append(timeout)
+        response = io.BytesIO(gzip.compress(contents[url.rsplit("/", 1)[1].removesuffix(".gz")]))
+        response.headers = http.client.HTTPMessage()
+        return response
+
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", urlopen)
+    ds = data.load_fashion_mnist(verify=False, mirror="http://x/", timeout=3.5)  # progress: the default
+    assert timeouts == [3.5] * 4 and ds.test_labels.tolist() == list(np.arange(10) % 10)
+    assert "t10k-labels-idx1-ubyte.gz: 0.00B [" in capsys.readouterr().err  # no Content-Length: no percentage
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-cache"))
+    data.load_fashion_mnist(verify=False, mirror="http://x/", progress=False)
+    assert capsys.readouterr().err == ""
