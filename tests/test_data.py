@@ -847,6 +847,9 @@ def test_to_keeps_the_paths_and_the_verified_flag(isolated_data_env, tmp_path):
     for key in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(moved, key), getattr(ds, key))
     assert ds.train_labels.dtype == torch.int64 and ds.train_images.dtype == torch.uint8
+    on_meta = ds.to("meta")  # a device other than the CPU, without one: every tensor moves
+    assert [getattr(on_meta, key).device.type for key in ("train_images", "train_labels", "test_images",
+                                                          "test_labels")] == ["meta"] * 4
 
 
 def test_class_counts_names_every_class_even_when_absent():
