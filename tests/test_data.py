@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import http.client
 import http.server
 import json
 import os
@@ -607,3 +608,324 @@ def test_a_second_load_reads_the_cached_arrays_without_decompressing_or_hashing(
     cached.write_bytes(cached.read_bytes()[:1000])  # cut short: the next load reads the IDX file again
     third = data.load_fashion_mnist(download=False, progress=False)
     assert np.array_equal(third.test_images.numpy(), reference)
+
+    # A pickle in the array cache is never unpickled (that would run its code): the IDX file is read instead.
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)  # unpickled: creates the file and returns 0
+
+    with gzip.open(first.paths["test_labels"]) as f:
+        raw_labels = f.read()
+    labels = np.array([RunsCode()] + list(range(1, 10)) * 1111 + [0], dtype=object)
+    np.save(fashion_mnist._array_path(hashlib.sha256(raw_labels).hexdigest()), labels, allow_pickle=True)
+    fourth = data.load_fashion_mnist(download=False, progress=False)
+    assert not (tmp_path / "ran").exists()
+    assert fourth.test_labels.tolist() == list(raw_labels[8:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where the files are looked for, and downloading (mutation testing of fashion_mnist.py, issue #19)
+
+
+def test_cache_dir_follows_xdg_cache_home_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_dir() == tmp_path / "xdg" / "inceptionlab" / "fashion-mnist"
+    for unset in (lambda: monkeypatch.setenv("XDG_CACHE_HOME", ""), lambda: monkeypatch.delenv("XDG_CACHE_HOME")):
+        unset()  # empty or unset: ~/.cache, as the XDG base directory spec says
+        assert data.cache_dir() == tmp_path / "home" / ".cache" / "inceptionlab" / "fashion-mnist"
+
+
+def test_lookup_order_is_data_dir_env_cache_debian(isolated_data_env, tmp_path, monkeypatch):
+    from inceptionlab.data import fashion_mnist
+
+    debian = tmp_path / "no-debian"
+    assert fashion_mnist.candidate_dirs() == [isolated_data_env, debian]
+    assert fashion_mnist.candidate_dirs(str(tmp_path / "a")) == [tmp_path / "a", isolated_data_env, debian]
+    monkeypatch.setenv("INCEPTIONLAB_DATA", str(tmp_path / "env"))
+    assert fashion_mnist.candidate_dirs(tmp_path / "a") == [tmp_path / "a", tmp_path / "env", isolated_data_env,
+                                                            debian]
+    # every candidate holds a copy: the first one wins
+    for name in ("a", "env", "xdg-cache/inceptionlab/fashion-mnist", "no-debian"):
+        write_small_dataset(tmp_path / name, n_train=10)
+    assert data.find_dataset(tmp_path / "a")["test_labels"].parent == tmp_path / "a"
+    assert data.find_dataset()["test_labels"].parent == tmp_path / "env"
+    monkeypatch.setenv("INCEPTIONLAB_DATA", "")  # empty is unset, not the current directory
+    assert data.find_dataset()["test_labels"].parent == isolated_data_env
+    shutil.rmtree(isolated_data_env)
+    assert data.find_dataset()["test_labels"].parent == debian
+
+
+def test_a_plain_file_is_preferred_to_its_gz_and_each_file_may_differ(isolated_data_env, tmp_path):
+    directory = write_small_dataset(tmp_path / "d", gz=True)
+    plain = tmp_path / "d" / "train-labels-idx1-ubyte"
+    plain.write_bytes(b"anything")
+    found = data.find_dataset(directory)
+    assert found["train_labels"] == plain
+    assert found["test_labels"] == directory / "t10k-labels-idx1-ubyte.gz"
+    (directory / "t10k-images-idx3-ubyte").mkdir()  # a directory with the file's name is not the file
+    assert data.find_dataset(directory)["test_images"] == directory / "t10k-images-idx3-ubyte.gz"
+
+
+def test_a_named_directory_is_never_replaced_by_a_copy_further_down(isolated_data_env, tmp_path, monkeypatch):
+    write_small_dataset(isolated_data_env)  # a complete copy in the cache
+    partial = write_small_dataset(tmp_path / "partial")
+    (partial / "train-images-idx3-ubyte.gz").unlink()
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as info:
+        data.load_fashion_mnist(partial, verify=False, download=True, mirror="http://127.0.0.1:9/")
+    message = str(info.value)
+    assert message.splitlines()[0] == (
+        f"Fashion-MNIST directory {partial} lacks train-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz].")
+    assert "apt-get install dataset-fashion-mnist" in message and "Downloading" not in message
+    monkeypatch.setenv("INCEPTIONLAB_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DatasetError) as info:
+        data.load_fashion_mnist(verify=False, mirror="http://127.0.0.1:9/")
+    assert str(info.value).splitlines()[0] == f"Fashion-MNIST directory {tmp_path / 'typo'} does not exist."
+
+
+def test_not_found_lists_every_directory_in_order(isolated_data_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("INCEPTIONLAB_DATA", str(tmp_path / "env"))
+    (tmp_path / "env").mkdir()
+    write_small_dataset(tmp_path / "env")
+    (tmp_path / "env" / "t10k-images-idx3-ubyte.gz").unlink()
+    monkeypatch.setenv("INCEPTIONLAB_DATA", "")
+    with pytest.raises(DatasetError) as info:
+        data.find_dataset()
+    lines = str(info.value).splitlines()
+    assert lines[:3] == ["Fashion-MNIST not found. Looked in:", f"  {isolated_data_env}", f"  {tmp_path / 'no-debian'}"]
+
+
+def test_a_directory_that_cannot_be_searched_is_named_with_the_fix(isolated_data_env, tmp_path, monkeypatch):
+    # The suite may run as root, which chmod cannot lock out: make is_file raise as it does for other users.
+    directory = write_small_dataset(tmp_path / "locked")
+
+    def is_file(self):
+        if self.parent == directory:
+            raise PermissionError(13, "Permission denied", str(self))
+        return os.path.isfile(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(DatasetError) as info:
+        data.find_dataset(directory)
+    assert str(info.value) == (f"{directory}: permission denied; make it readable for you (its owner can run "
+                               f"`chmod -R a+rX {directory}`) or pass --data-dir with a readable copy.")
+
+
+def _gz_mirror(directory: Path, contents: dict[str, bytes]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, payload in contents.items():
+        (directory / (stem + ".gz")).write_bytes(gzip.compress(payload))
+    return directory
+
+
+def _small_contents() -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    return {
+        data.FILES["train_images"]: idx_bytes(rng.integers(0, 256, (20, 28, 28))),
+        data.FILES["train_labels"]: idx_bytes(np.arange(20) % 10),
+        data.FILES["test_images"]: idx_bytes(rng.integers(0, 256, (10, 28, 28))),
+        data.FILES["test_labels"]: idx_bytes(np.arange(10) % 10),
+    }
+
+
+def test_unverified_download_falls_back_to_the_next_mirror_and_keeps_existing_files(isolated_data_env, tmp_path,
+                                                                                      serve, monkeypatch):
+    """verify=False downloads custom data; a mirror without a file (HTTP 404) is skipped for the next one."""
+    from inceptionlab.data import fashion_mnist
+
+    contents = _small_contents()
+    first = _gz_mirror(tmp_path / "first", {k: v for k, v in contents.items() if "t10k" not in k})
+    second = _gz_mirror(tmp_path / "second", contents)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    kept = dest / "train-labels-idx1-ubyte"
+    kept.write_bytes(contents["train-labels-idx1-ubyte"])  # already there, decompressed: not downloaded again
+    base1, base2 = serve(first), serve(second)
+    monkeypatch.setattr(fashion_mnist, "MIRRORS", (base1, base2))
+    paths = data.download_fashion_mnist(dest, progress=False, verify=False)
+    assert paths["train_labels"] == kept and len(paths) == 4
+    for key, stem in data.FILES.items():
+        if key != "train_labels":
+            assert paths[key] == dest / (stem + ".gz")
+            assert gzip.decompress(paths[key].read_bytes()) == contents[stem]
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [kept.name] + [stem + ".gz" for key, stem in data.FILES.items() if key != "train_labels"])
+    ds = data.load_fashion_mnist(dest, verify=False)
+    assert ds.test_labels.tolist() == list(np.arange(10) % 10) and not ds.verified
+
+
+def test_a_download_that_fails_everywhere_names_every_url(isolated_data_env, tmp_path, serve, monkeypatch):
+    from inceptionlab.data import fashion_mnist
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = serve(empty)
+    monkeypatch.setattr(fashion_mnist, "MIRRORS", (base, base + "second/"))
+    with pytest.raises(DatasetError) as info:
+        data.download_fashion_mnist(tmp_path / "dest", progress=False)
+    assert str(info.value).splitlines() == [
+        "could not download train-images-idx3-ubyte.gz:",
+        f"  {base}train-images-idx3-ubyte.gz: HTTP 404 File not found",
+        f"  {base}second/train-images-idx3-ubyte.gz: HTTP 404 File not found",
+    ]
+    # a mirror given without its trailing slash still names the files under it
+    with pytest.raises(DatasetError) as info:
+        data.download_fashion_mnist(tmp_path / "dest", mirror=base + "sub", progress=False)
+    assert f"  {base}sub/train-images-idx3-ubyte.gz: HTTP 404" in str(info.value)
+    monkeypatch.setenv("INCEPTIONLAB_MIRROR", base + "env")
+    with pytest.raises(DatasetError) as info:
+        data.download_fashion_mnist(tmp_path / "dest", progress=False)
+    assert str(info.value).splitlines()[1:] == [f"  {base}env/train-images-idx3-ubyte.gz: HTTP 404 File not found"]
+
+
+def test_load_downloads_into_the_cache_only_when_nothing_was_named(isolated_data_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("INCEPTIONLAB_MIRROR", "http://127.0.0.1:9/")  # discard port: refused
+    with pytest.raises(DatasetError) as info:
+        data.load_fashion_mnist(progress=False)
+    message = str(info.value)
+    assert message.startswith("Fashion-MNIST not found. Looked in:")
+    assert f"\nDownloading into {isolated_data_env} failed too: could not download train-images-idx3-ubyte.gz:" \
+           "\n  http://127.0.0.1:9/train-images-idx3-ubyte.gz: " in message
+    assert "refused" in message.lower() and "<urlopen error" not in message  # the reason, not the wrapper
+
+
+def test_download_checks_the_announced_length_and_verifies_against_the_published_hash(isolated_data_env, tmp_path,
+                                                                                       monkeypatch):
+    """urlopen replaced by a fake response: what reaches the disk is exactly the bytes served, whole or nothing."""
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    payload = _small_contents()["t10k-labels-idx1-ubyte"]
+    body = gzip.compress(payload)
+    seen = {}
+
+    class Response(io.BytesIO):
+        def __init__(self, content, length):
+            super().__init__(content)
+            self.headers = http.client.HTTPMessage()  # what urlopen's responses carry (case-insensitive)
+            if length is not None:
+                self.headers["Content-Length"] = str(length)
+
+    def fake_urlopen(served, length):
+        def urlopen(url, timeout):
+            seen["url"], seen["timeout"] = url, timeout
+            return Response(served, length)
+        return urlopen
+
+    stem = "t10k-labels-idx1-ubyte"
+    target = tmp_path / "out" / (stem + ".gz")
+    target.parent.mkdir()
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", fake_urlopen(body, len(body) + 5))
+    with pytest.raises(DatasetError, match=rf"connection closed after {len(body):,} of {len(body) + 5:,} bytes"):
+        fashion_mnist._download_one("http://x/" + stem + ".gz", target, stem, 7.5, False, False)
+    assert seen == {"url": "http://x/" + stem + ".gz", "timeout": 7.5}
+    assert list(target.parent.iterdir()) == []
+    # wrong content: refused with both hashes when verifying
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", fake_urlopen(body, len(body)))
+    with pytest.raises(DatasetError) as info:
+        fashion_mnist._download_one("http://x/f.gz", target, stem, 1.0, False, True)
+    assert hashlib.sha256(payload).hexdigest() in str(info.value)
+    assert list(target.parent.iterdir()) == []
+    # without verification (custom data) the same bytes are kept, as served, with or without a length header
+    for length in (len(body), None):
+        monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", fake_urlopen(body, length))
+        fashion_mnist._download_one("http://x/f.gz", target, stem, 1.0, False, False)
+        assert target.read_bytes() == body
+    # a body larger than one read arrives whole
+    big = gzip.compress(np.random.default_rng(2).integers(0, 256, 300_000, dtype=np.uint8).tobytes(), 0)
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", fake_urlopen(big, len(big)))
+    fashion_mnist._download_one("http://x/f.gz", target, stem, 1.0, False, False)
+    assert target.read_bytes() == big
+
+
+def test_to_keeps_the_paths_and_the_verified_flag(isolated_data_env, tmp_path):
+    ds = data.load_fashion_mnist(write_small_dataset(tmp_path / "d"), verify=False)
+    moved = ds.to("cpu")
+    assert moved.paths == ds.paths and moved.verified is False
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(moved, key), getattr(ds, key))
+    assert ds.train_labels.dtype == torch.int64 and ds.train_images.dtype == torch.uint8
+    on_meta = ds.to("meta")  # a device other than the CPU, without one: every tensor moves
+    assert [getattr(on_meta, key).device.type for key in ("train_images", "train_labels", "test_images",
+                                                          "test_labels")] == ["meta"] * 4
+
+
+def test_class_counts_names_every_class_even_when_absent():
+    counts = data.class_counts(torch.tensor([0, 0, 8, 3]))  # no 9: the last classes still appear, with 0
+    assert list(counts) == ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                            "ankle boot"]  # Fashion-MNIST's README, labels 0-9
+    assert list(counts.values()) == [2, 0, 0, 1, 0, 0, 0, 0, 1, 0]
+    with pytest.raises(ValueError):  # a label outside 0..9 is an error, not silently left out of the counts
+        data.class_counts(torch.tensor([0, 10]))
+
+
+def test_download_progress_bar_names_the_file_and_its_size_and_clears_itself(tmp_path, monkeypatch, capsys):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    body = gzip.compress(idx_bytes(np.random.default_rng(3).integers(0, 10, 600)))
+    assert 100 <= len(body) < 1000  # tqdm then writes the size as an integer: "0.00/<size>"
+
+    class Response(io.BytesIO):
+        headers = http.client.HTTPMessage()
+
+    Response.headers["Content-Length"] = str(len(body))
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", lambda url, timeout: Response(body))
+    target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    fashion_mnist._download_one("http://x/f.gz", target, "t10k-labels-idx1-ubyte", 1.0, True, False)
+    err = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz:   0%" in err and f"0.00/{len(body)} [" in err and "B/s]" in err
+    assert "100%" not in err  # leave=False: the finished bar is erased, not left on the screen
+    fashion_mnist._download_one("http://x/f.gz", target, "t10k-labels-idx1-ubyte", 1.0, False, False)
+    assert capsys.readouterr().err == ""
+    assert target.read_bytes() == body
+    # download_fashion_mnist's defaults: a progress bar, and verification (this content is not the published one)
+    with pytest.raises(DatasetError, match="SHA-256 of the content is " + hashlib.sha256(gzip.decompress(body))
+                       .hexdigest()):
+        data.download_fashion_mnist(tmp_path / "dest", mirror="http://x/")
+    assert "train-images-idx3-ubyte.gz:   0%" in capsys.readouterr().err
+
+
+def test_download_passes_its_timeout_to_every_request(tmp_path, monkeypatch):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    body = gzip.compress(b"x")
+    timeouts = []
+
+    def urlopen(url, timeout):
+        timeouts.append(timeout)
+        response = io.BytesIO(body)
+        response.headers = http.client.HTTPMessage()
+        return response
+
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", urlopen)
+    paths = data.download_fashion_mnist(tmp_path, mirror="http://x/", timeout=7.5, progress=False, verify=False)
+    assert timeouts == [7.5] * 4 and sorted(paths) == sorted(data.FILES)
+
+
+def test_load_passes_timeout_and_progress_to_the_download(isolated_data_env, tmp_path, monkeypatch, capsys):
+    import io
+
+    from inceptionlab.data import fashion_mnist
+
+    contents = _small_contents()
+    timeouts = []
+
+    def urlopen(url, timeout):
+        timeouts.append(timeout)
+        response = io.BytesIO(gzip.compress(contents[url.rsplit("/", 1)[1].removesuffix(".gz")]))
+        response.headers = http.client.HTTPMessage()
+        return response
+
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen", urlopen)
+    ds = data.load_fashion_mnist(verify=False, mirror="http://x/", timeout=3.5)  # progress: the default
+    assert timeouts == [3.5] * 4 and ds.test_labels.tolist() == list(np.arange(10) % 10)
+    assert "t10k-labels-idx1-ubyte.gz: 0.00B [" in capsys.readouterr().err  # no Content-Length: no percentage
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-cache"))
+    data.load_fashion_mnist(verify=False, mirror="http://x/", progress=False)
+    assert capsys.readouterr().err == ""
