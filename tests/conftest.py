@@ -48,3 +48,22 @@ def isolated_data_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
     return data.cache_dir()
+
+
+@pytest.fixture
+def fail_path(monkeypatch):
+    """``fail_path(method, when, error)``: ``Path.<method>`` raises ``error`` for the paths ``when(path)`` picks and
+    works as usual for the rest (a read-only disk, a locked directory, a taken name, without needing them)."""
+    from pathlib import Path
+
+    def install(method: str, when, error: OSError) -> None:
+        real = getattr(Path, method)
+
+        def failing(self, *args, **kwargs):
+            if when(self):
+                raise error
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, method, failing)
+
+    return install

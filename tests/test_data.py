@@ -696,16 +696,10 @@ def test_not_found_lists_every_directory_in_order(isolated_data_env, tmp_path, m
     assert lines[:3] == ["Fashion-MNIST not found. Looked in:", f"  {isolated_data_env}", f"  {tmp_path / 'no-debian'}"]
 
 
-def test_a_directory_that_cannot_be_searched_is_named_with_the_fix(isolated_data_env, tmp_path, monkeypatch):
+def test_a_directory_that_cannot_be_searched_is_named_with_the_fix(isolated_data_env, tmp_path, fail_path):
     # The suite may run as root, which chmod cannot lock out: make is_file raise as it does for other users.
     directory = write_small_dataset(tmp_path / "locked")
-
-    def is_file(self):
-        if self.parent == directory:
-            raise PermissionError(13, "Permission denied", str(self))
-        return os.path.isfile(self)
-
-    monkeypatch.setattr(Path, "is_file", is_file)
+    fail_path("is_file", lambda p: p.parent == directory, PermissionError(13, "Permission denied"))
     with pytest.raises(DatasetError) as info:
         data.find_dataset(directory)
     assert str(info.value) == (f"{directory}: permission denied; make it readable for you (its owner can run "

@@ -123,16 +123,9 @@ def test_a_missing_out_is_made_with_its_parents_and_the_run_is_named_by_its_star
     assert abs((datetime.datetime.now() - started).total_seconds()) < 60
 
 
-def test_a_root_where_every_name_is_taken_is_refused_by_name(tmp_path, monkeypatch):
+def test_a_root_where_every_name_is_taken_is_refused_by_name(tmp_path, fail_path):
     root = tmp_path / "runs"
-    real_mkdir = Path.mkdir
-
-    def taken(self, *args, **kwargs):
-        if self.parent == root:
-            raise FileExistsError(errno.EEXIST, "File exists", str(self))
-        return real_mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", taken)
+    fail_path("mkdir", lambda p: p.parent == root, FileExistsError(errno.EEXIST, "File exists"))
     with pytest.raises(RunDirError) as info:
         runs.create_unique_dir(root, "sweep")
     assert str(info.value) == f"could not create a new directory 'sweep' under {root}"
@@ -142,17 +135,10 @@ def test_a_root_where_every_name_is_taken_is_refused_by_name(tmp_path, monkeypat
     (errno.EROFS, "Read-only file system", "pass another --out"),
     (errno.EACCES, "Permission denied", "make it writable for you or pass another --out"),
 ])
-def test_out_on_a_read_only_or_unwritable_file_system(tmp_path, monkeypatch, code, reason, fix):
+def test_out_on_a_read_only_or_unwritable_file_system(tmp_path, fail_path, code, reason, fix):
     out = tmp_path / "shared"
     out.mkdir()
-    real_mkdir = Path.mkdir
-
-    def mkdir(self, *args, **kwargs):
-        if self.parent == out:
-            raise OSError(code, reason, str(self))
-        return real_mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    fail_path("mkdir", lambda p: p.parent == out, OSError(code, reason))
     with pytest.raises(WriteError) as info:
         runs.create_run_dir(out, "lenet")
     assert str(info.value) == f"--out {out}: cannot create a directory there ({reason}); {fix}"
@@ -368,34 +354,20 @@ def _write_small_dataset(directory: Path) -> Path:
     return directory
 
 
-def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, monkeypatch):
+def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, fail_path):
     directory = _write_small_dataset(tmp_path / "fmnist")
     locked = directory / "train-labels-idx1-ubyte"
-    real_read_bytes = Path.read_bytes
-
-    def read_bytes(self):
-        if self == locked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_read_bytes(self)
-
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    fail_path("read_bytes", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
     with pytest.raises(DatasetError) as info:
         load_fashion_mnist(directory, verify=False, download=False)
     assert str(info.value) == (f"{locked}: permission denied; make it readable for you (its owner can run `chmod -R "
                                f"a+rX {locked}`) or pass --data-dir with a readable copy.")
 
 
-def test_an_unreadable_dataset_directory_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, monkeypatch):
+def test_an_unreadable_dataset_directory_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, fail_path):
     """A directory without search permission: stat of anything inside it is EACCES."""
     directory = _write_small_dataset(tmp_path / "fmnist")
-    real_stat = Path.stat
-
-    def stat_(self, *args, **kwargs):
-        if self.parent == directory:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", stat_)
+    fail_path("stat", lambda p: p.parent == directory, PermissionError(errno.EACCES, "Permission denied"))
     with pytest.raises(DatasetError, match=rf"^{directory}: permission denied; make it readable for you"):
         load_fashion_mnist(directory, verify=False, download=False)
 
