@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inceptionlab.data import FashionMNIST, load_fashion_mnist
+from inceptionlab.data import ImageDataset, load_fashion_mnist
 from inceptionlab.errors import DatasetError
 
 
@@ -22,7 +22,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def fmnist(tmp_path_factory) -> FashionMNIST:
+def fmnist(tmp_path_factory) -> ImageDataset:
     """Both splits of the real, verified Fashion-MNIST on the CPU, loaded once per test session."""
     with pytest.MonkeyPatch.context() as mp:
         # The verification cache goes to a temporary directory, not the user's ~/.cache.

@@ -116,7 +116,9 @@ def test_metadata_ties_the_file_to_the_run(exported):
     assert meta["model"] == "googlenet" and meta["image_size"] == str(SIZE) and meta["num_classes"] == "10"
     assert json.loads(meta["class_names"]) == list(data.CLASS_NAMES)
     norm = json.loads(meta["normalization"])
-    assert norm == {"in_graph": True, "mean": data.FASHION_MNIST_MEAN, "std": data.FASHION_MNIST_STD}
+    assert norm == {"in_graph": True, "mean": [data.FASHION_MNIST_MEAN], "std": [data.FASHION_MNIST_STD]}
+    record = json.loads(meta["data"])  # what a deployment needs to prepare an image as training did
+    assert record["classes"] == list(data.CLASS_NAMES) and record["channels"] == 1 and record["stored_size"] == 28
     import hashlib
 
     assert meta["weights_sha256"] == hashlib.sha256((run_dir / runs.WEIGHTS).read_bytes()).hexdigest()
@@ -130,7 +132,7 @@ def test_predict_through_onnx_matches_pytorch(exported, fmnist, tmp_path, capsys
     files = []
     for i in range(4):
         files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(fmnist.test_images[i].numpy()).save(files[-1])
+        Image.fromarray(fmnist.test_images[i, 0].numpy()).save(files[-1])
     outputs = {}
     for backend, extra in (("onnxruntime", ["--onnx", str(path)]), ("pytorch", [])):
         assert main(["predict", str(run_dir), *files, "--json", *extra]) == 0
@@ -144,7 +146,7 @@ def test_predict_through_onnx_matches_pytorch(exported, fmnist, tmp_path, capsys
 def test_onnx_of_another_run_or_model_is_refused(exported, fmnist, tmp_path, capsys):
     run_dir, path, _ = exported
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
 
     other_weights = make_run(tmp_path / "other", fmnist, train_images=0, seed=1)
     other_size = tmp_path / "other-size"
@@ -243,7 +245,7 @@ def test_lowest_supported_opset_exports_and_passes_the_check(exported, fmnist, t
     report = export.export_onnx(run_dir, path, opset=7, num_check_images=32)
     assert report["check"]["same_top1"] == 32 and export.read_metadata(path)["opset"] == "7"
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
     assert main(["predict", str(run_dir), str(image), "--onnx", str(path)]) == 0
     assert "%" in capsys.readouterr().out
 
@@ -283,7 +285,7 @@ def test_forged_metadata_on_another_graph_is_refused(kind, exported, fmnist, tmp
     onnx.save(forged, str(forged_path))
     assert export.read_metadata(forged_path) == export.read_metadata(path)
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
     assert main(["predict", str(run_dir), str(image), "--onnx", str(forged_path)]) == 1
     captured = capsys.readouterr()
     assert "computes other logits than" in captured.err or "could not run the graph" in captured.err

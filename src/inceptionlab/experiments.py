@@ -32,7 +32,7 @@ import torch
 
 from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
-from inceptionlab.config import TRAIN_IMAGES, TrainConfig
+from inceptionlab.config import TrainConfig
 from inceptionlab.devices import resolve_device
 from inceptionlab.engine.cuda import resolve_cuda_options
 from inceptionlab.engine.step import resolve_step_mode
@@ -189,14 +189,15 @@ def run_variants(
     *,
     seeds: int = 1,
     out_dir: str | os.PathLike | None = None,
-    data: data_module.FashionMNIST | None = None,
+    data: data_module.ImageDataset | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
 ) -> ExperimentResult:
     """Train every variant once per seed (``config.seed``, ``config.seed + 1``, ...) and write the outputs.
 
     All configs are validated (and their input sizes checked) before the first run starts, so a bad row fails in
-    seconds, not after an hour. The data is loaded once and shared by every run. Outputs are rewritten after each
+    seconds, not after an hour. The data is loaded once and shared by every run (your own images, ``--data``: each run
+    reads them from the decoded cache at its own image size). Outputs are rewritten after each
     run, so an interrupted experiment still leaves a table of what finished.
     """
     check_variants(variants, seeds)
@@ -204,13 +205,14 @@ def run_variants(
     say = log or (lambda _line: None)
     out = Path(out_dir) if out_dir is not None else experiment_dir(base.out, kind)
     out.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = data_module.load_fashion_mnist(base.data_dir)
+    if data is None and all(v.config.data is None for v in variants):
+        data = data_module.load_data(data_module.DataSpec(data_dir=base.data_dir), progress=bool(progress), log=log)
     result = ExperimentResult(kind, out, "running", [], base, [base.seed + i for i in range(seeds)],
                               str(resolve_device(base.device)), 0.0)
     started = time.perf_counter()
     for i, variant in enumerate(variants):
-        cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
+        channels = data.channels if data is not None else variant.config.in_channels
+        cost = analysis.model_cost(variant.config.model, variant.config.image_size, channels)
         row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
                         cost.gflops_at_size or math.nan)
         result.rows.append(row)
@@ -280,7 +282,7 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
 
 
 def compare(models: Sequence[str], config: TrainConfig, *, seeds: int = 1, out_dir: str | os.PathLike | None = None,
-            data: data_module.FashionMNIST | None = None, progress: bool | None = None,
+            data: data_module.ImageDataset | None = None, progress: bool | None = None,
             log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds."""
     if not models:
@@ -309,7 +311,7 @@ def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) ->
 
 
 def sweep(model: str, sizes: Sequence[int], config: TrainConfig, *, seeds: int = 1,
-          out_dir: str | os.PathLike | None = None, data: data_module.FashionMNIST | None = None,
+          out_dir: str | os.PathLike | None = None, data: data_module.ImageDataset | None = None,
           progress: bool | None = None, log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train ``model`` at each input side in ``sizes`` (else the same ``config``): accuracy against input size,
     the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one."""
@@ -340,19 +342,19 @@ def _title(result: ExperimentResult) -> str:
 
 def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> str:
     """One line saying what every row was trained with (the table is meaningless without it)."""
-    train_n = f"first {config.limit_train:,}" if config.limit_train else f"all {TRAIN_IMAGES:,}"
+    train_n = f"first {config.limit_train:,}" if config.limit_train else "all"
     if config.val_split:
-        rest = f"first {config.limit_train:,} of the rest" if config.limit_train else \
-            f"the other {TRAIN_IMAGES - config.val_split:,}"
+        rest = f"first {config.limit_train:,} of the rest" if config.limit_train else "the rest"
         train_n = f"{rest} ({config.val_split:,} held out for validation, --val-split)"
-    test_n = f"first {config.limit_test:,}" if config.limit_test else "all 10,000"
+    test_n = f"first {config.limit_test:,}" if config.limit_test else "all"
+    data = f"data {config.data} ({config.color}, {config.resize_mode}); " if config.data else ""
     extras = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
     if config.crop_padding or config.flip or config.erasing:
         extras.append(f"augmentation (crop pad {config.crop_padding}, flip {config.flip}, erasing {config.erasing:g})")
     return (
         f"preset {config.preset}; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr "
         f"{config.lr:g} ({config.schedule}, warm-up {config.warmup_epochs:g}), weight decay {config.weight_decay:g}"
-        f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; training images: {train_n}, test "
+        f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; {data}training images: {train_n}, test "
         f"images: {test_n}; seeds {', '.join(map(str, seeds))}; device {device}"
     )
 

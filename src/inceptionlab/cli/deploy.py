@@ -84,14 +84,14 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from inceptionlab.deploy.predict import ImageError, load_image_with_info, load_predictor, predict
+    from inceptionlab.deploy.predict import ImageError, load_predictor, load_run_image, predict
+    from inceptionlab.inputs import class_names
 
     predictor, config = load_predictor(args.run_dir, args.onnx, args.device)
-    size = config.image_size
     loaded, results, failed = [], [], 0
     for path in args.images:
         try:
-            pixels, inverted = load_image_with_info(path, size, args.invert)
+            pixels, inverted = load_run_image(path, config, args.invert)
         except ImageError as exc:
             # one bad file must not cost the user the others: report it, carry on, exit 1 at the end
             print(f"inceptionlab predict: error: {exc}", file=sys.stderr)
@@ -101,7 +101,7 @@ def cmd_predict(args) -> int:
         loaded.append((len(results), pixels))
         results.append({"path": str(path), "inverted": inverted})
     if loaded:
-        predictions = predict(predictor, torch.stack([p for _, p in loaded]), args.top_k)
+        predictions = predict(predictor, torch.stack([p for _, p in loaded]), args.top_k, class_names(config))
         for (index, _), prediction in zip(loaded, predictions, strict=True):
             results[index].update(prediction.to_dict())
     if args.json:

@@ -143,3 +143,27 @@ def class_counts(labels: torch.Tensor, classes: tuple[str, ...] | list[str]) -> 
         raise DatasetError(f"labels outside 0..{len(classes) - 1}")
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     return dict(zip(classes, counts, strict=True))
+
+
+def duplicate_report(dataset: ImageDataset, max_listed: int = 20) -> dict[str, Any]:
+    """Identical decoded images: within each split (same label, and with different labels) and across splits
+    (the same image in train and test), by a hash of each image's bytes."""
+    seen: dict[bytes, tuple[str, int, int]] = {}
+    report = {"same_label": 0, "conflicting_labels": 0, "across_splits": 0, "examples": []}
+    for split in ("train", "val", "test"):
+        images, labels = getattr(dataset, f"{split}_images"), getattr(dataset, f"{split}_labels")
+        if images is None:
+            continue
+        flat = images.reshape(len(images), -1).cpu().numpy()
+        for index, (row, label) in enumerate(zip(flat, labels.tolist(), strict=True)):
+            key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            first = seen.setdefault(key, (split, index, label))
+            if first == (split, index, label):
+                continue
+            kind = "across_splits" if first[0] != split else (
+                "same_label" if first[2] == label else "conflicting_labels")
+            report[kind] += 1
+            if len(report["examples"]) < max_listed:
+                report["examples"].append({"kind": kind, "first": f"{first[0]}[{first[1]}]",
+                                           "second": f"{split}[{index}]", "labels": [first[2], label]})
+    return report

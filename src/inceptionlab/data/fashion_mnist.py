@@ -16,12 +16,12 @@ import os
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from inceptionlab.data.dataset import DataInfo, ImageDataset, content_fingerprint
 from inceptionlab.errors import DatasetError
 from inceptionlab.fileio import atomic_open, atomic_write_json, atomic_write_with
 
@@ -345,21 +345,15 @@ def download_fashion_mnist(
 # ---------------------------------------------------------------------------------------------------------
 # The dataset in memory
 
+# The fingerprint of the published content: the four decompressed files' SHA-256, in FILES order.
+FINGERPRINT = hashlib.sha256("".join(SHA256[FILES[key]] for key in FILES).encode()).hexdigest()
 
-@dataclass
-class FashionMNIST:
-    train_images: torch.Tensor  # uint8, N x 28 x 28
-    train_labels: torch.Tensor  # int64, N
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    paths: dict[str, Path]
-    verified: bool = field(default=True)  # False when loaded with verify=False (custom data)
 
-    def to(self, device: torch.device | str) -> FashionMNIST:
-        return FashionMNIST(
-            self.train_images.to(device), self.train_labels.to(device),
-            self.test_images.to(device), self.test_labels.to(device), self.paths, self.verified,
-        )
+def fashion_mnist_info(fingerprint: str = FINGERPRINT) -> DataInfo:
+    """What a model trained on Fashion-MNIST must know about it (also what a run from before ``data_info`` was
+    recorded trained on)."""
+    return DataInfo(CLASS_NAMES, 1, IMAGE_SIZE, (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,), "fashion-mnist",
+                    None, fingerprint, "grey", "squash", (0, 0, 0))
 
 
 def load_fashion_mnist(
@@ -370,11 +364,12 @@ def load_fashion_mnist(
     mirror: str | None = None,
     timeout: float = 20.0,
     progress: bool = True,
-) -> FashionMNIST:
-    """Find (or download into the cache), verify and load both splits as uint8 / int64 CPU tensors.
+) -> ImageDataset:
+    """Find (or download into the cache), verify and load both splits: uint8 ``N x 1 x 28 x 28`` / int64 CPU tensors.
 
     ``verify=False`` is for deliberately custom data in the same format (e.g. a relabelled subset): the IDX
     structure, 28x28 size and label range are still checked, but neither the SHA-256 nor the example counts.
+    ``report`` holds the four files' paths and whether they were verified.
     """
     try:
         paths = find_dataset(data_dir)
@@ -387,17 +382,10 @@ def load_fashion_mnist(
             raise DatasetError(f"{not_found}\nDownloading into {cache_dir()} failed too: {failed}") from None
     arrays = _load_verified(paths, verify)
     # torch.from_numpy over the read-only IDX buffer would warn; one copy of the uint8 data is the whole cost.
-    return FashionMNIST(
-        torch.from_numpy(arrays["train_images"].copy()),
-        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        torch.from_numpy(arrays["test_images"].copy()),
-        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        paths,
-        verify,
-    )
-
-
-def class_counts(labels: torch.Tensor) -> dict[str, int]:
-    """Examples per class, by class name."""
-    counts = torch.bincount(labels.cpu(), minlength=len(CLASS_NAMES)).tolist()
-    return dict(zip(CLASS_NAMES, counts, strict=True))
+    tensors = {key: torch.from_numpy(array.copy() if key.endswith("images") else array.astype(np.int64))
+               for key, array in arrays.items()}
+    for key in ("train_images", "test_images"):
+        tensors[key] = tensors[key].unsqueeze(1)  # N x 1 x 28 x 28: one channel
+    fingerprint = FINGERPRINT if verify else content_fingerprint(*tensors.values(), *CLASS_NAMES)
+    return ImageDataset(**tensors, info=fashion_mnist_info(fingerprint),
+                        report={"files": dict(paths), "verified": verify})
