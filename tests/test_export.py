@@ -257,7 +257,9 @@ def tiny_graph(node, *initializers, opset=17):
     graph = helper.make_graph(
         [node], "forged", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], initializer=list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # the lowest IR version for the opset: a newer onnx writes one an older ONNX Runtime refuses (seen on the GPU)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def forged_graph(kind, fmnist, tmp_path):

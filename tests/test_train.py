@@ -55,7 +55,7 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     config = TrainConfig(
         model="googlenet-bn", image_size=28, epochs=3, batch_size=64, limit_train=1920, limit_test=1000,
         lr=0.05, optimizer="nesterov", schedule="onecycle", warmup_epochs=0.5, precision="bf16",
-        channels_last=True, num_threads=1, out=str(tmp_path),
+        channels_last=True, num_threads=1, out=str(tmp_path), device="cpu",  # the "on cpu" line below
     )
     lines = []
     result = train(config, data=fmnist, log=lines.append)
@@ -402,7 +402,7 @@ def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_pat
     from inceptionlab.models import init_xavier_
 
     config = lenet_config(tmp_path, epochs=1, limit_train=64, limit_test=64, lr=0.5, optimizer="sgd", precision="fp32",
-                          schedule="constant", label_smoothing=0.3)
+                          schedule="constant", label_smoothing=0.3, device="cpu")  # the reference is CPU float32
     result = train(config, data=fmnist, log=None)
     torch.manual_seed(config.seed)  # the trainer's initial model: seeded, then the chapter's Xavier init
     initial = init_xavier_(create_model("lenet"))
