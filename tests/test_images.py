@@ -247,6 +247,17 @@ def test_color_grey_rgb_auto():
     assert auto.shape == (3, 20, 20) and not notes.grey
 
 
+@pytest.mark.parametrize(("row", "column", "channel"), [(0, 0, 1), (63, 10, 1), (70, 5, 2), (149, 199, 0), (149, 199, 2)])
+def test_grey_check_reaches_every_pixel(row, column, channel):
+    """One pixel off grey anywhere in a 200 x 150 image (three 64-row strips) makes it colour."""
+    same = np.repeat(RNG.integers(0, 255, (150, 200, 1), dtype=np.uint8), 3, axis=2)
+    _, notes = decode_image(encode(Image.fromarray(same), "PNG"), 8)
+    assert notes.grey
+    same[row, column, channel] += 1
+    out, notes = decode_image(encode(Image.fromarray(same), "PNG"), 8)
+    assert not notes.grey and out.shape == (3, 8, 8)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # modes
 
