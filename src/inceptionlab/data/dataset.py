@@ -123,13 +123,18 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(round(v / 255, 7) for v in mean.tolist()), tuple(round(v / 255, 7) for v in std.tolist())
 
 
-def content_fingerprint(*parts: bytes | torch.Tensor | str) -> str:
-    """SHA-256 over the parts in order (tensors by their bytes): the same data gives the same fingerprint anywhere."""
+def content_fingerprint(*parts: bytes | torch.Tensor | str, chunk: int = 1 << 24) -> str:
+    """SHA-256 over the parts in order (tensors by their bytes): the same data gives the same fingerprint anywhere.
+    A tensor is hashed ``chunk`` elements at a time (a memory-mapped split larger than RAM is never copied whole)."""
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, torch.Tensor):
-            part = part.contiguous().cpu().numpy().tobytes()
-        elif isinstance(part, str):
+            flat = part.reshape(-1)
+            digest.update((flat.numel() * flat.element_size()).to_bytes(8, "little"))
+            for start in range(0, flat.numel(), chunk):
+                digest.update(flat[start : start + chunk].contiguous().cpu().numpy())
+            continue
+        if isinstance(part, str):
             part = part.encode()
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
