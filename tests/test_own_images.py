@@ -23,7 +23,7 @@ TRAIN, TEST = 600, 200
 
 def exact(**changes) -> TrainConfig:
     """A short CPU run whose numbers are exact: fp32 NCHW, one thread."""
-    base = TrainConfig(model="lenet", image_size=32, epochs=2, batch_size=64, device="cpu", num_threads=1,
+    base = TrainConfig(model="googlenet-lite", image_size=32, epochs=2, batch_size=64, device="cpu", num_threads=1,
                        precision="fp32", channels_last=False, limit_train=TRAIN, limit_test=TEST)
     return base.replace(**changes)
 
