@@ -570,3 +570,100 @@ def test_a_bad_timeout_is_refused_before_joining(captured_init, monkeypatch, val
     with pytest.raises(ConfigError, match=rf"^INCEPTIONLAB_DIST_TIMEOUT_SECONDS='{value}' is not a positive number"):
         distributed.init_process_group(torch.device("cpu"))
     assert captured_init == []
+
+
+# --------------------------------------------------------------------------------------------- 9. symbolic links
+
+
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+
+
+def plant_links_at_temporary_names(monkeypatch, outside: Path, targets: dict[Path, bytes]) -> list[str]:
+    """From now on, the first temporary name that a write of each file creates is made a symbolic link to a new file
+    outside just before the kernel's open, as someone racing the write would. Returns the files whose writes met one;
+    ``targets`` gets each link's target and its content."""
+    real_open, met = os.open, []
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        name = TEMP_NAME.fullmatch(os.path.basename(path))
+        if name and flags & os.O_CREAT and name[1] not in met:
+            met.append(name[1])
+            target = outside / f"temporary-{name[1]}"
+            target.write_bytes(f"not {name[1]}'s to write\n".encode())
+            targets[target] = target.read_bytes()
+            os.symlink(target, path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    return met
+
+
+def test_a_run_writes_through_no_symbolic_link_and_a_symlinked_run_directory_still_trains(fmnist, run_copy, tmp_path,
+                                                                                          monkeypatch):
+    """A run directory from someone else's archive: each of its files is a link to a file outside (resume reads
+    them through the links), and each temporary name is a link when the write creates it. Resumed through a linked
+    run directory, the run replaces its links by files and leaves every target byte for byte."""
+    outside, targets = tmp_path / "outside", {}
+    outside.mkdir()
+    for name in runs.RUN_FILES:
+        shutil.move(run_copy / name, outside / name)
+        (run_copy / name).symlink_to(outside / name)
+        targets[outside / name] = (outside / name).read_bytes()
+    linked_run = tmp_path / "linked-run"
+    linked_run.symlink_to(run_copy, target_is_directory=True)  # legitimate: the run directory itself is a link
+    config = TrainConfig.from_dict(runs.read_config(linked_run)).replace(epochs=2)
+    met = plant_links_at_temporary_names(monkeypatch, outside, targets)
+    result = train(config, resume=linked_run, data=fmnist, log=None)
+    monkeypatch.undo()
+    assert result.status == "completed" and [r["epoch"] for r in runs.read_metrics(run_copy)] == [1, 2]
+    assert sorted(met) == sorted(runs.RUN_FILES)  # every file's write met a link at its temporary name
+    assert {target: target.read_bytes() for target in targets} == targets
+    assert not any((run_copy / name).is_symlink() for name in runs.RUN_FILES)
+
+
+@pytest.mark.parametrize("kind", ["a link to a file", "a dangling link", "a named pipe"])
+def test_a_lock_that_is_a_link_or_not_a_file_is_refused_and_nothing_is_written(fmnist, run_copy, tmp_path, kind):
+    """`ln -s /some/file RUN/.lock` once made the holder's pid line overwrite /some/file; a dangling link would have
+    created its target."""
+    lock, victim = run_copy / runs.LOCK, tmp_path / "victim"
+    lock.unlink()
+    if kind == "a named pipe":
+        os.mkfifo(lock)
+    else:
+        if kind == "a link to a file":
+            victim.write_bytes(b"precious\n")
+        lock.symlink_to(victim)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()}
+    with pytest.raises(RunDirError) as info:
+        train(TrainConfig.from_dict(runs.read_config(run_copy)).replace(epochs=2), resume=run_copy, data=fmnist,
+              log=None)
+    what = ("is not a regular file, and inceptionlab writes its lock only into one" if kind == "a named pipe" else
+            "is a symbolic link, and inceptionlab never writes through one")
+    assert str(info.value) == f"{lock} {what}; delete it (`rm {lock}`) and train again"
+    assert (victim.read_bytes() == b"precious\n") if kind == "a link to a file" else not victim.exists()
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()} == before
+
+
+def test_a_symlinked_lock_is_one_line_from_the_cli(run_copy, tmp_path, capsys):
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    (run_copy / runs.LOCK).unlink()
+    (run_copy / runs.LOCK).symlink_to(tmp_path / "victim")
+    assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--num-threads", "1"]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert f"{run_copy / runs.LOCK} is a symbolic link, and inceptionlab never writes through one" in err
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+
+
+def test_a_hard_linked_lock_still_locks_but_its_other_name_keeps_its_content(tmp_path):
+    """A hard link is the same file under two names: the pid line would land in the other one."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    os.link(tmp_path / "victim", tmp_path / "run" / runs.LOCK)
+    lock = runs.lock_run_dir(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirError, match=r"is in use: .* is training in it"):
+            runs.lock_run_dir(tmp_path / "run")
+    finally:
+        lock.release()
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+

@@ -2,7 +2,9 @@
 
 Every write goes to a temporary sibling ``.<name>.<random>.tmp``, is flushed and fsync'ed, then renamed over the
 target (``os.replace`` is atomic on POSIX and Windows). The temporary file is created with mode 0666 less the
-umask, as ``open()`` creates a file, so the result is as readable as any other program's output. A write that
+umask, as ``open()`` creates a file, so the result is as readable as any other program's output. It is a new file
+(``O_EXCL | O_NOFOLLOW``), so a symbolic link planted at its name is never written through, and the rename replaces
+a link at the target's name instead of following it. A write that
 fails (disk full, read-only file system, no permission) removes its temporary file, keeps the previous file and
 raises :class:`~inceptionlab.errors.WriteError`: one line naming the file and the fix.
 """
@@ -63,11 +65,12 @@ class _TempFile(io.FileIO):
 def _create_temp(path: Path) -> tuple[_TempFile, Path]:
     """A new empty ``.<name>.<random>.tmp`` beside ``path``; 0666 less the umask (mkstemp's 0600 hid runs from
     teammates and from a serving process running as another user)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:  # a name taken, by a symbolic link too: O_EXCL never follows one
             continue
         return _TempFile(fd, "wb"), tmp
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
