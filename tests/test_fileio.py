@@ -160,3 +160,20 @@ def test_a_symbolic_link_at_the_target_or_the_temporary_name_is_never_written_th
     assert not (run / "summary.json").is_symlink() and (run / "summary.json").read_text() == "{}"
     assert next(names, "both names tried") == "both names tried"
 
+
+def test_removing_leftovers_takes_a_killed_writes_file_and_leaves_a_live_ones(tmp_path, write_in_a_process):
+    """A live write holds a flock on its temporary file until the rename; the kernel drops it with a killed one."""
+    from inceptionlab.fileio import remove_leftover_temp_files
+
+    write_in_a_process(tmp_path / "model.onnx", live=False)
+    [leftover] = leftover_temp_files(tmp_path, ["model.onnx"])
+    live = write_in_a_process(tmp_path / "model.onnx", live=True)
+    try:
+        assert len(leftover_temp_files(tmp_path, ["model.onnx"])) == 2
+        assert remove_leftover_temp_files(tmp_path, ["model.onnx"]) == [leftover]
+        [kept] = leftover_temp_files(tmp_path, ["model.onnx"])
+        assert kept != leftover and kept.read_bytes() == b"half"
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+    assert remove_leftover_temp_files(tmp_path, ["model.onnx"]) == [kept] and os.listdir(tmp_path) == []

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionlab import runs
+from inceptionlab import fileio, runs
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import load_fashion_mnist
@@ -148,7 +148,7 @@ REAL_FILE_SYSTEMS = textwrap.dedent(
     """
     import json, os, subprocess, sys
     import torch
-    from inceptionlab import runs
+    from inceptionlab import fileio, runs
     from inceptionlab.errors import WriteError
 
     read_only, small = sys.argv[1:3]
@@ -412,7 +412,7 @@ def test_removing_leftovers_returns_what_it_removed_and_needs_the_lock(tmp_path,
         assert runs.remove_interrupted_writes(lock) == sorted(tmp_path / name for name in OURS)
         assert temp_files(tmp_path) == sorted(NOT_OURS)
         # a file gone between the listing and the unlink (another cleaner) is skipped, not an error
-        monkeypatch.setattr(runs, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
+        monkeypatch.setattr(fileio, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
         assert runs.remove_interrupted_writes(lock) == []
     finally:
         lock.release()

@@ -42,7 +42,7 @@ from inceptionlab.fileio import (
     atomic_write_text,
     atomic_write_with,
     file_in_the_way,
-    leftover_temp_files,
+    remove_leftover_temp_files,
     write_error,
 )
 from inceptionlab.models import create_model
@@ -405,9 +405,4 @@ def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
     Only our own temporary names of the run's files; holding the lock means no live run is writing them."""
     if not lock.held:
         raise RunDirError(f"{lock.run_dir} is not locked by this process: its temporary files may be live writes")
-    removed = []
-    for path in leftover_temp_files(lock.run_dir, RUN_FILES):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(path)
-    return removed
+    return remove_leftover_temp_files(lock.run_dir, RUN_FILES)
