@@ -357,7 +357,7 @@ def _write_small_dataset(directory: Path) -> Path:
 def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, fail_path):
     directory = _write_small_dataset(tmp_path / "fmnist")
     locked = directory / "train-labels-idx1-ubyte"
-    fail_path("read_bytes", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
+    fail_path("open", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
     with pytest.raises(DatasetError) as info:
         load_fashion_mnist(directory, verify=False, download=False)
     assert str(info.value) == (f"{locked}: permission denied; make it readable for you (its owner can run `chmod -R "
