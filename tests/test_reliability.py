@@ -667,3 +667,31 @@ def test_a_hard_linked_lock_still_locks_but_its_other_name_keeps_its_content(tmp
         lock.release()
     assert (tmp_path / "victim").read_bytes() == b"precious\n"
 
+
+# --------------------------------------------------------------------------------------------- 10. metrics.jsonl
+
+
+def test_read_metrics_skips_a_last_line_cut_short_by_a_kill(tmp_path):
+    rows = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.75}]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / runs.METRICS_JSONL).write_text(text + '{"epoch": 3, "test_a')
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_bytes(text.encode() + b'{"epoch": 3, "name": "\xc3')  # cut inside a char
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_text(text + "\n")  # a blank line is no row
+    assert runs.read_metrics(tmp_path) == rows
+
+
+@pytest.mark.parametrize(("content", "line", "reason"), [
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n{"epoch": 3}\n', 2, "Unterminated string starting at"),
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n', 2, "Unterminated string starting at"),  # ended by a newline: not cut
+    ('{"epoch": 1}\n\xc3(\n', 2, "not UTF-8 text"),  # a 2-byte character's first byte, then "("
+    ('{"epoch": 1}\n[1, 2]\n', 2, None),
+])
+def test_a_damaged_line_of_metrics_jsonl_is_one_line_naming_the_file_and_the_line(tmp_path, content, line, reason):
+    (tmp_path / runs.METRICS_JSONL).write_bytes(content.encode("latin-1"))
+    with pytest.raises(RunDirError) as info:
+        runs.read_metrics(tmp_path)
+    problem = f"is not valid JSON ({reason}" if reason else "is not a JSON object"
+    assert str(info.value).startswith(f"{tmp_path / runs.METRICS_JSONL}: line {line} {problem}")
+    assert str(info.value).endswith(f"; {runs.RESTORE}") and "\n" not in str(info.value)

@@ -253,10 +253,27 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of metrics.jsonl. A last line cut short (no newline: a kill while it was appended) is skipped; any
+    other line that is not a JSON object is a :class:`RunDirError` naming the file and the line."""
     path = Path(run_dir) / METRICS_JSONL
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+            if number == len(lines):  # after the last newline: a row whose writing was cut short
+                break
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise RunDirError(f"{path}: line {number} is not valid JSON ({reason}); {RESTORE}") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path}: line {number} is not a JSON object; {RESTORE}")
+        rows.append(row)
+    return rows
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
