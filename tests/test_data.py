@@ -12,7 +12,11 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +297,75 @@ def test_trailing_bytes_in_a_file_are_refused_by_name(isolated_data_env, tmp_pat
     write_file(directory, "train-labels-idx1-ubyte", _header(1, 20) + bytes(20) + b"\0")
     with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte.gz: has trailing bytes: 29 bytes"):
         data.load_fashion_mnist(directory, verify=False)
+
+
+# Decompression bombs. A gzip file may hold several members and decompresses to their concatenation, so one
+# member of 1 GiB of zeros (4.7 MB, built once, streaming) serves behind any header.
+BOMB_GIB = 1
+PEAK_RSS = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from inceptionlab.data import read_idx
+    from inceptionlab.errors import DatasetError
+    try:
+        read_idx(Path(sys.argv[1]))
+        outcome = "read"
+    except DatasetError as exc:
+        outcome = str(exc)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, outcome, sep="\\n")  # KiB on Linux
+""")
+
+
+def _gzip_member(chunks) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    return b"".join(packer.compress(chunk) for chunk in chunks) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def gib_of_zeros() -> bytes:
+    zeros = bytes(1 << 20)
+    return _gzip_member(zeros for _ in range(BOMB_GIB * 1024))
+
+
+def _peak_rss_mb(path: Path) -> tuple[int, str]:
+    """The peak RSS (MB) of a fresh process that imports inceptionlab and reads ``path``, and what it said."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    peak, outcome = done.stdout.rstrip("\n").split("\n")
+    return int(peak), outcome
+
+
+def test_a_gzip_bomb_is_refused_by_name_at_the_memory_cost_of_a_normal_file(tmp_path, gib_of_zeros):
+    """Behind a header that announces the 47 MB training images, or a bad magic number, 1 GiB of zeros is refused
+    after at most the announced size plus 64 KiB is read: the peak stays that of reading a normal file of that
+    size (the bomb's took 2 GB more before: its content and the chunks it was joined from)."""
+    header = _header(3, 60000, 28, 28)
+    normal, bomb, bad_magic = (tmp_path / f"{name}-idx3-ubyte.gz" for name in ("normal", "bomb", "magic"))
+    normal.write_bytes(_gzip_member([header, bytes(60000 * 28 * 28)]))
+    bomb.write_bytes(_gzip_member([header]) + gib_of_zeros)
+    bad_magic.write_bytes(_gzip_member([_header(2, 60000, 784)]) + gib_of_zeros)
+    (normal_mb, read), (bomb_mb, refused), (magic_mb, bad) = map(_peak_rss_mb, (normal, bomb, bad_magic))
+    assert bomb_mb <= normal_mb + 16 and magic_mb <= normal_mb + 16, (normal_mb, bomb_mb, magic_mb)
+    assert read == "read"
+    assert refused == (f"{bomb}: has trailing bytes: more than 47,105,552 bytes, but its header [60000, 28, 28] "
+                       "implies 47,040,016; delete it and fetch it again.")
+    assert bad.startswith(f"{bad_magic}: bad IDX magic number 2050 ")
+
+
+def test_a_few_trailing_bytes_are_still_counted_and_a_lying_header_is_named_truncated(tmp_path):
+    """Within the 64 KiB read past the header's size the count stays exact; a header announcing 4 GiB over a few
+    bytes is named as truncated, with the count of what is there."""
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_header(1, 3) + bytes(3 + 65_536)))
+    with pytest.raises(DatasetError, match=r"has trailing bytes: 65,547 bytes, but its header \[3\] implies 11\.$"):
+        data.read_idx(path)
+    path.write_bytes(gzip.compress(_header(1, 3) + bytes(3 + 65_537)))
+    with pytest.raises(DatasetError, match=r"has trailing bytes: more than 65,547 bytes, but its header \[3\] "):
+        data.read_idx(path)
+    path.write_bytes(gzip.compress(_header(3, 2**16, 2**8, 2**8) + bytes(10)))
+    with pytest.raises(DatasetError, match=r"truncated: 26 bytes, but its header \[65536, 256, 256\] implies "
+                                           r"4,294,967,312\.$"):
+        data.read_idx(path)
 
 
 @pytest.mark.parametrize(

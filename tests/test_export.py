@@ -16,6 +16,7 @@ from inceptionlab import data, export, runs
 from inceptionlab.cli import main
 from inceptionlab.deploy import onnx as deploy_onnx
 from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
+from inceptionlab.fileio import leftover_temp_files
 from inceptionlab.models import create_model, init_xavier_
 
 pytest.importorskip("onnxruntime")
@@ -202,6 +203,26 @@ def test_failed_check_overwrites_nothing(exported, monkeypatch, capsys):
     assert main(["export", str(run_dir), "--onnx", str(path), "--force"]) == 1
     assert "disagrees" in capsys.readouterr().err
     assert path.read_bytes() == before and leftovers(path.parent) == []
+
+
+def test_an_export_removes_what_killed_exports_to_its_path_left_and_nothing_else(exported, tmp_path,
+                                                                                write_in_a_process):
+    """A kill before the rename leaves `.model.onnx.<random>.tmp` (24 MB for googlenet at 96 px); the next export to
+    that path removes it, as resuming removes a run directory's. A write of that path still in progress elsewhere and
+    other files' temporaries are kept."""
+    run_dir, exported_path, _ = exported
+    path = tmp_path / "model.onnx"
+    shutil.copy(exported_path, path)  # so that only --force replaces it, as in the report
+    write_in_a_process(path, live=False)
+    [killed] = leftover_temp_files(tmp_path, [path.name])
+    others = [".other.onnx.0f3a9bc1.tmp", ".model.onnx.tmp", "model.onnx.0f3a9bc1.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"not ours")
+    write_in_a_process(path, live=True)
+    [live] = set(leftover_temp_files(tmp_path, [path.name])) - {killed}
+    assert main(["export", str(run_dir), "--onnx", str(path), "--force", "--no-check"]) == 0
+    assert sorted(leftovers(tmp_path)) == sorted([*others, live.name])
+    assert export.read_metadata(path)["weights_sha256"] == runs.weights_sha256(run_dir)
 
 
 @pytest.mark.parametrize("model_name,size", [("googlenet-bn", 32), ("googlenet-paper", 32)])

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionlab import runs
+from inceptionlab import fileio, runs
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import load_fashion_mnist
@@ -148,7 +148,7 @@ REAL_FILE_SYSTEMS = textwrap.dedent(
     """
     import json, os, subprocess, sys
     import torch
-    from inceptionlab import runs
+    from inceptionlab import fileio, runs
     from inceptionlab.errors import WriteError
 
     read_only, small = sys.argv[1:3]
@@ -357,7 +357,7 @@ def _write_small_dataset(directory: Path) -> Path:
 def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, fail_path):
     directory = _write_small_dataset(tmp_path / "fmnist")
     locked = directory / "train-labels-idx1-ubyte"
-    fail_path("read_bytes", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
+    fail_path("open", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
     with pytest.raises(DatasetError) as info:
         load_fashion_mnist(directory, verify=False, download=False)
     assert str(info.value) == (f"{locked}: permission denied; make it readable for you (its owner can run `chmod -R "
@@ -412,7 +412,7 @@ def test_removing_leftovers_returns_what_it_removed_and_needs_the_lock(tmp_path,
         assert runs.remove_interrupted_writes(lock) == sorted(tmp_path / name for name in OURS)
         assert temp_files(tmp_path) == sorted(NOT_OURS)
         # a file gone between the listing and the unlink (another cleaner) is skipped, not an error
-        monkeypatch.setattr(runs, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
+        monkeypatch.setattr(fileio, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
         assert runs.remove_interrupted_writes(lock) == []
     finally:
         lock.release()
@@ -570,3 +570,128 @@ def test_a_bad_timeout_is_refused_before_joining(captured_init, monkeypatch, val
     with pytest.raises(ConfigError, match=rf"^INCEPTIONLAB_DIST_TIMEOUT_SECONDS='{value}' is not a positive number"):
         distributed.init_process_group(torch.device("cpu"))
     assert captured_init == []
+
+
+# --------------------------------------------------------------------------------------------- 9. symbolic links
+
+
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+
+
+def plant_links_at_temporary_names(monkeypatch, outside: Path, targets: dict[Path, bytes]) -> list[str]:
+    """From now on, the first temporary name that a write of each file creates is made a symbolic link to a new file
+    outside just before the kernel's open, as someone racing the write would. Returns the files whose writes met one;
+    ``targets`` gets each link's target and its content."""
+    real_open, met = os.open, []
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        name = TEMP_NAME.fullmatch(os.path.basename(path))
+        if name and flags & os.O_CREAT and name[1] not in met:
+            met.append(name[1])
+            target = outside / f"temporary-{name[1]}"
+            target.write_bytes(f"not {name[1]}'s to write\n".encode())
+            targets[target] = target.read_bytes()
+            os.symlink(target, path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    return met
+
+
+def test_a_run_writes_through_no_symbolic_link_and_a_symlinked_run_directory_still_trains(fmnist, run_copy, tmp_path,
+                                                                                          monkeypatch):
+    """A run directory from someone else's archive: each of its files is a link to a file outside (resume reads
+    them through the links), and each temporary name is a link when the write creates it. Resumed through a linked
+    run directory, the run replaces its links by files and leaves every target byte for byte."""
+    outside, targets = tmp_path / "outside", {}
+    outside.mkdir()
+    for name in runs.RUN_FILES:
+        shutil.move(run_copy / name, outside / name)
+        (run_copy / name).symlink_to(outside / name)
+        targets[outside / name] = (outside / name).read_bytes()
+    linked_run = tmp_path / "linked-run"
+    linked_run.symlink_to(run_copy, target_is_directory=True)  # legitimate: the run directory itself is a link
+    config = TrainConfig.from_dict(runs.read_config(linked_run)).replace(epochs=2)
+    met = plant_links_at_temporary_names(monkeypatch, outside, targets)
+    result = train(config, resume=linked_run, data=fmnist, log=None)
+    monkeypatch.undo()
+    assert result.status == "completed" and [r["epoch"] for r in runs.read_metrics(run_copy)] == [1, 2]
+    assert sorted(met) == sorted(runs.RUN_FILES)  # every file's write met a link at its temporary name
+    assert {target: target.read_bytes() for target in targets} == targets
+    assert not any((run_copy / name).is_symlink() for name in runs.RUN_FILES)
+
+
+@pytest.mark.parametrize("kind", ["a link to a file", "a dangling link", "a named pipe"])
+def test_a_lock_that_is_a_link_or_not_a_file_is_refused_and_nothing_is_written(fmnist, run_copy, tmp_path, kind):
+    """`ln -s /some/file RUN/.lock` once made the holder's pid line overwrite /some/file; a dangling link would have
+    created its target."""
+    lock, victim = run_copy / runs.LOCK, tmp_path / "victim"
+    lock.unlink()
+    if kind == "a named pipe":
+        os.mkfifo(lock)
+    else:
+        if kind == "a link to a file":
+            victim.write_bytes(b"precious\n")
+        lock.symlink_to(victim)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()}
+    with pytest.raises(RunDirError) as info:
+        train(TrainConfig.from_dict(runs.read_config(run_copy)).replace(epochs=2), resume=run_copy, data=fmnist,
+              log=None)
+    what = ("is not a regular file, and inceptionlab writes its lock only into one" if kind == "a named pipe" else
+            "is a symbolic link, and inceptionlab never writes through one")
+    assert str(info.value) == f"{lock} {what}; delete it (`rm {lock}`) and train again"
+    assert (victim.read_bytes() == b"precious\n") if kind == "a link to a file" else not victim.exists()
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()} == before
+
+
+def test_a_symlinked_lock_is_one_line_from_the_cli(run_copy, tmp_path, capsys):
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    (run_copy / runs.LOCK).unlink()
+    (run_copy / runs.LOCK).symlink_to(tmp_path / "victim")
+    assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--num-threads", "1"]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert f"{run_copy / runs.LOCK} is a symbolic link, and inceptionlab never writes through one" in err
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+
+
+def test_a_hard_linked_lock_still_locks_but_its_other_name_keeps_its_content(tmp_path):
+    """A hard link is the same file under two names: the pid line would land in the other one."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    os.link(tmp_path / "victim", tmp_path / "run" / runs.LOCK)
+    lock = runs.lock_run_dir(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirError, match=r"is in use: .* is training in it"):
+            runs.lock_run_dir(tmp_path / "run")
+    finally:
+        lock.release()
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+
+
+# --------------------------------------------------------------------------------------------- 10. metrics.jsonl
+
+
+def test_read_metrics_skips_a_last_line_cut_short_by_a_kill(tmp_path):
+    rows = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.75}]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / runs.METRICS_JSONL).write_text(text + '{"epoch": 3, "test_a')
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_bytes(text.encode() + b'{"epoch": 3, "name": "\xc3')  # cut inside a char
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_text(text + "\n")  # a blank line is no row
+    assert runs.read_metrics(tmp_path) == rows
+
+
+@pytest.mark.parametrize(("content", "line", "reason"), [
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n{"epoch": 3}\n', 2, "Unterminated string starting at"),
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n', 2, "Unterminated string starting at"),  # ended by a newline: not cut
+    ('{"epoch": 1}\n\xc3(\n', 2, "not UTF-8 text"),  # a 2-byte character's first byte, then "("
+    ('{"epoch": 1}\n[1, 2]\n', 2, None),
+])
+def test_a_damaged_line_of_metrics_jsonl_is_one_line_naming_the_file_and_the_line(tmp_path, content, line, reason):
+    (tmp_path / runs.METRICS_JSONL).write_bytes(content.encode("latin-1"))
+    with pytest.raises(RunDirError) as info:
+        runs.read_metrics(tmp_path)
+    problem = f"is not valid JSON ({reason}" if reason else "is not a JSON object"
+    assert str(info.value).startswith(f"{tmp_path / runs.METRICS_JSONL}: line {line} {problem}")
+    assert str(info.value).endswith(f"; {runs.RESTORE}") and "\n" not in str(info.value)

@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from inceptionlab.fileio import (
     atomic_write_text,
     atomic_write_with,
     file_in_the_way,
-    leftover_temp_files,
+    remove_leftover_temp_files,
     write_error,
 )
 from inceptionlab.models import create_model
@@ -252,10 +253,27 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of metrics.jsonl. A last line cut short (no newline: a kill while it was appended) is skipped; any
+    other line that is not a JSON object is a :class:`RunDirError` naming the file and the line."""
     path = Path(run_dir) / METRICS_JSONL
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+            if number == len(lines):  # after the last newline: a row whose writing was cut short
+                break
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise RunDirError(f"{path}: line {number} is not valid JSON ({reason}); {RESTORE}") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path}: line {number} is not a JSON object; {RESTORE}")
+        rows.append(row)
+    return rows
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
@@ -357,16 +375,13 @@ class RunDirLock:
 
 def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
     """Lock ``run_dir`` (made if missing) for this process; another live holder is a :class:`RunDirError` naming
-    its pid and host. Non-blocking: a second ``--resume`` of a run in progress fails at once."""
+    its pid and host. Non-blocking: a second ``--resume`` of a run in progress fails at once. A ``.lock`` that is a
+    symbolic link or not a regular file is refused (:func:`_open_lock_file`)."""
     import fcntl  # POSIX
 
     run_dir = Path(run_dir)
     path = run_dir / LOCK
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise write_error(path, exc) from exc
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -376,10 +391,29 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
             raise RunDirError(f"{run_dir} is in use: {holder} is training in it; wait for it to end (or stop it), "
                               "then resume, or train into another directory") from None
         raise RunDirError(f"could not lock {path} ({exc.strerror}); train in a directory on a local disk") from None
-    with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk must not stop the run
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    if os.fstat(fd).st_nlink == 1:  # a hard link shares its content with another name: never overwrite that
+        with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return RunDirLock(run_dir, fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    """``path`` opened (made if missing) for reading and writing, never through a symbolic link, and only if it is a
+    regular file: the holder's line written into a device or a link's target would destroy what is there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)  # a FIFO must not hang
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link, and inceptionlab never writes through one; delete it "
+                              f"(`rm {path}`) and train again") from None
+        raise write_error(path, exc) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{path} is not a regular file, and inceptionlab writes its lock only into one; delete it "
+                          f"(`rm {path}`) and train again")
+    return fd
 
 
 def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
@@ -388,9 +422,4 @@ def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
     Only our own temporary names of the run's files; holding the lock means no live run is writing them."""
     if not lock.held:
         raise RunDirError(f"{lock.run_dir} is not locked by this process: its temporary files may be live writes")
-    removed = []
-    for path in leftover_temp_files(lock.run_dir, RUN_FILES):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(path)
-    return removed
+    return remove_leftover_temp_files(lock.run_dir, RUN_FILES)

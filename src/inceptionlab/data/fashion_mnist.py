@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import urllib.error
 import urllib.request
@@ -122,13 +123,17 @@ def find_dataset(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
 # Reading and verification
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path``; a damaged container is a DatasetError naming the file."""
+# Read past the size a header announces, so that a few trailing bytes are still counted exactly.
+_SLACK = 1 << 16
+_CHUNK = 1 << 20
+
+
+def _read_bytes(path: Path) -> bytearray:
+    """The decompressed content of ``path``: never more than its IDX header announces plus :data:`_SLACK`, so a
+    gzip bomb costs no more memory than a normal file. A damaged container is a DatasetError naming the file."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            return _read_idx_content(f, str(path))
     except PermissionError:
         raise _permission_denied(path) from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -136,8 +141,23 @@ def _read_bytes(path: Path) -> bytes:
         raise DatasetError(f"{path}: unreadable or corrupted ({exc}); delete it and fetch it again.") from None
 
 
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Parse one IDX file (uint8 content only) into an array, checking the header against the byte length."""
+def _read_idx_content(f, name: str) -> bytearray:
+    """The header first (a bad one is refused before anything else is read), then the size it announces."""
+    content = bytearray(f.read(4))
+    if len(content) == 4:
+        content += f.read(4 * content[3])  # the magic's last byte counts the dimensions
+    header, dims = _idx_header(content, name)
+    limit = header + math.prod(dims) + _SLACK
+    while len(content) < limit and (chunk := f.read(min(_CHUNK, limit - len(content)))):
+        content += chunk
+    if len(content) == limit and f.read(1):
+        raise DatasetError(f"{name}: has trailing bytes: more than {limit:,} bytes, but its header {dims} implies "
+                           f"{limit - _SLACK:,}; delete it and fetch it again.")
+    return content
+
+
+def _idx_header(data: bytes | bytearray, name: str) -> tuple[int, list[int]]:
+    """The header's length and dimensions, from the start of an IDX file (uint8 content only)."""
     if len(data) < 4:
         raise DatasetError(f"{name}: too short for an IDX header ({len(data)} bytes).")
     magic = int.from_bytes(data[:4], "big")
@@ -149,8 +169,13 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DatasetError(f"{name}: truncated IDX header ({len(data)} bytes).")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    return header, [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+
+
+def parse_idx(data: bytes | bytearray, name: str = "IDX data") -> np.ndarray:
+    """Parse one IDX file (uint8 content only) into an array, checking the header against the byte length."""
+    header, dims = _idx_header(data, name)
+    expected = header + math.prod(dims)
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise DatasetError(f"{name}: {what}: {len(data):,} bytes, but its header {dims} implies {expected:,}.")

@@ -27,7 +27,7 @@ from inceptionlab import __version__, runs
 from inceptionlab.config import TrainConfig
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.errors import ConfigError, InceptionLabError
-from inceptionlab.fileio import atomic_write_with
+from inceptionlab.fileio import atomic_write_with, remove_leftover_temp_files
 from inceptionlab.inputs import class_names, data_info, load_run_dataset, normalization, pixel_model
 
 INPUT_NAME = "images"
@@ -209,6 +209,16 @@ def check_images(config: TrainConfig, count: int, data_dir=None, run_dir=None) -
     return resize_batch(test_images, config.image_size)
 
 
+def _prepare_target(path: Path, force: bool) -> None:
+    """Refuse a ``path`` the export may not replace; remove the temporary files killed exports to it left."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
+    with contextlib.suppress(OSError):  # best effort: a directory we cannot list fails the write itself, by name
+        remove_leftover_temp_files(path.parent, [path.name])
+
+
 def export_onnx(
     run_dir: str | os.PathLike,
     path: str | os.PathLike,
@@ -224,13 +234,11 @@ def export_onnx(
 
     With ``check`` (the default) the graph is run in ONNX Runtime on the first ``num_check_images`` real
     test images of the run's data and compared with PyTorch (:func:`check_onnx`) before anything is written.
-    ``path`` is written atomically; an existing file is an error unless ``force``.
+    ``path`` is written atomically; an existing file is an error unless ``force``. The temporary files that killed
+    exports to ``path`` left beside it are removed first.
     """
     path = Path(path)
-    if path.exists() and not force:
-        raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
+    _prepare_target(path, force)
     _, ort = require_onnx()
     check_opset(opset)
     sha = runs.weights_sha256(run_dir)  # also refuses a run without weights, before any work
