@@ -69,8 +69,12 @@ def bomb_png(width: int, height: int) -> bytes:
     compressor = zlib.compressobj(9)
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+    return png_file(width, height, 1, 0, data)
+
+
+def png_file(width: int, height: int, depth: int, colour_type: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def declared_size(png: bytes, width: int, height: int) -> bytes:
@@ -247,7 +251,9 @@ def test_color_grey_rgb_auto():
     assert auto.shape == (3, 20, 20) and not notes.grey
 
 
-@pytest.mark.parametrize(("row", "column", "channel"), [(0, 0, 1), (63, 10, 1), (70, 5, 2), (149, 199, 0), (149, 199, 2)])
+@pytest.mark.parametrize(
+    ("row", "column", "channel"), [(0, 0, 1), (63, 10, 1), (70, 5, 2), (149, 199, 0), (149, 199, 2)]
+)
 def test_grey_check_reaches_every_pixel(row, column, channel):
     """One pixel off grey anywhere in a 200 x 150 image (three 64-row strips) makes it colour."""
     same = np.repeat(RNG.integers(0, 255, (150, 200, 1), dtype=np.uint8), 3, axis=2)
@@ -361,6 +367,16 @@ def test_sixteen_bit_is_scaled_not_clipped(fmt, dtype, mode):
     clipped = np.asarray(Image.open(io.BytesIO(data)).convert("L"))  # what Pillow's convert does: min(v, 255)
     np.testing.assert_array_equal(clipped, np.minimum(values, 255))
     assert (clipped == 255).mean() > 0.6 and (out[0] == 255).mean() < 0.2  # a 16-bit image loads white there, not here
+
+
+def test_sixteen_bit_colour_png_keeps_pillows_high_byte():
+    """Pillow decodes 16-bit RGB PNGs to 8 bits itself (v >> 8): the low byte never reaches the decoder."""
+    values = np.repeat(sixteen_bit()[..., None], 3, axis=2)
+    values[..., 1] = 65535 - values[..., 1]
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+    out, notes = decode_image(png_file(12, 12, 16, 2, zlib.compress(raw)), 12)  # 16-bit, colour type 2 (RGB)
+    assert notes.mode == "RGB" and out.shape == (3, 12, 12)
+    np.testing.assert_array_equal(out, (values >> 8).transpose(2, 0, 1))
 
 
 def test_thirty_two_bit_int_is_clipped_to_sixteen_bits():
