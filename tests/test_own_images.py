@@ -119,3 +119,45 @@ def test_duplicate_report_counts_planted_copies_by_kind():
     report = duplicate_report(ImageDataset(train, labels, test, torch.tensor([1, 0]), info))
     assert (report["same_label"], report["conflicting_labels"], report["across_splits"]) == (1, 1, 1)
     assert {e["second"] for e in report["examples"]} == {"train[3]", "train[4]", "test[0]"}
+
+
+def colour_folder(root, per_class: int = 48) -> None:
+    """Two classes told apart by colour alone (reddish and bluish noise), and one grey image among them: the folder
+    trains as RGB, the grey one replicated."""
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (20, 24, 3), dtype=np.uint8)
+            pixels[..., channel] += 160
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i:03d}.png")
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8), "L").save(root / "red" / "grey.png")
+
+
+def test_an_rgb_folder_trains_a_three_channel_model_that_predicts_and_exports_with_the_runs_colours(tmp_path,
+                                                                                                    monkeypatch):
+    from inceptionlab.deploy.predict import load_predictor, load_run_image, predict
+    from inceptionlab.export import export_onnx
+    from inceptionlab.inputs import class_names
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    colour_folder(tmp_path / "colours")
+    config = TrainConfig(model="lenet", image_size=28, epochs=8, batch_size=16, lr=0.01, optimizer="adamw",
+                         device="cpu", num_threads=1, precision="fp32", channels_last=False,
+                         data=str(tmp_path / "colours"), normalize=True, val_fraction=0.0, test_fraction=0.25)
+    result = train(config, run_dir=tmp_path / "run", log=None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["in_channels"] == 3 and saved["data_info"]["channels"] == 3 and saved["data_info"]["color"] == "rgb"
+    assert len(saved["data_info"]["mean"]) == 3 and saved["data_info"]["mean"][0] > saved["data_info"]["mean"][1]
+    assert result.metrics[-1]["test_acc"] == 1.0  # colour alone separates them
+    model, run_config = load_predictor(tmp_path / "run")
+    probe = tmp_path / "probe.jpg"  # a new file, of another size and format, prepared as the training images were
+    blue = np.full((50, 40, 3), 30, dtype=np.uint8)
+    blue[..., 2] = 230
+    Image.fromarray(blue).save(probe)
+    pixels, inverted = load_run_image(probe, run_config)
+    assert pixels.shape == (3, 28, 28) and not inverted
+    assert predict(model, pixels[None], top_k=1, names=class_names(run_config))[0].names == ["blue"]
+    pytest.importorskip("onnxruntime")
+    report = export_onnx(tmp_path / "run", tmp_path / "colours.onnx")
+    assert report["input"]["shape"] == ["N", 3, 28, 28] and report["check"]["same_top1"] == report["check"]["images"]

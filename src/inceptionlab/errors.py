@@ -19,7 +19,7 @@ class ConfigError(InceptionLabError, ValueError):
 
 
 class DatasetError(InceptionLabError):
-    """Fashion-MNIST missing, truncated, corrupted or failing verification."""
+    """A dataset missing, truncated, corrupted or failing verification (Fashion-MNIST's files or your images)."""
 
 
 class RunDirError(InceptionLabError):

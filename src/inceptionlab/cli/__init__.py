@@ -25,7 +25,8 @@ COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments", "inspec
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inceptionlab",
-        description="GoogLeNet and the Inception family on Fashion-MNIST (d2l chapter 8.4 and beyond).",
+        description="GoogLeNet and the Inception family on Fashion-MNIST or your own images (d2l chapter 8.4 and "
+        "beyond).",
     )
     parser.add_argument("--version", action="version", version=f"inceptionlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
