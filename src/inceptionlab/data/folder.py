@@ -42,9 +42,9 @@ import posixpath
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -64,21 +64,22 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple:
     """Sort key: runs of digits compare as numbers ("2" < "10"), the rest case-insensitively; ties are broken by the
     case-insensitive, then the exact name, so an order never depends on the file system's listing order."""
-    parts = _DIGITS.split(name)  # text, digits, text, ...: equal positions hold equal types
-    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name.casefold(), name
+    folded = name.casefold()
+    parts = _DIGITS.split(folded)  # text, digits, text, ...: equal positions hold equal types
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts), folded, name
 
 
 def path_key(rel: str) -> tuple:
     """:func:`natural_key` of each component of a '/'-separated path ("a/2.png" < "a/10.png" < "a2/1.png")."""
-    return tuple(natural_key(part) for part in rel.split("/"))
+    return tuple(map(natural_key, rel.split("/")))
 
 
 def is_skipped_folder(name: str) -> bool:
     return name.startswith(".") or name in SKIPPED_FOLDERS
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):  # a tuple, not a dataclass: 60,000 of them are made and sorted at every start
     rel: str  # the file relative to the root ('/'-separated): what split.csv and the cache key name it by
     label: str
     split: str | None  # "train", "val" or "test"; None until the seeded split assigns it
@@ -298,7 +299,7 @@ def _pin_to_split_file(found: Found, split_file) -> None:
             raise DatasetError(f"{rel} is labelled {present[rel].label}, but {label} in the split file {path} "
                                f"(line {line}): the data changed since that run; restore the label or train afresh")
     found.unlisted = len(present) - len(listed)
-    found.samples = [replace(present[rel], split=split) for rel, (_, _, split) in listed.items()]
+    found.samples = [present[rel]._replace(split=split) for rel, (_, _, split) in listed.items()]
     found.split_how = f"pinned by {path}"
 
 
@@ -340,7 +341,7 @@ def _assign_splits(found: Found, present: set[str], test_fraction: float, val_fr
         ranked = sorted(group, key=lambda s: _rank(seed, s.rel))
         test, val = split_counts(len(ranked), fractions["test"], fractions["val"])
         moved.update({s.rel: "test" for s in ranked[:test]} | {s.rel: "val" for s in ranked[test:test + val]})
-    found.samples = [replace(s, split=moved.get(s.rel, s.split or "train")) for s in found.samples]
+    found.samples = [s._replace(split=moved.get(s.rel, s.split or "train")) for s in found.samples]
     taken = [f"{name} {fractions[name]:g}" for name in ("val", "test") if fractions[name] > 0]
     given = "folders" if found.layout == "splits" else "column"
     how = [f"split {given} ({', '.join(sorted(present))})"] * bool(present)
@@ -365,7 +366,7 @@ def find_samples(path, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
         _assign_splits(found, present, test_fraction, val_fraction, split_seed)
     found.classes = _gather_classes(found, classes_file)
     index = {name: i for i, name in enumerate(found.classes)}
-    found.samples.sort(key=lambda s: (SPLITS.index(s.split), path_key(s.within), index[s.label], path_key(s.rel)))
+    found.samples.sort(key=lambda s: (SPLITS.index(s.split), path_key(s.within), index[s.label], s.rel))
     found.skipped.sort(key=path_key)
     found.ignored.sort(key=path_key)
     return found
