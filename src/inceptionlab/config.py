@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from inceptionlab.argcheck import NAME, TEXT, check, instance, optional, whole
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
@@ -92,10 +94,11 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (a typo would otherwise be silently dropped)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**{k: (dict(v) if k == "model_options" else v) for k, v in data.items()})
+        # a model_options that is no mapping stays as it is, for validate() to name
+        return cls(**{k: (dict(v) if k == "model_options" and isinstance(v, Mapping) else v) for k, v in data.items()})
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -104,6 +107,8 @@ class TrainConfig:
         """Check every value before any work starts; raise :class:`ConfigError` naming the fix."""
         from inceptionlab.models import get_model_spec
 
+        check(model=(self.model, NAME), preset=(self.preset, TEXT), seed=(self.seed, whole(0)),
+              data_dir=(self.data_dir, optional(TEXT)), out=(self.out, TEXT))
         get_model_spec(self.model)  # UnknownModelError (an InceptionLabError) with close matches
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -157,6 +162,14 @@ class TrainConfig:
         if not self.out:
             raise ConfigError("out (the runs root) must not be empty")
         return self
+
+
+def as_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """``config`` itself, or the TrainConfig of a mapping of its fields (unknown keys refused); nothing else."""
+    if isinstance(config, TrainConfig):
+        return config
+    check(config=(config, instance(Mapping, "a TrainConfig or a mapping of its fields")))
+    return TrainConfig.from_dict(dict(config))
 
 
 def _check_val_split(value) -> None:

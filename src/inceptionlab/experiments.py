@@ -24,15 +24,18 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
-from inceptionlab.config import TRAIN_IMAGES, TrainConfig
+from inceptionlab.argcheck import FLAG, FUNCTION, NAME, PATH, check, optional, sequence, whole
+from inceptionlab.config import TRAIN_IMAGES, TrainConfig, as_config
+from inceptionlab.data.fashion_mnist import DATASET
 from inceptionlab.devices import resolve_device
 from inceptionlab.engine.cuda import resolve_cuda_options
 from inceptionlab.engine.step import resolve_step_mode
@@ -199,6 +202,8 @@ def run_variants(
     seconds, not after an hour. The data is loaded once and shared by every run. Outputs are rewritten after each
     run, so an interrupted experiment still leaves a table of what finished.
     """
+    check(seeds=(seeds, whole(1)), out_dir=(out_dir, optional(PATH)), data=(data, optional(DATASET)),
+          progress=(progress, optional(FLAG)), log=(log, optional(FUNCTION)))
     check_variants(variants, seeds)
     base = variants[0].config
     say = log or (lambda _line: None)
@@ -279,20 +284,19 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
 # --------------------------------------------------------------------------------------------- the exercises
 
 
-def compare(models: Sequence[str], config: TrainConfig, *, seeds: int = 1, out_dir: str | os.PathLike | None = None,
-            data: data_module.FashionMNIST | None = None, progress: bool | None = None,
-            log: Callable[[str], None] | None = print) -> ExperimentResult:
+def compare(models: Sequence[str], config: TrainConfig | Mapping[str, Any], *, seeds: int = 1,
+            out_dir: str | os.PathLike | None = None, data: data_module.FashionMNIST | None = None,
+            progress: bool | None = None, log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds."""
-    if not models:
-        raise ConfigError("compare needs at least one model")
-    variants = [Variant(m, config.replace(model=m)) for m in models]
+    check(models=(models, sequence(NAME, "a non-empty list of model names")))
+    variants = [Variant(m, as_config(config).replace(model=m)) for m in models]
     return run_variants("compare", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)
 
 
 def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) -> None:
     """Refuse, up front and all at once, the sizes ``model`` cannot take, naming its minimum (and maximum)."""
-    if not sizes:
-        raise ConfigError("sweep needs at least one image size")
+    sizes_rule = sequence(whole(1), "a non-empty list of image sizes (whole numbers >= 1)")
+    check(model=(model, NAME), sizes=(sizes, sizes_rule), in_channels=(in_channels, whole(1)))
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"image sizes repeat: {', '.join(map(str, sizes))}")
     report = analysis.input_size_report(model, verify=False, in_channels=in_channels)
@@ -308,11 +312,12 @@ def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) ->
         )
 
 
-def sweep(model: str, sizes: Sequence[int], config: TrainConfig, *, seeds: int = 1,
+def sweep(model: str, sizes: Sequence[int], config: TrainConfig | Mapping[str, Any], *, seeds: int = 1,
           out_dir: str | os.PathLike | None = None, data: data_module.FashionMNIST | None = None,
           progress: bool | None = None, log: Callable[[str], None] | None = print) -> ExperimentResult:
     """Train ``model`` at each input side in ``sizes`` (else the same ``config``): accuracy against input size,
     the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one."""
+    config = as_config(config)
     check_sweep_sizes(model, sizes, config.in_channels)
     variants = [Variant(f"{s}px", config.replace(model=model, image_size=s)) for s in sorted(sizes)]
     return run_variants("sweep", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)

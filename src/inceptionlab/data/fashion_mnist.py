@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inceptionlab.argcheck import FLAG, PATH, TEXT, check, instance, number, optional
 from inceptionlab.errors import DatasetError
 from inceptionlab.fileio import atomic_open, atomic_write_json, atomic_write_with
 
@@ -362,6 +363,9 @@ class FashionMNIST:
         )
 
 
+DATASET = instance(FashionMNIST, "a FashionMNIST (see load_fashion_mnist)")  # what a ``data`` argument takes
+
+
 def load_fashion_mnist(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -376,6 +380,8 @@ def load_fashion_mnist(
     ``verify=False`` is for deliberately custom data in the same format (e.g. a relabelled subset): the IDX
     structure, 28x28 size and label range are still checked, but neither the SHA-256 nor the example counts.
     """
+    check(data_dir=(data_dir, optional(PATH)), verify=(verify, FLAG), download=(download, FLAG),
+          mirror=(mirror, optional(TEXT)), timeout=(timeout, number(0)), progress=(progress, FLAG))
     try:
         paths = find_dataset(data_dir)
     except DatasetError as not_found:

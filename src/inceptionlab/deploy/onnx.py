@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inceptionlab import __version__, runs
+from inceptionlab import __version__, argcheck, runs
+from inceptionlab.argcheck import FLAG, PATH, optional, whole
 from inceptionlab.config import TrainConfig
 from inceptionlab.data.fashion_mnist import load_fashion_mnist
 from inceptionlab.data.resize import resize_batch
@@ -219,6 +220,9 @@ def export_onnx(
     Fashion-MNIST test images and compared with PyTorch (:func:`check_onnx`) before anything is written.
     ``path`` is written atomically; an existing file is an error unless ``force``.
     """
+    argcheck.check(run_dir=(run_dir, PATH), path=(path, PATH), opset=(opset, argcheck.WHOLE), check=(check, FLAG),
+                   num_check_images=(num_check_images, whole(1)), atol=(atol, argcheck.number(0)),
+                   force=(force, FLAG), data_dir=(data_dir, optional(PATH)))
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")

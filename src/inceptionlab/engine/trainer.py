@@ -20,19 +20,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from inceptionlab import runs
 from inceptionlab.analysis import check_input_size
-from inceptionlab.config import RESUMABLE, TrainConfig
+from inceptionlab.argcheck import FLAG, FUNCTION, PATH, check, optional
+from inceptionlab.config import RESUMABLE, TrainConfig, as_config
 from inceptionlab.data.augment import build_transform
-from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data.fashion_mnist import DATASET, FashionMNIST, load_fashion_mnist
 from inceptionlab.data.loader import DeviceLoader
 from inceptionlab.data.resize import pre_resize, want_pre_resize
 from inceptionlab.devices import resolve_device, resolve_precision
@@ -153,7 +154,7 @@ class RunState:
 
 
 def train(
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     *,
     resume: str | os.PathLike | None = None,
     data: FashionMNIST | None = None,
@@ -162,7 +163,8 @@ def train(
     log: Callable[[str], None] | None = print,
     live: bool | None = None,
 ) -> TrainResult:
-    """Train ``config`` (or resume the run directory ``resume``) and return a :class:`TrainResult`.
+    """Train ``config`` (a TrainConfig or a mapping of its fields; None: the chapter's recipe) or resume the run
+    directory ``resume``, and return a :class:`TrainResult`.
 
     - ``resume``: continue from the run's last complete checkpoint; ``config`` then defaults to the run's
       config.json (pass one to change e.g. ``epochs`` or ``device``).
@@ -177,10 +179,14 @@ def train(
     Raises :class:`ConfigError` before any work for invalid options, :class:`TrainingDiverged` on a NaN/inf
     loss. SIGINT/SIGTERM end the run cleanly with ``status == "interrupted"``.
     """
+    check(resume=(resume, optional(PATH)), data=(data, optional(DATASET)),
+          run_dir=(run_dir, optional(PATH)), progress=(progress, optional(FLAG)), log=(log, optional(FUNCTION)),
+          live=(live, optional(FLAG)))
+    config = None if config is None else as_config(config)
     if resume is not None:
-        config = config or TrainConfig.from_dict(runs.read_config(resume))
+        config = config if config is not None else TrainConfig.from_dict(runs.read_config(resume))
         run_dir = Path(resume)
-    config = (config or TrainConfig()).validate()
+    config = (config if config is not None else TrainConfig()).validate()
     dist_info = distributed.distributed_from_env()
     device = resolve_device(config.device, dist_info.local_rank)
     if resume is None and run_dir is not None and (Path(run_dir) / runs.CHECKPOINT).is_file():
