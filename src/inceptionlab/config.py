@@ -124,10 +124,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
         if self.image_size > MAX_IMAGE_SIZE:
-            raise ConfigError(
-                f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (Fashion-MNIST is "
-                f"28 px; the models are built for 28-299 px): pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96"
-            )
+            problem = (f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (Fashion-MNIST "
+                       "is 28 px; the models are built for 28-299 px)")
+            raise _option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
@@ -176,8 +175,16 @@ def _check_val_split(value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"val_split must be a whole number >= 0 (0: no validation set), got {value!r}")
     if value >= TRAIN_IMAGES:
-        raise ConfigError(f"--val-split {value:,} leaves no training images (Fashion-MNIST has {TRAIN_IMAGES:,}); "
-                          "hold out fewer, e.g. --val-split 5000")
+        problem = f"{value:,} leaves no training images (Fashion-MNIST has {TRAIN_IMAGES:,})"
+        raise _option_error(f"--val-split {problem}; hold out fewer, e.g. --val-split 5000", f"val_split {problem}")
+
+
+def _option_error(message: str, problem: str) -> ConfigError:
+    """A ConfigError advising a command-line option; ``problem`` is the message without that advice, for a saved
+    config.json, which the option cannot change (runs.read_run_config)."""
+    error = ConfigError(message)
+    error.problem = problem
+    return error
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
