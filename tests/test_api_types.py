@@ -103,6 +103,7 @@ CASES = [
     (experiments.compare, (["lenet"], []), {}, "config", WRONG_TYPE),
     (experiments.compare, (["lenet"], TrainConfig()), {"seeds": 0}, "seeds", WRONG_VALUE),
     (experiments.compare, (["lenet"], TrainConfig()), {"out_dir": 5}, "out_dir", WRONG_TYPE),
+    (experiments.compare, (["lenet"], TrainConfig()), {"replace": "yes"}, "replace", WRONG_TYPE),
     (experiments.sweep, (None, [28], TrainConfig()), {}, "model", WRONG_TYPE),
     (experiments.sweep, ("lenet", [28, "32"], TrainConfig()), {}, "sizes", WRONG_TYPE),
     (experiments.sweep, ("lenet", [], TrainConfig()), {}, "sizes", WRONG_VALUE),
