@@ -139,3 +139,15 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1(output_case, name,
     assert res.stderr.startswith(f"inceptionlab {name}: error: ") and "standard output" in res.stderr, res.stderr
     assert why in res.stderr, res.stderr
 
+@pytest.mark.parametrize("readme", ["README.md", "README.ko.md"])
+def test_the_readmes_command_tables_list_every_command(readme):
+    """README.ko.md once lacked the inspect row: both tables must name exactly the commands the parser has."""
+    import re
+    from pathlib import Path
+
+    from inceptionlab.cli import build_parser
+
+    text = (Path(__file__).parent.parent / readme).read_text()
+    listed = re.findall(r"^\| `inceptionlab ([a-z-]+)", text, flags=re.M)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(listed) == sorted(commands)
