@@ -280,6 +280,67 @@ def test_resume_refuses_a_checkpoint_with_more_epochs_than_the_run(fmnist, finis
         train(resume=run_copy, data=fmnist, log=None)
 
 
+CONFIG_DAMAGES = {  # a hand-edited config.json under --resume: (edit, what the message says)
+    "image size too large": ({"image_size": 100000}, "image_size 100000 is above the largest supported, 512"),
+    "epochs as text": ({"epochs": "2"}, "epochs must be a positive whole number, got '2'"),
+    "unknown key": ({"colour": "red"}, "unknown config keys: colour"),
+    "model null": ({"model": None}, "model must be a model name, got null"),
+    "seed as text": ({"seed": "0"}, "seed must be a whole number >= 0, got str '0'"),
+    "val_split too large": ({"val_split": 60000}, "val_split 60,000 leaves no training images"),
+}
+
+
+@pytest.mark.parametrize("given", [[], ["--epochs", "2"]], ids=["alone", "with --epochs"])
+@pytest.mark.parametrize("damage", CONFIG_DAMAGES)
+def test_a_damaged_config_under_resume_names_the_file_and_advises_what_resume_allows(run_copy, capsys, damage,
+                                                                                      given):
+    """It used to say "image_size ...: pass --image-size 512 or less", which --resume refuses, without naming the
+    file; with options given it was an AttributeError or a traceback for some values."""
+    edit, problem = CONFIG_DAMAGES[damage]
+    path = run_copy / runs.CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    assert main(["train", "--resume", str(run_copy), *given]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert str(path) in err and problem in err, err
+    assert f"correct the value in {path}, or restore the run directory's original files" in err, err
+    assert "--image-size" not in err and "--val-split" not in err, err
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null", "directory"])
+def test_a_config_json_that_is_not_a_regular_file_is_named_as_such(run_copy, capsys, kind):
+    """A FIFO would block the read and /dev/null read as empty; both used to be reported as missing."""
+    path = run_copy / runs.CONFIG
+    path.unlink()
+    {"fifo": lambda: os.mkfifo(path), "/dev/null": lambda: path.symlink_to("/dev/null"),
+     "directory": path.mkdir}[kind]()
+    what = {"fifo": "a FIFO", "/dev/null": "a character device", "directory": "a directory"}[kind]
+    assert stat.S_ISFIFO(os.stat(path).st_mode) == (kind == "fifo")
+    assert main(["train", "--resume", str(run_copy)]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert err.strip().endswith(f"error: {path} is not a regular file but {what}; the run directory is damaged: "
+                                "restore the run directory's original files or retrain the run"), err
+
+
+def test_a_trainer_refused_by_the_lock_says_nothing_before_its_refusal(fmnist, run_copy, capsys):
+    """It used to print "continuing ... after epoch 1" first, as if it were going to train."""
+    holder = runs.lock_run_dir(run_copy)
+    lines = []
+    try:
+        with pytest.raises(RunDirError, match="is in use"):
+            train(resume=run_copy, data=fmnist, log=lines.append)
+        assert main(["train", "--resume", str(run_copy), "--num-threads", "1"]) == 1
+    finally:
+        holder.release()
+    assert lines == []
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "is in use" in captured.err, captured
+    lines.clear()
+    train(resume=run_copy, data=fmnist, log=lines.append)  # the control: unlocked, it says so first
+    assert lines[0] == f"continuing {run_copy} after epoch 1"
+
+
 # The smallest structure load_checkpoint accepts: no epoch finished, one tensor, an empty optimizer state dict.
 EMPTY_CHECKPOINT = {"epoch": 0, "model": {"w": torch.arange(3.0)}, "optimizer": {"state": {}, "param_groups": []},
                     "metrics": []}
@@ -536,6 +597,7 @@ def test_the_lock_is_released_on_every_exit(fmnist, run_copy, fill_disk, monkeyp
 def test_only_rank_0_locks_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "broadcast_path", lambda path, is_main: str(tmp_path))
     rank1 = SimpleNamespace(is_main=False, run_dir=None, lock=None, dist=distributed.Distributed(1, 2, 1))
+    trainer.claim_run_dir(rank1)
     trainer.open_run_dir(rank1)
     assert rank1.lock is None and rank1.run_dir == tmp_path and not (tmp_path / runs.LOCK).exists()
 

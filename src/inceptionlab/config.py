@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from inceptionlab.argcheck import NAME, TEXT, check, instance, optional, whole
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
@@ -106,10 +108,11 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (a typo would otherwise be silently dropped)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**{k: (dict(v) if k == "model_options" or (k == "data_info" and v) else v)
+        # a model_options (or data_info) that is no mapping stays as it is, for validate() to name
+        return cls(**{k: (dict(v) if k in ("model_options", "data_info") and isinstance(v, Mapping) else v)
                       for k, v in data.items()})
 
     def replace(self, **changes) -> TrainConfig:
@@ -119,6 +122,8 @@ class TrainConfig:
         """Check every value before any work starts; raise :class:`ConfigError` naming the fix."""
         from inceptionlab.models import get_model_spec
 
+        check(model=(self.model, NAME), preset=(self.preset, TEXT), seed=(self.seed, whole(0)),
+              data_dir=(self.data_dir, optional(TEXT)), out=(self.out, TEXT))
         get_model_spec(self.model)  # UnknownModelError (an InceptionLabError) with close matches
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -137,10 +142,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
         if self.image_size > MAX_IMAGE_SIZE:
-            raise ConfigError(
-                f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (the models are "
-                f"built for 28-299 px): pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96"
-            )
+            problem = (f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (the models "
+                       "are built for 28-299 px)")
+            raise _option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
@@ -193,9 +197,25 @@ class TrainConfig:
             raise ConfigError(f"data_info must be a dict or unset, got {type(self.data_info).__name__}")
 
 
+def as_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """``config`` itself, or the TrainConfig of a mapping of its fields (unknown keys refused); nothing else."""
+    if isinstance(config, TrainConfig):
+        return config
+    check(config=(config, instance(Mapping, "a TrainConfig or a mapping of its fields")))
+    return TrainConfig.from_dict(dict(config))
+
+
 def _check_val_split(value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"val_split must be a whole number >= 0 (0: no validation set), got {value!r}")
+
+
+def _option_error(message: str, problem: str) -> ConfigError:
+    """A ConfigError advising a command-line option; ``problem`` is the message without that advice, for a saved
+    config.json, which the option cannot change (runs.read_run_config)."""
+    error = ConfigError(message)
+    error.problem = problem
+    return error
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import PATH, TEXT, WHOLE, Rule, check, optional, sequence, whole
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
-from inceptionlab.deploy.predict import load_run_image
-from inceptionlab.devices import resolve_device, resolve_precision
+from inceptionlab.deploy.predict import INVERT, load_run_image
+from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
 from inceptionlab.engine.evaluate import evaluate
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import atomic_write_json
@@ -36,6 +38,8 @@ from inceptionlab.plots import new_axes_grid, save_figure
 BRANCHES_PNG, ERRORS_PNG, FEATURES_PNG, INSPECT_JSON = "branches.png", "errors.png", "features.png", "inspect.json"
 OUT_SUBDIR = "inspect"  # default output: <run_dir>/inspect/
 MODES = ("mean", "zero")
+IMAGE = Rule("a test-set index or an image file's path", lambda v: WHOLE.is_type(v) or PATH.is_type(v))
+BLOCKS = sequence(TEXT, "a non-empty list of block names (module paths such as 'b3.0')")
 
 
 # ------------------------------------------------------------------------------------------ the run, evaluated
@@ -237,6 +241,11 @@ def inspect_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | Non
     """Inspect every multi-branch block of a run (or ``blocks``, by module path) on its test set; writes
     ``branches.png``, ``errors.png``, ``inspect.json`` and, for ``image`` (a test-set index or an image file),
     ``features.png`` into ``out_dir`` (default ``<run_dir>/inspect``). Returns the report (``inspect.json``)."""
+    check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
+          batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
+          limit_test=(limit_test, optional(whole(1))), blocks=(blocks, optional(BLOCKS)),
+          image=(image, optional(IMAGE)), out_dir=(out_dir, optional(PATH)), top_errors=(top_errors, whole(0)),
+          invert=(invert, INVERT))
     run = load_run(run_dir, data_dir=data_dir, device=device, batch_size=batch_size, data=data,
                    limit_test=limit_test)
     chosen = select_blocks(run.model, run.config.model, blocks)

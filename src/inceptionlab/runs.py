@@ -80,6 +80,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunDirError(f"{run_dir} is not a directory; pass the run directory that `inceptionlab train` made")
     path = run_dir / CONFIG
     if not path.is_file():
+        if path.exists():  # a FIFO would block the read, a device never end it
+            raise RunDirError(f"{path} is not a regular file but {_file_kind(path)}; the run directory is damaged: "
+                              f"{RESTORE}")
         raise RunDirError(f"{run_dir} has no {CONFIG}: it is not a training run directory")
     try:
         values = json.loads(path.read_text())
@@ -89,6 +92,14 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(values), "a number")
         raise RunDirError(f"{path} holds {kind}, not a config object; the run directory is damaged: {RESTORE}")
     return values
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words (it follows symlinks, as reading does)."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "another kind of file")
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -101,12 +112,13 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     for key, kind, what in (("model", str, "a model name"), ("model_options", dict, "an object of options")):
         if key in values and not isinstance(values[key], kind):  # from_dict and validate assume these types
             raise RunDirError(f"{path}: {key} must be {what}, got {json.dumps(values[key])}; the run directory is "
-                              f"damaged: {RESTORE}")
+                              f"damaged: correct the value in {path}, or {RESTORE}")
     try:
         return TrainConfig.from_dict(values).validate()
-    except (InceptionLabError, TypeError, ValueError) as exc:  # from_dict's dict(model_options) raises both
-        raise RunDirError(f"{path} is not a valid run config ({exc}); the run directory is damaged: "
-                          f"{RESTORE}") from None
+    except (InceptionLabError, TypeError, ValueError) as exc:
+        problem = getattr(exc, "problem", exc)  # without advice to pass an option that cannot change this run
+        raise RunDirError(f"{path} is not a valid run config ({problem}); the run directory is damaged: correct "
+                          f"the value in {path}, or {RESTORE}") from None
 
 
 def _model_skeleton(run_dir: Path, config: TrainConfig) -> nn.Module:

@@ -184,7 +184,7 @@ def build_config(args) -> TrainConfig | None:
             return None
         from inceptionlab import runs
 
-        return TrainConfig.from_dict(runs.read_config(args.resume)).replace(**given)
+        return runs.read_run_config(args.resume).replace(**given)
     return preset_config(args.preset or "d2l", **given)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from inceptionlab.argcheck import instance
 from inceptionlab.errors import DatasetError
 
 DATA_INFO_VERSION = 1
@@ -105,6 +106,9 @@ class ImageDataset:
             test_images=move(self.test_images), test_labels=move(self.test_labels),
             val_images=move(self.val_images), val_labels=move(self.val_labels),
         )
+
+
+DATASET = instance(ImageDataset, "an ImageDataset (see inceptionlab.data.load_data)")  # what a ``data`` argument takes
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inceptionlab.argcheck import FLAG, PATH, TEXT, check, number, optional
 from inceptionlab.data.dataset import DataInfo, ImageDataset, content_fingerprint
 from inceptionlab.errors import DatasetError
 from inceptionlab.fileio import atomic_open, atomic_write_json, atomic_write_with
@@ -396,6 +397,8 @@ def load_fashion_mnist(
     structure, 28x28 size and label range are still checked, but neither the SHA-256 nor the example counts.
     ``report`` holds the four files' paths and whether they were verified.
     """
+    check(data_dir=(data_dir, optional(PATH)), verify=(verify, FLAG), download=(download, FLAG),
+          mirror=(mirror, optional(TEXT)), timeout=(timeout, number(0)), progress=(progress, FLAG))
     try:
         paths = find_dataset(data_dir)
     except DatasetError as not_found:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inceptionlab import __version__, runs
+from inceptionlab import __version__, argcheck, runs
+from inceptionlab.argcheck import FLAG, PATH, optional, whole
 from inceptionlab.config import TrainConfig
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.errors import ConfigError, InceptionLabError
@@ -237,6 +238,9 @@ def export_onnx(
     ``path`` is written atomically; an existing file is an error unless ``force``. The temporary files that killed
     exports to ``path`` left beside it are removed first.
     """
+    argcheck.check(run_dir=(run_dir, PATH), path=(path, PATH), opset=(opset, argcheck.WHOLE), check=(check, FLAG),
+                   num_check_images=(num_check_images, whole(1)), atol=(atol, argcheck.number(0)),
+                   force=(force, FLAG), data_dir=(data_dir, optional(PATH)))
     path = Path(path)
     _prepare_target(path, force)
     _, ort = require_onnx()

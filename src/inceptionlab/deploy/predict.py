@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import PATH, TEXT, Rule, check, choice, instance, optional, sequence, whole
 from inceptionlab.config import DEVICES
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.onnx import open_session, session_logits
-from inceptionlab.devices import resolve_device
+from inceptionlab.devices import DEVICE, resolve_device
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.inputs import data_info, pixel_model
 
@@ -47,6 +48,10 @@ SHRINK_TO = 896
 # Above it a file is refused before decoding (Pillow's own limit, 89 Mpx with a warning, is a library default)
 MAX_IMAGE_PIXELS = 64_000_000
 INVERT_MODES = ("auto", "invert", "no-invert")
+INVERT = choice((True, False, "auto"), "True, False or 'auto'")  # what the ``invert`` arguments take
+DEVICE_TYPE = Rule(DEVICE.what, DEVICE.is_type)  # its value is predict_device's to check (it knows cuda:N exists)
+PREDICTOR = Rule("a model from load_predictor() or an onnxruntime.InferenceSession",
+                 lambda v: isinstance(v, nn.Module) or callable(getattr(v, "run", None)))
 
 
 class ImageError(InceptionLabError, ValueError):
@@ -184,6 +189,7 @@ def load_image_with_info(path: str | os.PathLike, size: int, invert: bool | str 
     """:func:`load_image`, also returning whether the image was inverted (useful with ``invert="auto"``)."""
     from PIL import Image, UnidentifiedImageError
 
+    check(path=(path, PATH), size=(size, whole(1)), invert=(invert, INVERT))
     path = _existing_file(path)
     try:
         with warnings.catch_warnings():
@@ -211,6 +217,7 @@ def load_image(path: str | os.PathLike, size: int, invert: bool | str = "auto") 
 def load_run_image(path: str | os.PathLike, config, invert: bool | str = "auto") -> tuple[torch.Tensor, bool]:
     """One image file as ``config``'s run saw its training images: float32 ``C x S x S`` in [0, 1], and whether it
     was inverted (only the light-on-dark Fashion-MNIST pipeline inverts)."""
+    check(path=(path, PATH), invert=(invert, INVERT))
     info = data_info(config)
     if info.source == "fashion-mnist":
         return load_image_with_info(path, config.image_size, invert)
@@ -250,6 +257,7 @@ def load_predictor(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | No
     after checking that the file was exported from this run and computes what the run's model computes
     (see :func:`inceptionlab.deploy.onnx.open_session`). The device is checked before anything is read.
     """
+    check(run_dir=(run_dir, PATH), onnx_path=(onnx_path, optional(PATH)), device=(device, DEVICE_TYPE))
     device = predict_device(device)
     if onnx_path is None:
         model, config = runs.load_run_model(run_dir, device)
@@ -302,6 +310,8 @@ def predict(model_or_session, images: torch.Tensor, top_k: int = 3, names: list[
     ``model_or_session``: a model from :func:`pixel_model` / :func:`load_predictor`, or an
     ``onnxruntime.InferenceSession`` of an exported file. Returns one :class:`Prediction` per image.
     """
+    check(model_or_session=(model_or_session, PREDICTOR), images=(images, instance(torch.Tensor, "a tensor")),
+          top_k=(top_k, whole(1)), names=(names, optional(sequence(TEXT, "a non-empty list of class names"))))
     if images.dim() == 3:
         images = images.unsqueeze(0)
     logits = logits_of(model_or_session, images)

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import FLAG, PATH, check, optional, whole
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
-from inceptionlab.devices import resolve_device, resolve_precision
+from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
 from inceptionlab.engine.distributed import all_reduce_sum
 from inceptionlab.inputs import class_names, forward_loss, load_run_dataset, prepare_model
 
@@ -74,6 +76,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | No
     preprocessed, laid out and autocast as the trainer evaluated it: ``run_dir``, ``model``, ``image_size``,
     ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
     ``per_class_acc``, ``class_names``, ``confusion``."""
+    check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
+          batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
+          flip_tta=(flip_tta, FLAG))
     dev = resolve_device(device)
     model, config = runs.load_run_model(run_dir, device=dev)
     config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves

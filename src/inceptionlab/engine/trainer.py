@@ -20,17 +20,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from inceptionlab import runs
 from inceptionlab.analysis import check_input_size
-from inceptionlab.config import DERIVED, RESUMABLE, TrainConfig
+from inceptionlab.argcheck import FLAG, FUNCTION, PATH, check, optional
+from inceptionlab.config import DERIVED, RESUMABLE, TrainConfig, as_config
 from inceptionlab.data import DeviceLoader, ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
@@ -120,7 +123,7 @@ class RunState:
     plotted: int = 0
     precision_reason: str | None = None  # why precision "auto" chose what it chose
     tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
-    lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from open_run_dir to the end of the run
+    lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from claim_run_dir to the end of the run
     observers: list[Observer] = field(default_factory=list)  # TensorBoard, live notebook curves
     partial: dict | None = None  # a mid-epoch recovery point to continue from (resume)
     last_recovery: float = field(default_factory=time.perf_counter)
@@ -149,7 +152,7 @@ class RunState:
 
 
 def train(
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     *,
     resume: str | os.PathLike | None = None,
     data: ImageDataset | None = None,
@@ -158,7 +161,8 @@ def train(
     log: Callable[[str], None] | None = print,
     live: bool | None = None,
 ) -> TrainResult:
-    """Train ``config`` (or resume the run directory ``resume``) and return a :class:`TrainResult`.
+    """Train ``config`` (a TrainConfig or a mapping of its fields; None: the chapter's recipe) or resume the run
+    directory ``resume``, and return a :class:`TrainResult`.
 
     - ``resume``: continue from the run's last complete checkpoint; ``config`` then defaults to the run's
       config.json (pass one to change e.g. ``epochs`` or ``device``).
@@ -174,10 +178,14 @@ def train(
     Raises :class:`ConfigError` before any work for invalid options, :class:`TrainingDiverged` on a NaN/inf
     loss. SIGINT/SIGTERM end the run cleanly with ``status == "interrupted"``.
     """
+    check(resume=(resume, optional(PATH)), data=(data, optional(DATASET)),
+          run_dir=(run_dir, optional(PATH)), progress=(progress, optional(FLAG)), log=(log, optional(FUNCTION)),
+          live=(live, optional(FLAG)))
+    config = None if config is None else as_config(config)
     if resume is not None:
-        config = config or TrainConfig.from_dict(runs.read_config(resume))
+        config = config if config is not None else runs.read_run_config(resume)  # names config.json if damaged
         run_dir = Path(resume)
-    config = (config or TrainConfig()).validate()
+    config = (config if config is not None else TrainConfig()).validate()
     dist_info = distributed.distributed_from_env()
     device = resolve_device(config.device, dist_info.local_rank)
     if resume is None and run_dir is not None and (Path(run_dir) / runs.CHECKPOINT).is_file():
@@ -276,14 +284,15 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                      source=run_data.dataset)
     if device.type == "cpu" and config.num_threads is None:
         state.tuner = ThreadTuner(torch.get_num_threads())
-    with timer("run_dir"):  # resume state, run directory, config.json
-        if resume:
-            restore_checkpoint(state)
-        open_run_dir(state)
+    with timer("run_dir"):  # the lock, resume state, run directory, config.json
+        claim_run_dir(state)  # first: a trainer the lock refuses says nothing before its refusal
         try:
+            if resume:
+                restore_checkpoint(state)
+            open_run_dir(state)
             state.observers = make_observers(config, state.run_dir, live=live, is_main=dist_info.is_main)
         except BaseException:
-            state.release_lock()
+            state.release_lock()  # setup fails here, so train never gets the state to release it
             raise
     default_bar = sys.stderr.isatty() or in_notebook()
     state.show_bar = bool(progress if progress is not None else default_bar) and dist_info.is_main
@@ -348,24 +357,26 @@ def _recovery_point(saved: dict, path: Path, state: RunState) -> dict | None:
     return partial
 
 
-def open_run_dir(state: RunState) -> None:
-    """Rank 0 creates (or reopens) the run directory, locks it, removes what killed writes left there and writes
-    config.json; the other ranks learn its path."""
+def claim_run_dir(state: RunState) -> None:
+    """Rank 0 creates (or reopens) the run directory and locks it."""
     if state.is_main:
         run_dir = state.run_dir
         run_dir = Path(run_dir) if run_dir is not None else runs.create_run_dir(state.config.out, state.config.model)
         state.lock = runs.lock_run_dir(run_dir)
-        try:
-            if removed := runs.remove_interrupted_writes(state.lock):
-                state.say(f"{run_dir}: removed {len(removed)} temporary file(s) of interrupted writes")
-            runs.write_config(run_dir, state.config.to_dict())
-            write_data_files(run_dir, state.source)
-            if state.start_epoch:
-                runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
-        except BaseException:
-            state.release_lock()  # setup fails here, so train never gets the state to release it
-            raise
         state.run_dir = run_dir
+
+
+def open_run_dir(state: RunState) -> None:
+    """Rank 0 removes what killed writes left in the locked run directory and writes config.json; the other ranks
+    learn its path."""
+    if state.is_main:
+        run_dir = state.run_dir
+        if removed := runs.remove_interrupted_writes(state.lock):
+            state.say(f"{run_dir}: removed {len(removed)} temporary file(s) of interrupted writes")
+        runs.write_config(run_dir, state.config.to_dict())
+        write_data_files(run_dir, state.source)
+        if state.start_epoch:
+            runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
     if state.dist.enabled:
         state.run_dir = Path(distributed.broadcast_path(state.run_dir, state.is_main))
 
