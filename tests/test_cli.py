@@ -96,7 +96,7 @@ def output_case(tmp_path_factory, fmnist):
         state = {k: v.contiguous() for k, v in create_model(name).state_dict().items()}
         save_file(state, run_dir / "model.safetensors", metadata={"model": name, "image_size": "28"})
         (run_dir / "config.json").write_text(json.dumps({"model": name, "image_size": 28, "device": "cpu"}))
-    Image.fromarray(fmnist.test_images[0].numpy()).save(base / "item.png")
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(base / "item.png")
     # block-buffered stdout, as a user has it (a write may fail only at the final flush)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env.update(XDG_CACHE_HOME=str(base / "cache"), OMP_NUM_THREADS="1")

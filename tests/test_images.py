@@ -173,7 +173,7 @@ def test_bad_options_are_config_errors(kwargs, words):
 
 def test_fashion_mnist_28_to_96_is_pillow_and_resize_batch(fmnist):
     """A grey 28 x 28 image squashed to 96 gives exactly PIL's bilinear resize, and so resize_batch's pixels."""
-    batch = fmnist.test_images[:200]
+    batch = fmnist.test_images[:200, 0]  # N x 28 x 28
     device = torch.round(resize_batch(batch, 96) * 255).to(torch.uint8).numpy()
     for i, image in enumerate(batch.numpy()):
         out, notes = decode_image(encode(Image.fromarray(image), "PNG"), 96)

@@ -144,7 +144,7 @@ class TrainConfig:
         if self.image_size > MAX_IMAGE_SIZE:
             problem = (f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (the models "
                        "are built for 28-299 px)")
-            raise _option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
+            raise option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
@@ -210,7 +210,7 @@ def _check_val_split(value) -> None:
         raise ConfigError(f"val_split must be a whole number >= 0 (0: no validation set), got {value!r}")
 
 
-def _option_error(message: str, problem: str) -> ConfigError:
+def option_error(message: str, problem: str) -> ConfigError:
     """A ConfigError advising a command-line option; ``problem`` is the message without that advice, for a saved
     config.json, which the option cannot change (runs.read_run_config)."""
     error = ConfigError(message)

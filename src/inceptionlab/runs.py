@@ -116,9 +116,16 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     try:
         return TrainConfig.from_dict(values).validate()
     except (InceptionLabError, TypeError, ValueError) as exc:
-        problem = getattr(exc, "problem", exc)  # without advice to pass an option that cannot change this run
-        raise RunDirError(f"{path} is not a valid run config ({problem}); the run directory is damaged: correct "
-                          f"the value in {path}, or {RESTORE}") from None
+        raise damaged_config(run_dir, exc) from None
+
+
+def damaged_config(run_dir: str | os.PathLike, exc: Exception) -> RunDirError:
+    """The error for a saved config.json that ``exc`` refuses, without advice to pass an option that cannot change
+    the run (config.option_error's ``problem``)."""
+    path = Path(run_dir) / CONFIG
+    problem = getattr(exc, "problem", exc)
+    return RunDirError(f"{path} is not a valid run config ({problem}); the run directory is damaged: correct the "
+                       f"value in {path}, or {RESTORE}")
 
 
 def _model_skeleton(run_dir: Path, config: TrainConfig) -> nn.Module:

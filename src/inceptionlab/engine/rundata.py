@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from inceptionlab.config import TrainConfig
+from inceptionlab.config import TrainConfig, option_error
 from inceptionlab.data import DataInfo, DeviceLoader, ImageDataset, pre_resize, want_pre_resize
 from inceptionlab.data.augment import build_transform
 from inceptionlab.engine import distributed
@@ -50,8 +50,9 @@ def validation_split(num_train: int, val_split: int) -> tuple[torch.Tensor, torc
     CPU), so they depend on ``val_split`` alone: the same for every seed, model, device and torchrun rank, and a
     smaller split's images are inside a larger one's."""
     if not 0 < val_split < num_train:
-        raise ConfigError(f"--val-split {val_split:,} must be between 1 and {num_train - 1:,} (there are "
-                          f"{num_train:,} training images); hold out fewer, e.g. --val-split {num_train // 12:,}")
+        raise option_error(f"--val-split {val_split:,} must be between 1 and {num_train - 1:,} (there are "
+                           f"{num_train:,} training images); hold out fewer, e.g. --val-split {num_train // 12:,}",
+                           f"val_split {val_split:,} leaves no training images (the data has {num_train:,})")
     order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
     return order[val_split:].sort().values, order[:val_split].sort().values
 

@@ -40,7 +40,7 @@ from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
-from inceptionlab.engine.rundata import build_data, with_data, write_data_files
+from inceptionlab.engine.rundata import RunData, build_data, with_data, write_data_files
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
 from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
@@ -223,6 +223,7 @@ def check_runtime(config: TrainConfig, device: torch.device, world_size: int) ->
         raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the number of "
                           f"processes ({world_size})")
     resolve_step_mode(config, device, world_size)
+    check_input_size(config.model, config.image_size, config.in_channels)  # before the data is read
     if config.tensorboard:
         require_tensorboard()
 
@@ -263,10 +264,7 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
     say = log if (log is not None and dist_info.is_main) else (lambda _line: None)
     with timer("data"):  # read + verify (a folder: decode once, then from the cache), to the device, resize once
         show = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
-        data = data if data is not None else load_run_dataset(config, run_dir if resume else None, progress=show,
-                                                              log=say)
-        config = with_data(config, data.info)
-        run_data = build_data(config, dist_info, device, data)
+        config, run_data = load_data_for(config, dist_info, device, data, run_dir if resume else None, show, say)
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
         step_mode = resolve_step_mode(config, device, dist_info.world_size)
@@ -298,6 +296,20 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
     state.show_bar = bool(progress if progress is not None else default_bar) and dist_info.is_main
     say(describe_run(state))
     return state
+
+
+def load_data_for(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device,
+                  data: ImageDataset | None, resumed_dir, progress: bool, say) -> tuple[TrainConfig, RunData]:
+    """The config completed from the data, and the data on the device. A resumed run's saved values that the data
+    refuses (a validation split larger than the data) name config.json, whose value is what must change."""
+    try:
+        data = data if data is not None else load_run_dataset(config, resumed_dir, progress=progress, log=say)
+        config = with_data(config, data.info)
+        return config, build_data(config, dist_info, device, data)
+    except ConfigError as exc:
+        if resumed_dir is None or not hasattr(exc, "problem"):
+            raise
+        raise runs.damaged_config(resumed_dir, exc) from None
 
 
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
