@@ -21,8 +21,10 @@ from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import apply_block_switches
 from inceptionlab.engine.evaluate import evaluate
 from inceptionlab.engine.optim import build_optimizer
+from inceptionlab.engine.rundata import build_data, with_data
 from inceptionlab.engine.step import make_train_step
-from inceptionlab.engine.trainer import build_data, build_model
+from inceptionlab.engine.trainer import build_model
+from inceptionlab.inputs import load_run_dataset
 
 CPU = torch.device("cpu")
 
@@ -59,7 +61,8 @@ def steps(variants: list[str], rounds: int = 8, per_round: int = 5) -> None:
 
 def evaluations(batch_sizes: list[int], repeats: int = 3) -> None:
     config = quick_config()
-    data = build_data(config, distributed.Distributed(), CPU, None)
+    config = with_data(config, (dataset := load_run_dataset(config, progress=False, log=None)).info)
+    data = build_data(config, distributed.Distributed(), CPU, dataset)
     model = build_model(config, CPU)
     seconds = {b: [] for b in batch_sizes}
     for b in batch_sizes:  # first use of each shape

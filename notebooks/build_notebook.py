@@ -68,19 +68,37 @@ from inceptionlab.predict import load_predictor, predict
 
 data = load_fashion_mnist()
 model, run_config = load_predictor(result.run_dir)
+names = class_names(run_config)  # the run remembers its data's classes
 images, labels = data.test_images[:12], data.test_labels[:12]
-predictions = predict(model, resize_batch(images, run_config.image_size))
-names = class_names(10)
+predictions = predict(model, resize_batch(images, run_config.image_size), names=names)
 fig, _ = new_figure((9, 3.2), dpi=90)
 fig.clear()
 for i, (image, label, p) in enumerate(zip(images, labels, predictions, strict=True)):
     ax = fig.add_subplot(2, 6, i + 1)
-    ax.imshow(image, cmap="gray")
+    ax.imshow(image[0], cmap="gray")
     ax.set_axis_off()
     right = p.classes[0] == int(label)
     ax.set_title(f"{p.names[0]}\\n(true: {names[int(label)]})", fontsize=7, color="black" if right else "red")
 fig.tight_layout()
 Image(data=png_bytes(fig))"""),
+    ("md", """## Your own images
+
+Point `data=` at a folder with one sub-folder per class (or `train/`, `val/`, `test/` folders of class folders, or
+a CSV of `path,label`): every image is decoded once into a cache, split per class with a fixed seed, and the run
+remembers its classes, channels and statistics (`docs/data.md`). Here a folder is made from Fashion-MNIST itself so
+that the cell runs anywhere; put your own path instead."""),
+    ("code", """import tempfile
+from pathlib import Path
+
+from inceptionlab.data.export import export_folder
+from inceptionlab.runs import read_run_config
+
+folder = Path(tempfile.mkdtemp()) / "my-images"
+export_folder(data, folder, limit_train=128 if SMOKE else 3000, limit_test=64 if SMOKE else 500)
+own_budget = {**budget, "limit_train": None, "limit_test": None} if SMOKE else dict(epochs=2)
+own = train(preset_config("quick", data=str(folder), **own_budget))
+classes = class_names(read_run_config(own.run_dir))  # the run remembers the folder's classes
+print(own.run_dir, f"test acc {own.summary['test_acc']:.3f}", "classes:", ", ".join(classes))"""),
     ("md", """## The exercises
 
 **1. Batch normalization.** `googlenet-bn` puts BatchNorm after every convolution. Same budget, both models:"""),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inceptionlab.data import FashionMNIST, load_fashion_mnist
+from inceptionlab.data import ImageDataset, load_fashion_mnist
 from inceptionlab.errors import DatasetError
 
 
@@ -22,7 +22,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def fmnist(tmp_path_factory) -> FashionMNIST:
+def fmnist(tmp_path_factory) -> ImageDataset:
     """Both splits of the real, verified Fashion-MNIST on the CPU, loaded once per test session."""
     with pytest.MonkeyPatch.context() as mp:
         # The verification cache goes to a temporary directory, not the user's ~/.cache.
@@ -67,3 +67,39 @@ def fail_path(monkeypatch):
         monkeypatch.setattr(Path, method, failing)
 
     return install
+
+
+WRITER = """import os, sys, time
+from inceptionlab.fileio import atomic_open
+with atomic_open(sys.argv[1]) as f:
+    f.write(b"half")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(300) if sys.argv[2] == "live" else os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.fixture
+def write_in_a_process():
+    """``write_in_a_process(path, live)``: a process writes ``path`` with atomic_open and, past its first bytes, is
+    SIGKILLed (``live=False``: waited for, its temporary file left as a kill leaves it) or keeps writing
+    (``live=True``: returned, killed at the test's end)."""
+    import subprocess
+    import sys
+
+    started = []
+
+    def start(path, live: bool) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "live" if live else "killed"],
+                                stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline() == "writing\n"
+        if not live:
+            proc.wait(timeout=60)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()

@@ -71,3 +71,83 @@ def test_help_and_version_do_not_import_torch():
     assert res.returncode == 0, res.stderr
     assert "inceptionlab 0.1.0" in res.stdout and "usage: inceptionlab" in res.stdout
     assert res.stderr.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------- standard output
+
+
+@pytest.fixture(scope="module")
+def output_case(tmp_path_factory, fmnist):
+    """Untrained runs (the checks are about output, not accuracy): lenet for evaluate and predict, googlenet-lite
+    (Inception blocks) for inspect; an image to predict; a shared verification cache for the data commands."""
+    import json
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from inceptionlab.models import create_model
+
+    base = tmp_path_factory.mktemp("output")
+    for name in ("lenet", "googlenet-lite"):
+        torch.manual_seed(0)
+        run_dir = base / name
+        run_dir.mkdir()
+        state = {k: v.contiguous() for k, v in create_model(name).state_dict().items()}
+        save_file(state, run_dir / "model.safetensors", metadata={"model": name, "image_size": "28"})
+        (run_dir / "config.json").write_text(json.dumps({"model": name, "image_size": 28, "device": "cpu"}))
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(base / "item.png")
+    # block-buffered stdout, as a user has it (a write may fail only at the final flush)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(XDG_CACHE_HOME=str(base / "cache"), OMP_NUM_THREADS="1")
+    return base, env
+
+
+def output_commands(base):
+    return {
+        "models": ["models"],
+        "data": ["data", "--json", "--no-download"],
+        "evaluate": ["evaluate", str(base / "lenet"), "--json", "--device", "cpu"],
+        "predict": ["predict", str(base / "lenet"), str(base / "item.png")],
+        "inspect": ["inspect", str(base / "googlenet-lite"), "--json", "--device", "cpu", "--limit-test", "20",
+                    "--blocks", "b3.0", "--errors", "2", "--out", str(base / "inspect-out")],
+    }
+
+
+@pytest.mark.parametrize("where", ["a full disk", "a closed pipe"])
+@pytest.mark.parametrize("name", ["models", "data", "evaluate", "predict", "inspect", "models unbuffered"])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(output_case, name, where):
+    """`... > /dev/full` (the kernel's ENOSPC) and `... | head` with the reader gone (EPIPE) used to end in a
+    traceback: now one line on stderr naming standard output, exit 1, whichever command printed, whether the
+    failure comes at a write (unbuffered) or at the final flush."""
+    base, env = output_case
+    name, _, buffering = name.partition(" ")
+    env = {**env, "PYTHONUNBUFFERED": "1"} if buffering else env
+    if where == "a full disk":
+        stdout = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read_end, stdout = os.pipe()
+        os.close(read_end)  # the reader is gone before the first byte is written
+    try:
+        res = subprocess.run([sys.executable, "-m", "inceptionlab", *output_commands(base)[name]], stdout=stdout,
+                             stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(stdout)
+    why = "No space left on device" if where == "a full disk" else "Broken pipe"
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"inceptionlab {name}: error: ") and "standard output" in res.stderr, res.stderr
+    assert why in res.stderr, res.stderr
+
+@pytest.mark.parametrize("readme", ["README.md", "README.ko.md"])
+def test_the_readmes_command_tables_list_every_command(readme):
+    """README.ko.md once lacked the inspect row: both tables must name exactly the commands the parser has."""
+    import re
+    from pathlib import Path
+
+    from inceptionlab.cli import build_parser
+
+    text = (Path(__file__).parent.parent / readme).read_text()
+    listed = re.findall(r"^\| `inceptionlab ([a-z-]+)", text, flags=re.M)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(listed) == sorted(commands)

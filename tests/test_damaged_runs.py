@@ -38,7 +38,7 @@ def make_run(run_dir, *, metadata=True):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, fmnist):
     base = tmp_path_factory.mktemp("damaged")
-    Image.fromarray(fmnist.test_images[0].numpy()).save(base / "item.png")
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(base / "item.png")
     make_run(base / "healthy")
     make_run(base / "no-metadata", metadata=False)
     return base

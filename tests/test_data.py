@@ -12,7 +12,11 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +64,7 @@ def write_file(directory: Path, stem: str, payload: bytes, gz: bool = True) -> P
 
 def link_real_files(fmnist, directory: Path, skip: str | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for key, path in fmnist.paths.items():
+    for key, path in fmnist.report["files"].items():
         if key != skip:
             (directory / path.name).symlink_to(path)
     return directory
@@ -71,14 +75,18 @@ def link_real_files(fmnist, directory: Path, skip: str | None = None) -> Path:
 
 
 def test_real_data_counts_labels_and_checksums(fmnist):
-    assert fmnist.verified
-    assert fmnist.train_images.shape == (60_000, 28, 28) and fmnist.train_images.dtype == torch.uint8
-    assert fmnist.test_images.shape == (10_000, 28, 28)
+    assert fmnist.report["verified"]
+    assert fmnist.train_images.shape == (60_000, 1, 28, 28) and fmnist.train_images.dtype == torch.uint8
+    assert fmnist.test_images.shape == (10_000, 1, 28, 28)
     assert fmnist.train_labels.dtype == torch.int64
     assert fmnist.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
-    assert set(data.class_counts(fmnist.train_labels).values()) == {6000}
-    assert set(data.class_counts(fmnist.test_labels).values()) == {1000}
-    for path in fmnist.paths.values():
+    assert set(data.class_counts(fmnist.train_labels, fmnist.classes).values()) == {6000}
+    assert set(data.class_counts(fmnist.test_labels, fmnist.classes).values()) == {1000}
+    info = fmnist.info  # what a run records of it
+    assert (info.channels, info.image_size, info.source, info.num_classes) == (1, 28, "fashion-mnist", 10)
+    assert info.mean == (data.FASHION_MNIST_MEAN,) and info.std == (data.FASHION_MNIST_STD,)
+    assert data.DataInfo.from_dict(info.to_dict()) == info
+    for path in fmnist.report["files"].values():
         content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         assert hashlib.sha256(content).hexdigest() == data.SHA256[path.name.removesuffix(".gz")]
 
@@ -103,7 +111,7 @@ def test_a_cached_verdict_skips_the_hash_and_a_changed_file_is_hashed_again(fmni
     hashes nothing, and a file whose size or mtime changed is hashed again (and refused if its content is wrong)."""
     directory = link_real_files(fmnist, tmp_path / "real", skip="test_labels")
     labels = tmp_path / "real" / "t10k-labels-idx1-ubyte"
-    labels.write_bytes(gzip.decompress(fmnist.paths["test_labels"].read_bytes()))
+    labels.write_bytes(gzip.decompress(fmnist.report["files"]["test_labels"].read_bytes()))
     data.load_fashion_mnist(directory, progress=False)
     entries = json.loads((isolated_data_env / "verified.json").read_text())
     for path in directory.iterdir():
@@ -134,7 +142,7 @@ def test_resize_matches_pillow_bilinear_on_real_images(fmnist, size):
     ours = data.resize_batch(images, size)
     assert ours.shape == (400, 1, size, size) and ours.dtype == torch.float32
     reference = np.stack(
-        [np.asarray(Image.fromarray(im.numpy()).resize((size, size), Image.BILINEAR)) for im in images]
+        [np.asarray(Image.fromarray(im[0].numpy()).resize((size, size), Image.BILINEAR)) for im in images]
     )
     reference = torch.from_numpy(reference).float().div(255)  # what ToTensor gives
     assert (ours[:, 0] - reference).abs().max().item() <= 1 / 255 + 1e-7
@@ -143,8 +151,8 @@ def test_resize_matches_pillow_bilinear_on_real_images(fmnist, size):
 
 
 def test_resize_same_size_is_totensor(fmnist):
-    x = data.resize_batch(fmnist.test_images[:4].unsqueeze(1), 28)
-    assert torch.equal(x[:, 0], fmnist.test_images[:4].float() / 255)
+    x = data.resize_batch(fmnist.test_images[:4], 28)
+    assert torch.equal(x, fmnist.test_images[:4].float() / 255)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,7 +178,8 @@ def test_env_directory_is_used(isolated_data_env, tmp_path, monkeypatch):
     directory = write_small_dataset(tmp_path / "env", gz=False)
     monkeypatch.setenv("INCEPTIONLAB_DATA", str(directory))
     ds = data.load_fashion_mnist(verify=False)
-    assert ds.paths["train_images"].parent == directory and len(ds.train_labels) == 20 and not ds.verified
+    assert ds.report["files"]["train_images"].parent == directory and len(ds.train_labels) == 20
+    assert not ds.report["verified"]
 
 
 @pytest.mark.parametrize(
@@ -290,6 +299,75 @@ def test_trailing_bytes_in_a_file_are_refused_by_name(isolated_data_env, tmp_pat
         data.load_fashion_mnist(directory, verify=False)
 
 
+# Decompression bombs. A gzip file may hold several members and decompresses to their concatenation, so one
+# member of 1 GiB of zeros (4.7 MB, built once, streaming) serves behind any header.
+BOMB_GIB = 1
+PEAK_RSS = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from inceptionlab.data import read_idx
+    from inceptionlab.errors import DatasetError
+    try:
+        read_idx(Path(sys.argv[1]))
+        outcome = "read"
+    except DatasetError as exc:
+        outcome = str(exc)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, outcome, sep="\\n")  # KiB on Linux
+""")
+
+
+def _gzip_member(chunks) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    return b"".join(packer.compress(chunk) for chunk in chunks) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def gib_of_zeros() -> bytes:
+    zeros = bytes(1 << 20)
+    return _gzip_member(zeros for _ in range(BOMB_GIB * 1024))
+
+
+def _peak_rss_mb(path: Path) -> tuple[int, str]:
+    """The peak RSS (MB) of a fresh process that imports inceptionlab and reads ``path``, and what it said."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    peak, outcome = done.stdout.rstrip("\n").split("\n")
+    return int(peak), outcome
+
+
+def test_a_gzip_bomb_is_refused_by_name_at_the_memory_cost_of_a_normal_file(tmp_path, gib_of_zeros):
+    """Behind a header that announces the 47 MB training images, or a bad magic number, 1 GiB of zeros is refused
+    after at most the announced size plus 64 KiB is read: the peak stays that of reading a normal file of that
+    size (the bomb's took 2 GB more before: its content and the chunks it was joined from)."""
+    header = _header(3, 60000, 28, 28)
+    normal, bomb, bad_magic = (tmp_path / f"{name}-idx3-ubyte.gz" for name in ("normal", "bomb", "magic"))
+    normal.write_bytes(_gzip_member([header, bytes(60000 * 28 * 28)]))
+    bomb.write_bytes(_gzip_member([header]) + gib_of_zeros)
+    bad_magic.write_bytes(_gzip_member([_header(2, 60000, 784)]) + gib_of_zeros)
+    (normal_mb, read), (bomb_mb, refused), (magic_mb, bad) = map(_peak_rss_mb, (normal, bomb, bad_magic))
+    assert bomb_mb <= normal_mb + 16 and magic_mb <= normal_mb + 16, (normal_mb, bomb_mb, magic_mb)
+    assert read == "read"
+    assert refused == (f"{bomb}: has trailing bytes: more than 47,105,552 bytes, but its header [60000, 28, 28] "
+                       "implies 47,040,016; delete it and fetch it again.")
+    assert bad.startswith(f"{bad_magic}: bad IDX magic number 2050 ")
+
+
+def test_a_few_trailing_bytes_are_still_counted_and_a_lying_header_is_named_truncated(tmp_path):
+    """Within the 64 KiB read past the header's size the count stays exact; a header announcing 4 GiB over a few
+    bytes is named as truncated, with the count of what is there."""
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_header(1, 3) + bytes(3 + 65_536)))
+    with pytest.raises(DatasetError, match=r"has trailing bytes: 65,547 bytes, but its header \[3\] implies 11\.$"):
+        data.read_idx(path)
+    path.write_bytes(gzip.compress(_header(1, 3) + bytes(3 + 65_537)))
+    with pytest.raises(DatasetError, match=r"has trailing bytes: more than 65,547 bytes, but its header \[3\] "):
+        data.read_idx(path)
+    path.write_bytes(gzip.compress(_header(3, 2**16, 2**8, 2**8) + bytes(10)))
+    with pytest.raises(DatasetError, match=r"truncated: 26 bytes, but its header \[65536, 256, 256\] implies "
+                                           r"4,294,967,312\.$"):
+        data.read_idx(path)
+
+
 @pytest.mark.parametrize(
     ("stem", "payload", "expected"),
     [
@@ -314,7 +392,7 @@ def test_an_empty_split_loads_with_verify_false(isolated_data_env, tmp_path):
     write_file(directory, "t10k-images-idx3-ubyte", _header(3, 0, 28, 28), gz=False)
     write_file(directory, "t10k-labels-idx1-ubyte", _header(1, 0), gz=False)
     ds = data.load_fashion_mnist(directory, verify=False)
-    assert ds.test_images.shape == (0, 28, 28) and ds.test_labels.shape == (0,) and len(ds.train_labels) == 20
+    assert ds.test_images.shape == (0, 1, 28, 28) and ds.test_labels.shape == (0,) and len(ds.train_labels) == 20
 
 
 def test_checksum_mismatch_is_refused_with_both_hashes(fmnist, isolated_data_env, tmp_path):
@@ -361,14 +439,14 @@ def serve(tmp_path):
 def test_download_from_mirror_into_cache(fmnist, isolated_data_env, tmp_path, serve):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for path in fmnist.paths.values():
+    for path in fmnist.report["files"].values():
         shutil.copy(path, mirror / path.name)
     ds = data.load_fashion_mnist(mirror=serve(mirror), progress=False)
-    assert ds.verified and torch.equal(ds.test_labels, fmnist.test_labels)
+    assert ds.report["verified"] and torch.equal(ds.test_labels, fmnist.test_labels)
     assert sorted(p.name for p in isolated_data_env.iterdir() if p.suffix == ".gz") == sorted(
         stem + ".gz" for stem in data.FILES.values()
     )
-    assert all(p.parent == isolated_data_env for p in ds.paths.values())
+    assert all(p.parent == isolated_data_env for p in ds.report["files"].values())
 
 
 @pytest.mark.parametrize("problem", ["truncated", "not_found", "wrong_content"])
@@ -376,7 +454,7 @@ def test_failed_download_leaves_no_partial_file(fmnist, isolated_data_env, tmp_p
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     if problem == "truncated":
-        gz = fmnist.paths["train_images"].read_bytes()
+        gz = fmnist.report["files"]["train_images"].read_bytes()
         (mirror / "train-images-idx3-ubyte.gz").write_bytes(gz[: len(gz) // 2])
     elif problem == "wrong_content":
         (mirror / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0" * 1000))
@@ -565,9 +643,15 @@ def test_cli_data_reports_and_writes_grid(fmnist, tmp_path, capsys, monkeypatch)
     grid = tmp_path / "grid.png"
     assert main(["data", "--no-download", "--grid", str(grid), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["verified"] is True
-    assert report["splits"]["train"]["examples"] == 60_000
+    assert report["found"]["verified"] is True and report["source"] == "fashion-mnist"
+    assert report["splits"]["train"]["examples"] == 60_000 and report["splits"]["train"]["imbalance"] == 1.0
     assert report["splits"]["test"]["class_counts"]["ankle boot"] == 1000
+    assert report["channels"] == 1 and report["stored_size"] == 28
+    # byte-identical images, counted here with numpy (docs/data.md quotes the count)
+    both = torch.cat([fmnist.train_images, fmnist.test_images]).reshape(70_000, -1).numpy()
+    repeated = len(both) - len(np.unique(both, axis=0))
+    dup = report["duplicates"]
+    assert dup["same_label"] + dup["conflicting_labels"] + dup["across_splits"] == repeated
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(grid) as png:
         assert png.size[0] > 500
@@ -589,10 +673,10 @@ def test_a_second_load_reads_the_cached_arrays_without_decompressing_or_hashing(
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = data.load_fashion_mnist(download=False, progress=False)
-    with gzip.open(first.paths["test_images"]) as f:
+    with gzip.open(first.report["files"]["test_images"]) as f:
         raw = f.read()
     reference = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(10_000, 28, 28)
-    assert np.array_equal(first.test_images.numpy(), reference)
+    assert np.array_equal(first.test_images[:, 0].numpy(), reference)
     assert len(list((tmp_path / "cache" / "inceptionlab" / "fashion-mnist" / "arrays").glob("*.npy"))) == 4
 
     def forbidden(*args, **kwargs):
@@ -607,14 +691,14 @@ def test_a_second_load_reads_the_cached_arrays_without_decompressing_or_hashing(
     cached = fashion_mnist._array_path(hashlib.sha256(raw).hexdigest())
     cached.write_bytes(cached.read_bytes()[:1000])  # cut short: the next load reads the IDX file again
     third = data.load_fashion_mnist(download=False, progress=False)
-    assert np.array_equal(third.test_images.numpy(), reference)
+    assert np.array_equal(third.test_images[:, 0].numpy(), reference)
 
     # A pickle in the array cache is never unpickled (that would run its code): the IDX file is read instead.
     class RunsCode:
         def __reduce__(self):
             return os.system, (f"touch {tmp_path / 'ran'}",)  # unpickled: creates the file and returns 0
 
-    with gzip.open(first.paths["test_labels"]) as f:
+    with gzip.open(first.report["files"]["test_labels"]) as f:
         raw_labels = f.read()
     labels = np.array([RunsCode()] + list(range(1, 10)) * 1111 + [0], dtype=object)
     np.save(fashion_mnist._array_path(hashlib.sha256(raw_labels).hexdigest()), labels, allow_pickle=True)
@@ -746,7 +830,7 @@ def test_unverified_download_falls_back_to_the_next_mirror_and_keeps_existing_fi
     assert sorted(p.name for p in dest.iterdir()) == sorted(
         [kept.name] + [stem + ".gz" for key, stem in data.FILES.items() if key != "train_labels"])
     ds = data.load_fashion_mnist(dest, verify=False)
-    assert ds.test_labels.tolist() == list(np.arange(10) % 10) and not ds.verified
+    assert ds.test_labels.tolist() == list(np.arange(10) % 10) and not ds.report["verified"]
 
 
 def test_a_download_that_fails_everywhere_names_every_url(isolated_data_env, tmp_path, serve, monkeypatch):
@@ -837,7 +921,7 @@ def test_download_checks_the_announced_length_and_verifies_against_the_published
 def test_to_keeps_the_paths_and_the_verified_flag(isolated_data_env, tmp_path):
     ds = data.load_fashion_mnist(write_small_dataset(tmp_path / "d"), verify=False)
     moved = ds.to("cpu")
-    assert moved.paths == ds.paths and moved.verified is False
+    assert moved.report["files"] == ds.report["files"] and moved.report["verified"] is False
     for key in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(moved, key), getattr(ds, key))
     assert ds.train_labels.dtype == torch.int64 and ds.train_images.dtype == torch.uint8
@@ -847,12 +931,12 @@ def test_to_keeps_the_paths_and_the_verified_flag(isolated_data_env, tmp_path):
 
 
 def test_class_counts_names_every_class_even_when_absent():
-    counts = data.class_counts(torch.tensor([0, 0, 8, 3]))  # no 9: the last classes still appear, with 0
+    counts = data.class_counts(torch.tensor([0, 0, 8, 3]), data.CLASS_NAMES)  # no 9: the last classes appear, with 0
     assert list(counts) == ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                             "ankle boot"]  # Fashion-MNIST's README, labels 0-9
     assert list(counts.values()) == [2, 0, 0, 1, 0, 0, 0, 0, 1, 0]
-    with pytest.raises(ValueError):  # a label outside 0..9 is an error, not silently left out of the counts
-        data.class_counts(torch.tensor([0, 10]))
+    with pytest.raises(DatasetError):  # a label outside 0..9 is an error, not silently left out of the counts
+        data.class_counts(torch.tensor([0, 10]), data.CLASS_NAMES)
 
 
 def test_download_progress_bar_names_the_file_and_its_size_and_clears_itself(tmp_path, monkeypatch, capsys):

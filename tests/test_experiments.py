@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 
 from inceptionlab import experiments, runs
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
-from inceptionlab.errors import ConfigError, InputSizeError
+from inceptionlab.errors import ConfigError, DatasetError, InputSizeError, RunDirError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -186,3 +191,138 @@ def test_curves_without_a_validation_split_have_no_dashed_lines(monkeypatch, tmp
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "-"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (0.650)", "b (0.650)"]
     assert ax.get_ylabel() == "test accuracy"
+
+
+# --------------------------------------------------------------------------------------------- an --out-dir reused
+
+
+def test_a_rerun_into_the_same_out_dir_keeps_the_other_rows_unless_told_to_replace_them(fmnist, tmp_path):
+    """compare with fewer models used to drop the other rows from results.json and table.md."""
+    out = tmp_path / "cmp"
+    first = experiments.compare(["lenet", "googlenet-lite"], tiny(), out_dir=out, data=fmnist, log=None)
+    lite = first.rows[1].to_dict()
+
+    again = experiments.compare(["lenet"], tiny(), out_dir=out, data=fmnist, log=None)
+    assert [r.label for r in again.rows] == ["lenet", "googlenet-lite"] and again.status == "completed"
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in saved["rows"]] == ["lenet", "googlenet-lite"] and saved["rows"][1] == lite
+    # lenet's row is the rerun's (its run directory continued: other wall seconds), in its old place
+    assert saved["rows"][0] == again.rows[0].to_dict() and again.rows[0].wall_seconds != first.rows[0].wall_seconds
+    assert [r[0] for r in table_rows((out / "table.md").read_text())] == ["lenet", "googlenet-lite"]
+
+    with pytest.raises(ConfigError) as info:  # rows of another budget would be read as comparable
+        experiments.compare(["lenet"], tiny(epochs=2), out_dir=out, data=fmnist, log=None)
+    assert str(info.value) == (f"{out / 'results.json'} holds rows trained under another budget (epochs 1 there, 2 "
+                               "here); pass --replace (replace=True) to drop them, or another --out-dir")
+    assert json.loads((out / "results.json").read_text()) == saved
+
+    replaced = experiments.compare(["lenet"], tiny(), out_dir=out, data=fmnist, log=None, replace=True)
+    assert [r.label for r in replaced.rows] == ["lenet"]
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["lenet"]
+    assert [r[0] for r in table_rows((out / "table.md").read_text())] == ["lenet"]
+
+    with pytest.raises(DatasetError):  # asked to replace, it drops the earlier rows at once, even if it then fails
+        experiments.compare(["lenet"], tiny(data_dir=str(tmp_path / "no-data")), out_dir=out, log=None, replace=True)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == [] and saved["status"] == "running" and table_rows((out / "table.md").read_text()) == []
+
+
+def test_a_row_trained_again_replaces_the_earlier_one_only_once_all_its_seeds_ran():
+    def row(label, size, seeds):
+        return experiments.RowResult(label, "lenet", size, 1, 0.0, seeds=list(range(seeds)), test_acc=[0.5] * seeds)
+
+    earlier = [row("a", 28, 2), row("b", 30, 2)]
+    result = experiments.ExperimentResult("compare", None, "running", list(earlier), TrainConfig(), [0, 1], "cpu", 0.0)
+    half, full, new = row("b", 30, 1), row("b", 30, 2), row("c", 24, 1)
+    experiments.place_row(result, half)  # an interrupted rerun keeps the earlier row
+    assert result.rows == earlier and result.rows[1] is earlier[1]
+    experiments.place_row(result, full)
+    assert result.rows[1] is full
+    experiments.place_row(result, new)  # a new label goes at the end (a compare keeps its order)
+    assert [r.label for r in result.rows] == ["a", "b", "c"]
+    experiments.place_row(result, row("d", 20, 0))  # nothing run yet: nothing to show
+    assert len(result.rows) == 3
+    result.kind = "sweep"
+    experiments.place_row(result, row("e", 26, 1))
+    assert [r.image_size for r in result.rows] == [24, 26, 28, 30]
+
+
+def test_a_second_experiment_in_a_directory_in_use_is_refused_before_any_work(fmnist, tmp_path):
+    out = tmp_path / "busy"
+    holder = runs.lock_run_dir(out)
+    try:
+        with pytest.raises(RunDirError, match="is in use"):
+            experiments.compare(["lenet"], tiny(), out_dir=out, data=fmnist, log=None)
+    finally:
+        holder.release()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_sweep_rerun_keeps_its_rows_in_size_order(fmnist, tmp_path):
+    out = tmp_path / "sweep"
+    experiments.sweep("lenet", [30], tiny(), out_dir=out, data=fmnist, log=None)
+    result = experiments.sweep("lenet", [28], tiny(), out_dir=out, data=fmnist, log=None)
+    assert [r.image_size for r in result.rows] == [28, 30]
+    assert [r[0] for r in table_rows((out / "table.md").read_text())] == ["28", "30"]
+
+
+def test_the_replace_flag_reaches_the_library(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiments, "run_variants", lambda kind, variants, **kw: calls.append(kw["replace"]))
+    monkeypatch.setattr("inceptionlab.cli.experiments._finish", lambda result: 0)
+    for extra in ([], ["--replace"]):
+        assert main(["compare", "lenet", "--out-dir", str(tmp_path), *extra]) == 0
+        assert main(["sweep", "--model", "lenet", "--image-size", "28", "--out-dir", str(tmp_path), *extra]) == 0
+    assert calls == [False, False, True, True]
+
+
+def test_a_sigkilled_compare_is_reported_interrupted_by_the_next_one(fmnist, tmp_path):
+    """A SIGKILLed compare left table.md saying "running" for good; the next compare into the directory (which
+    holds its lock, so no live process is writing there) rewrites it as interrupted before anything else."""
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "inceptionlab", "compare", "lenet", "googlenet-bn", "--image-size", "28",
+            "--epochs", "1", "--batch-size", "64", "--limit-train", "128", "--limit-test", "100", "--device", "cpu",
+            "--num-threads", "1", "--no-progress", "--out-dir", str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def rows_written() -> int:
+        path = out / "results.json"
+        return len(json.loads(path.read_text())["rows"]) if path.exists() else 0  # replaced atomically: whole
+
+    try:
+        deadline = time.monotonic() + 240
+        while not rows_written() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first row's outputs: written while googlenet-bn trains
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert "Status: running" in (out / "table.md").read_text()
+
+    lines = []
+    with pytest.raises(ConfigError, match="another budget"):  # even a refused rerun tells the truth first
+        experiments.compare(["lenet"], tiny(epochs=2), out_dir=out, data=fmnist, log=lines.append)
+    assert lines == [f"{out}: the compare that wrote it was stopped; its table now says interrupted"]
+    assert "Status: interrupted" in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    assert [r[0] for r in table_rows((out / "table.md").read_text())] == ["lenet"]
+
+
+def test_sigterm_between_runs_leaves_a_table_saying_interrupted(fmnist, tmp_path, monkeypatch):
+    """The trainer handles SIGTERM during its epochs; one between two runs used to end the process with the table
+    saying "running"."""
+    real_cost = experiments.analysis.model_cost
+
+    def cost_then_sigterm(model, *args):
+        if model == "googlenet-lite":  # the second row, after the first row's outputs were written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_cost(model, *args)
+
+    monkeypatch.setattr(experiments.analysis, "model_cost", cost_then_sigterm)
+    out = tmp_path / "term"
+    result = experiments.compare(["lenet", "googlenet-lite"], tiny(), out_dir=out, data=fmnist, log=None)
+    assert result.status == "interrupted" and result.exit_code == 128 + signal.SIGTERM
+    assert [r.label for r in result.rows] == ["lenet"]
+    assert "Status: interrupted" in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

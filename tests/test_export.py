@@ -16,6 +16,7 @@ from inceptionlab import data, export, runs
 from inceptionlab.cli import main
 from inceptionlab.deploy import onnx as deploy_onnx
 from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
+from inceptionlab.fileio import leftover_temp_files
 from inceptionlab.models import create_model, init_xavier_
 
 pytest.importorskip("onnxruntime")
@@ -116,7 +117,9 @@ def test_metadata_ties_the_file_to_the_run(exported):
     assert meta["model"] == "googlenet" and meta["image_size"] == str(SIZE) and meta["num_classes"] == "10"
     assert json.loads(meta["class_names"]) == list(data.CLASS_NAMES)
     norm = json.loads(meta["normalization"])
-    assert norm == {"in_graph": True, "mean": data.FASHION_MNIST_MEAN, "std": data.FASHION_MNIST_STD}
+    assert norm == {"in_graph": True, "mean": [data.FASHION_MNIST_MEAN], "std": [data.FASHION_MNIST_STD]}
+    record = json.loads(meta["data"])  # what a deployment needs to prepare an image as training did
+    assert record["classes"] == list(data.CLASS_NAMES) and record["channels"] == 1 and record["stored_size"] == 28
     import hashlib
 
     assert meta["weights_sha256"] == hashlib.sha256((run_dir / runs.WEIGHTS).read_bytes()).hexdigest()
@@ -130,7 +133,7 @@ def test_predict_through_onnx_matches_pytorch(exported, fmnist, tmp_path, capsys
     files = []
     for i in range(4):
         files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(fmnist.test_images[i].numpy()).save(files[-1])
+        Image.fromarray(fmnist.test_images[i, 0].numpy()).save(files[-1])
     outputs = {}
     for backend, extra in (("onnxruntime", ["--onnx", str(path)]), ("pytorch", [])):
         assert main(["predict", str(run_dir), *files, "--json", *extra]) == 0
@@ -144,7 +147,7 @@ def test_predict_through_onnx_matches_pytorch(exported, fmnist, tmp_path, capsys
 def test_onnx_of_another_run_or_model_is_refused(exported, fmnist, tmp_path, capsys):
     run_dir, path, _ = exported
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
 
     other_weights = make_run(tmp_path / "other", fmnist, train_images=0, seed=1)
     other_size = tmp_path / "other-size"
@@ -202,6 +205,26 @@ def test_failed_check_overwrites_nothing(exported, monkeypatch, capsys):
     assert path.read_bytes() == before and leftovers(path.parent) == []
 
 
+def test_an_export_removes_what_killed_exports_to_its_path_left_and_nothing_else(exported, tmp_path,
+                                                                                write_in_a_process):
+    """A kill before the rename leaves `.model.onnx.<random>.tmp` (24 MB for googlenet at 96 px); the next export to
+    that path removes it, as resuming removes a run directory's. A write of that path still in progress elsewhere and
+    other files' temporaries are kept."""
+    run_dir, exported_path, _ = exported
+    path = tmp_path / "model.onnx"
+    shutil.copy(exported_path, path)  # so that only --force replaces it, as in the report
+    write_in_a_process(path, live=False)
+    [killed] = leftover_temp_files(tmp_path, [path.name])
+    others = [".other.onnx.0f3a9bc1.tmp", ".model.onnx.tmp", "model.onnx.0f3a9bc1.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"not ours")
+    write_in_a_process(path, live=True)
+    [live] = set(leftover_temp_files(tmp_path, [path.name])) - {killed}
+    assert main(["export", str(run_dir), "--onnx", str(path), "--force", "--no-check"]) == 0
+    assert sorted(leftovers(tmp_path)) == sorted([*others, live.name])
+    assert export.read_metadata(path)["weights_sha256"] == runs.weights_sha256(run_dir)
+
+
 @pytest.mark.parametrize("model_name,size", [("googlenet-bn", 32), ("googlenet-paper", 32)])
 def test_other_models_export_in_eval_mode(model_name, size, fmnist, tmp_path):
     """BatchNorm folds into eval-mode convs; googlenet-paper's auxiliary heads are training-only."""
@@ -243,7 +266,7 @@ def test_lowest_supported_opset_exports_and_passes_the_check(exported, fmnist, t
     report = export.export_onnx(run_dir, path, opset=7, num_check_images=32)
     assert report["check"]["same_top1"] == 32 and export.read_metadata(path)["opset"] == "7"
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
     assert main(["predict", str(run_dir), str(image), "--onnx", str(path)]) == 0
     assert "%" in capsys.readouterr().out
 
@@ -255,7 +278,9 @@ def tiny_graph(node, *initializers, opset=17):
     graph = helper.make_graph(
         [node], "forged", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], initializer=list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # the lowest IR version for the opset: a newer onnx writes one an older ONNX Runtime refuses (seen on the GPU)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def forged_graph(kind, fmnist, tmp_path):
@@ -283,7 +308,7 @@ def test_forged_metadata_on_another_graph_is_refused(kind, exported, fmnist, tmp
     onnx.save(forged, str(forged_path))
     assert export.read_metadata(forged_path) == export.read_metadata(path)
     image = tmp_path / "a.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
     assert main(["predict", str(run_dir), str(image), "--onnx", str(forged_path)]) == 1
     captured = capsys.readouterr()
     assert "computes other logits than" in captured.err or "could not run the graph" in captured.err

@@ -140,3 +140,40 @@ def test_leftover_temp_files_are_only_our_temporary_names_of_the_given_files(tmp
     (tmp_path / ".curves.png.0f3a9bc1.tmp").mkdir()  # not a file: never ours
     found = leftover_temp_files(tmp_path, ["checkpoint.pt", "confusion.png", "curves.png"])
     assert sorted(p.name for p in found) == sorted(ours)
+
+
+def test_a_symbolic_link_at_the_target_or_the_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    """The rename replaces a link at the target; a link at the temporary name (O_EXCL) makes the write take another."""
+    import secrets
+
+    victims = {name: tmp_path / f"victim-{name}" for name in ("target", "temporary")}
+    for victim in victims.values():
+        victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").symlink_to(victims["target"])
+    (run / ".summary.json.00000000.tmp").symlink_to(victims["temporary"])
+    names = iter(["00000000", "11111111"])
+    monkeypatch.setattr(secrets, "token_hex", lambda nbytes: next(names))
+    atomic_write_text(run / "summary.json", "{}")
+    assert [victim.read_text() for victim in victims.values()] == ["precious", "precious"]
+    assert not (run / "summary.json").is_symlink() and (run / "summary.json").read_text() == "{}"
+    assert next(names, "both names tried") == "both names tried"
+
+
+def test_removing_leftovers_takes_a_killed_writes_file_and_leaves_a_live_ones(tmp_path, write_in_a_process):
+    """A live write holds a flock on its temporary file until the rename; the kernel drops it with a killed one."""
+    from inceptionlab.fileio import remove_leftover_temp_files
+
+    write_in_a_process(tmp_path / "model.onnx", live=False)
+    [leftover] = leftover_temp_files(tmp_path, ["model.onnx"])
+    live = write_in_a_process(tmp_path / "model.onnx", live=True)
+    try:
+        assert len(leftover_temp_files(tmp_path, ["model.onnx"])) == 2
+        assert remove_leftover_temp_files(tmp_path, ["model.onnx"]) == [leftover]
+        [kept] = leftover_temp_files(tmp_path, ["model.onnx"])
+        assert kept != leftover and kept.read_bytes() == b"half"
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+    assert remove_leftover_temp_files(tmp_path, ["model.onnx"]) == [kept] and os.listdir(tmp_path) == []

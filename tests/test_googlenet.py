@@ -168,7 +168,8 @@ def chapter_init_(net: nn.Module) -> nn.Module:
 @pytest.fixture(scope="module")
 def pil_images_96(fmnist):
     """Two real test images at 96 px, resized by Pillow (what d2l's Resize(96) + ToTensor feed), in float64."""
-    pixels = [np.asarray(Image.fromarray(im.numpy()).resize((96, 96), Image.BILINEAR)) for im in fmnist.test_images[:2]]
+    pixels = [np.asarray(Image.fromarray(im.numpy()).resize((96, 96), Image.BILINEAR))
+              for im in fmnist.test_images[:2, 0]]
     return torch.from_numpy(np.stack(pixels)).unsqueeze(1).double() / 255
 
 

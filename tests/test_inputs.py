@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inceptionlab.config import TrainConfig
+from inceptionlab.data import DataInfo
 from inceptionlab.errors import ConfigError
 from inceptionlab.inputs import (
     PixelInput,
@@ -55,7 +56,7 @@ def test_forward_loss_is_cross_entropy_of_the_models_logits(fmnist, normalize):
     config = TrainConfig(model="lenet", image_size=28, label_smoothing=0.1, normalize=normalize, precision="fp32")
     torch.manual_seed(0)
     model = init_xavier_(create_model("lenet")).double()
-    x, y = fmnist.test_images[:32].double().unsqueeze(1) / 255, fmnist.test_labels[:32]
+    x, y = fmnist.test_images[:32].double() / 255, fmnist.test_labels[:32]
     loss, logits = forward_loss(model, x, y, make_criterion(config), config)
     if normalize:  # d2l feeds [0, 1]; normalize=True standardises with the training split's statistics
         pixels = fmnist.train_images.double() / 255
@@ -72,7 +73,7 @@ def test_forward_loss_adds_the_aux_losses_with_the_given_weight(fmnist):
     config = TrainConfig(model="googlenet-paper", image_size=32, label_smoothing=0.2, precision="fp32")
     torch.manual_seed(0)
     model = create_model("googlenet-paper").double().train()
-    x = F.interpolate(fmnist.test_images[:4].double().unsqueeze(1) / 255, size=32)
+    x = F.interpolate(fmnist.test_images[:4].double() / 255, size=32)
     y = fmnist.test_labels[:4]
     torch.manual_seed(1)
     loss, logits = forward_loss(model, x, y, make_criterion(config), config, aux_weight=0.5)
@@ -86,36 +87,39 @@ def test_forward_loss_adds_the_aux_losses_with_the_given_weight(fmnist):
     torch.testing.assert_close(default, ce[0] + 0.3 * (ce[1] + ce[2]), rtol=0, atol=1e-9)  # the paper's 0.3
 
 
-def test_class_names_are_fashion_mnists_for_ten_classes_and_numbered_otherwise():
-    names = class_names(10)
+def test_class_names_are_the_runs_data_and_fashion_mnists_for_a_run_that_records_none():
+    names = class_names(TrainConfig())
     assert isinstance(names, list) and len(names) == 10
     for name, published in zip(names, PUBLISHED_NAMES, strict=True):  # lower case, "T-shirt/top" shortened
         assert published.lower().startswith(name), (name, published)
     names.append("changed")  # a fresh list each call: a caller's edit does not leak into the next one
-    assert len(class_names(10)) == 10
-    assert class_names(3) == ["class 0", "class 1", "class 2"]
-    assert class_names(0) == []
+    assert len(class_names(TrainConfig())) == 10
+    info = DataInfo(("leaf", "stem", "root"), 3, 64, (0.1, 0.2, 0.3), (0.2, 0.2, 0.2), "folder")
+    assert class_names(TrainConfig(data_info=info.to_dict())) == ["leaf", "stem", "root"]
 
 
 def test_normalization_is_the_training_splits_statistics_only_when_asked(fmnist):
     mean, std = _train_stats(fmnist)
     got = normalization(TrainConfig(normalize=True))
-    assert isinstance(got, tuple) and len(got) == 2
-    assert abs(got[0] - mean) < 1e-6 and abs(got[1] - std) < 1e-6
+    assert isinstance(got, tuple) and len(got) == 2 and len(got[0]) == len(got[1]) == 1
+    assert abs(got[0][0] - mean) < 1e-6 and abs(got[1][0] - std) < 1e-6
+    info = DataInfo(("a", "b"), 3, 8, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "folder")
+    assert normalization(TrainConfig(normalize=True, data_info=info.to_dict())) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     assert normalization(TrainConfig(normalize=False)) is None
 
 
 def test_normalize_standardises_with_the_training_splits_mean_and_std(fmnist):
     mean, std = _train_stats(fmnist)
-    x = fmnist.test_images[:8].double().unsqueeze(1) / 255
-    torch.testing.assert_close(normalize(x), (x - mean) / std, rtol=0, atol=1e-5)
-    pixels = normalize(fmnist.train_images[:2000].double() / 255)  # roughly zero mean, unit std on training images
+    x = fmnist.test_images[:8].double() / 255
+    norm = normalization(TrainConfig(normalize=True))
+    torch.testing.assert_close(normalize(x, *norm), (x - mean) / std, rtol=0, atol=1e-5)
+    pixels = normalize(fmnist.train_images[:2000].double() / 255, *norm)  # about zero mean, unit std on training images
     assert abs(float(pixels.mean())) < 0.05 and abs(float(pixels.std()) - 1) < 0.05
 
 
 @pytest.mark.parametrize("normalize_", [False, True])
 def test_prepare_input_with_channels_last_keeps_the_values_in_the_other_layout(fmnist, normalize_):
-    x = fmnist.test_images[:4].float().unsqueeze(1).expand(4, 3, 28, 28) / 255
+    x = fmnist.test_images[:4].float().expand(4, 3, 28, 28) / 255
     config = TrainConfig(normalize=normalize_, channels_last=True, precision="fp32")
     got = prepare_input(x, config)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -190,7 +194,7 @@ def test_pixel_input_standardises_before_the_model():
     torch.manual_seed(0)
     inner = nn.Linear(3, 2)
     x = torch.rand(5, 3)
-    net = PixelInput(inner, 0.5, 0.25)
+    net = PixelInput(inner, (0.5,), (0.25,))
     assert net.model is inner
     torch.testing.assert_close(net(x), inner((x - 0.5) * 4), rtol=0, atol=1e-6)  # by hand: / 0.25 is * 4
 
@@ -198,7 +202,7 @@ def test_pixel_input_standardises_before_the_model():
 def test_pixel_model_wraps_only_a_standardised_run_and_evaluates(fmnist):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(28 * 28, 10)).train()
-    x = fmnist.test_images[:6].float().unsqueeze(1) / 255
+    x = fmnist.test_images[:6].float() / 255
     net = pixel_model(model, TrainConfig(normalize=True))
     assert isinstance(net, PixelInput) and not net.training and not model.training  # eval: no dropout
     mean, std = _train_stats(fmnist)
@@ -206,3 +210,17 @@ def test_pixel_model_wraps_only_a_standardised_run_and_evaluates(fmnist):
         torch.testing.assert_close(net(x), model((x - mean) / std), rtol=0, atol=1e-4)
     plain = nn.Linear(2, 2).train()
     assert pixel_model(plain, TrainConfig(normalize=False)) is plain and not plain.training  # eval either way
+
+
+def test_normalize_is_per_channel_for_rgb_data_and_the_pixel_input_does_the_same():
+    """Three channels, each standardised with its own statistics (torch's broadcasting in the test is the
+    reference), and the exported wrapper computes exactly what training fed the model."""
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
+    reference = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalize(x, mean, std), reference, rtol=0, atol=1e-6)
+    inner = nn.Identity()
+    torch.testing.assert_close(PixelInput(inner, mean, std)(x), reference, rtol=0, atol=1e-6)
+    info = DataInfo(("a", "b"), 3, 8, mean, std, "folder")
+    config = TrainConfig(normalize=True, channels_last=False, precision="fp32", data_info=info.to_dict())
+    torch.testing.assert_close(prepare_input(x, config), reference, rtol=0, atol=1e-6)

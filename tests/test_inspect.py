@@ -12,7 +12,7 @@ from PIL import Image
 from inceptionlab import inspect as insp
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
-from inceptionlab.data import FashionMNIST
+from inceptionlab.data import ImageDataset
 from inceptionlab.engine.evaluate import evaluate_run
 from inceptionlab.engine.trainer import train
 from inceptionlab.errors import InceptionLabError
@@ -25,10 +25,10 @@ B3_0_SLICES = [(0, 64), (64, 192), (192, 224), (224, 256)]
 
 
 @pytest.fixture(scope="module")
-def small_data(fmnist) -> FashionMNIST:
+def small_data(fmnist) -> ImageDataset:
     """Fashion-MNIST with the first 500 test images as its test split (what evaluate_run then evaluates)."""
-    return FashionMNIST(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:TEST_IMAGES],
-                        fmnist.test_labels[:TEST_IMAGES], fmnist.paths)
+    return ImageDataset(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:TEST_IMAGES],
+                        fmnist.test_labels[:TEST_IMAGES], fmnist.info)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_a_model_without_branches_is_an_error():
 
 def test_cli_json_with_an_image_file(run_dir, fmnist, tmp_path, capsys):
     image = tmp_path / "coat.png"
-    Image.fromarray(fmnist.test_images[0].numpy()).save(image)
+    Image.fromarray(fmnist.test_images[0, 0].numpy()).save(image)
     code = main(["inspect", str(run_dir), "--json", "--limit-test", "100", "--blocks", "b5.1", "--image",
                  str(image), "--out", str(tmp_path / "out")])
     assert code == 0

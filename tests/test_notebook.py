@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import nbformat
 import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the notebook extra (pip install 'inceptionlab[dev]')")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "googlenet.ipynb"
 

@@ -63,8 +63,7 @@ def test_tensorboard_without_the_package_fails_before_any_work(fmnist, tmp_path,
 def live_figures(monkeypatch) -> tuple[list, list]:
     """A stand-in for the notebook's display handle, every redraw let through: (PNGs shown, figures shown). The
     figures are caught where the live curves turn them into PNGs (curves.png's figures never pass there)."""
-    from IPython import display as ipy_display
-
+    ipy_display = pytest.importorskip("IPython.display", reason="the notebook extra (IPython) is not installed")
     from inceptionlab import plots
     from inceptionlab.engine import observers
 

@@ -91,14 +91,14 @@ def test_png_of_a_test_image_gives_exactly_the_training_input(tmp_path, fmnist):
     pixels = fmnist.test_images[:3]
     for i, size in enumerate((28, 40, 96)):
         path = tmp_path / f"{i}.png"
-        write_image(path, pixels[i].numpy())
+        write_image(path, pixels[i, 0].numpy())
         x = load_image(path, size, invert=False)
         assert x.shape == (1, size, size) and x.dtype == torch.float32
         assert torch.allclose(x, data.resize_batch(pixels[i : i + 1], size)[0], atol=1e-6)
 
 
 def test_auto_invert_and_alpha(tmp_path, fmnist):
-    pixels = fmnist.test_images[0].numpy()
+    pixels = fmnist.test_images[0, 0].numpy()
     expected = data.resize_batch(fmnist.test_images[:1], SIZE)[0]
     write_image(tmp_path / "light.png", pixels)
     write_image(tmp_path / "dark.png", pixels, invert=True)
@@ -113,7 +113,7 @@ def test_auto_invert_and_alpha(tmp_path, fmnist):
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path, fmnist):
-    pixels = fmnist.test_images[0].numpy()
+    pixels = fmnist.test_images[0, 0].numpy()
     Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # mode I;16
     x = load_image(tmp_path / "deep.png", SIZE, invert=False)
     assert torch.allclose(x, data.resize_batch(fmnist.test_images[:1], SIZE)[0], atol=1e-6)
@@ -144,7 +144,7 @@ def test_predict_matches_labels_on_png_and_jpeg(tmp_path, fmnist, run_dir, capsy
     for suffix, kwargs in variants.items():
         paths[suffix] = [tmp_path / f"{i}-{suffix}" for i in range(n)]
         for i, path in enumerate(paths[suffix]):
-            write_image(path, fmnist.test_images[i].numpy(), **kwargs)
+            write_image(path, fmnist.test_images[i, 0].numpy(), **kwargs)
     light = [str(p) for suffix in ("grey.png", "rgb.jpg", "wide.png") for p in paths[suffix]]
     outputs = []
     for files, flag in ((light, "--no-invert"), (list(map(str, paths["dark.png"])), "--invert")):
@@ -170,7 +170,7 @@ def test_non_image_among_images(tmp_path, fmnist, run_dir, capsys):
     good = []
     for i in range(2):
         good.append(tmp_path / f"{i}.png")
-        write_image(good[-1], fmnist.test_images[i].numpy())
+        write_image(good[-1], fmnist.test_images[i, 0].numpy())
     bad = tmp_path / "readme.png"
     bad.write_text("hello")
     code = main(["predict", str(run_dir), str(good[0]), str(bad), str(good[1]), str(tmp_path / "gone.jpg")])
@@ -189,7 +189,7 @@ def test_run_dir_without_weights_is_refused(tmp_path, fmnist, run_dir, capsys):
     broken.mkdir()
     shutil.copy(run_dir / runs.CONFIG, broken / runs.CONFIG)
     image = tmp_path / "a.png"
-    write_image(image, fmnist.test_images[0].numpy())
+    write_image(image, fmnist.test_images[0, 0].numpy())
     assert main(["predict", str(broken), str(image)]) == 1
     err = capsys.readouterr().err
     assert "model.safetensors" in err and "Traceback" not in err
@@ -253,7 +253,7 @@ def test_long_strip_is_shrunk_before_it_is_padded(tmp_path, shape):
 
 def test_shrinking_a_large_photo_keeps_what_the_model_sees(tmp_path, fmnist):
     """A 2400 x 1800 photo of a test item (above the shrink threshold) against the unshortened pipeline."""
-    item = Image.fromarray(fmnist.test_images[0].numpy()).resize((2400, 1800), Image.Resampling.BICUBIC)
+    item = Image.fromarray(fmnist.test_images[0, 0].numpy()).resize((2400, 1800), Image.Resampling.BICUBIC)
     item.save(tmp_path / "big.png")
     expected = data.resize_batch((exact_pixels(np.asarray(item)) * 255).round().to(torch.uint8)[None], SIZE)[0]
     x = load_image(tmp_path / "big.png", SIZE, invert=False)
@@ -298,7 +298,7 @@ def test_cut_outs_are_inverted_only_when_dark_on_light(tmp_path, fmnist):
     items = fmnist.test_images[:200]
     expected = data.resize_batch(items, SIZE)
     wrong = {False: [], True: []}
-    for i, item in enumerate(items.numpy()):
+    for i, item in enumerate(items[:, 0].numpy()):
         for negate in (False, True):
             path = tmp_path / f"{i}-{negate}.png"
             cut_out(item, negate).save(path)
@@ -313,7 +313,7 @@ def test_cut_outs_are_inverted_only_when_dark_on_light(tmp_path, fmnist):
 
 def test_unknown_device_is_named_before_the_weights_are_read(tmp_path, fmnist, run_dir, capsys):
     image = tmp_path / "a.png"
-    write_image(image, fmnist.test_images[0].numpy())
+    write_image(image, fmnist.test_images[0, 0].numpy())
     for device in ("tpu", "cuda:99", "meta"):
         assert main(["predict", str(run_dir), str(image), "--device", device]) == 1
         err = capsys.readouterr().err
@@ -328,7 +328,7 @@ def test_overflowing_logits_are_refused_not_printed_as_nan(tmp_path, fmnist, run
     state["head.weight"] = torch.full_like(state["head.weight"], 3e38)
     save_file(state, broken / runs.WEIGHTS)
     image = tmp_path / "a.png"
-    write_image(image, fmnist.test_images[0].numpy())
+    write_image(image, fmnist.test_images[0, 0].numpy())
     assert main(["predict", str(broken), str(image)]) == 1
     captured = capsys.readouterr()
     assert "NaN or infinite" in captured.err and "nan" not in captured.out
@@ -336,7 +336,7 @@ def test_overflowing_logits_are_refused_not_printed_as_nan(tmp_path, fmnist, run
 
 def test_exif_orientation_still_applies_to_a_shrunk_photo(tmp_path, fmnist):
     """A phone photo stored sideways with EXIF orientation 6, large enough to be shrunk first."""
-    upright = Image.fromarray(fmnist.test_images[0].numpy()).resize((1900, 2000), Image.Resampling.BICUBIC)
+    upright = Image.fromarray(fmnist.test_images[0, 0].numpy()).resize((1900, 2000), Image.Resampling.BICUBIC)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif.tobytes())

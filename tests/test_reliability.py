@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionlab import runs
+from inceptionlab import fileio, runs
 from inceptionlab.cli import main
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import load_fashion_mnist
@@ -148,7 +148,7 @@ REAL_FILE_SYSTEMS = textwrap.dedent(
     """
     import json, os, subprocess, sys
     import torch
-    from inceptionlab import runs
+    from inceptionlab import fileio, runs
     from inceptionlab.errors import WriteError
 
     read_only, small = sys.argv[1:3]
@@ -280,6 +280,67 @@ def test_resume_refuses_a_checkpoint_with_more_epochs_than_the_run(fmnist, finis
         train(resume=run_copy, data=fmnist, log=None)
 
 
+CONFIG_DAMAGES = {  # a hand-edited config.json under --resume: (edit, what the message says)
+    "image size too large": ({"image_size": 100000}, "image_size 100000 is above the largest supported, 512"),
+    "epochs as text": ({"epochs": "2"}, "epochs must be a positive whole number, got '2'"),
+    "unknown key": ({"colour": "red"}, "unknown config keys: colour"),
+    "model null": ({"model": None}, "model must be a model name, got null"),
+    "seed as text": ({"seed": "0"}, "seed must be a whole number >= 0, got str '0'"),
+    "val_split too large": ({"val_split": 60000}, "val_split 60,000 leaves no training images"),
+}
+
+
+@pytest.mark.parametrize("given", [[], ["--epochs", "2"]], ids=["alone", "with --epochs"])
+@pytest.mark.parametrize("damage", CONFIG_DAMAGES)
+def test_a_damaged_config_under_resume_names_the_file_and_advises_what_resume_allows(run_copy, capsys, damage,
+                                                                                      given):
+    """It used to say "image_size ...: pass --image-size 512 or less", which --resume refuses, without naming the
+    file; with options given it was an AttributeError or a traceback for some values."""
+    edit, problem = CONFIG_DAMAGES[damage]
+    path = run_copy / runs.CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    assert main(["train", "--resume", str(run_copy), *given]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert str(path) in err and problem in err, err
+    assert f"correct the value in {path}, or restore the run directory's original files" in err, err
+    assert "--image-size" not in err and "--val-split" not in err, err
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null", "directory"])
+def test_a_config_json_that_is_not_a_regular_file_is_named_as_such(run_copy, capsys, kind):
+    """A FIFO would block the read and /dev/null read as empty; both used to be reported as missing."""
+    path = run_copy / runs.CONFIG
+    path.unlink()
+    {"fifo": lambda: os.mkfifo(path), "/dev/null": lambda: path.symlink_to("/dev/null"),
+     "directory": path.mkdir}[kind]()
+    what = {"fifo": "a FIFO", "/dev/null": "a character device", "directory": "a directory"}[kind]
+    assert stat.S_ISFIFO(os.stat(path).st_mode) == (kind == "fifo")
+    assert main(["train", "--resume", str(run_copy)]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert err.strip().endswith(f"error: {path} is not a regular file but {what}; the run directory is damaged: "
+                                "restore the run directory's original files or retrain the run"), err
+
+
+def test_a_trainer_refused_by_the_lock_says_nothing_before_its_refusal(fmnist, run_copy, capsys):
+    """It used to print "continuing ... after epoch 1" first, as if it were going to train."""
+    holder = runs.lock_run_dir(run_copy)
+    lines = []
+    try:
+        with pytest.raises(RunDirError, match="is in use"):
+            train(resume=run_copy, data=fmnist, log=lines.append)
+        assert main(["train", "--resume", str(run_copy), "--num-threads", "1"]) == 1
+    finally:
+        holder.release()
+    assert lines == []
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "is in use" in captured.err, captured
+    lines.clear()
+    train(resume=run_copy, data=fmnist, log=lines.append)  # the control: unlocked, it says so first
+    assert lines[0] == f"continuing {run_copy} after epoch 1"
+
+
 # The smallest structure load_checkpoint accepts: no epoch finished, one tensor, an empty optimizer state dict.
 EMPTY_CHECKPOINT = {"epoch": 0, "model": {"w": torch.arange(3.0)}, "optimizer": {"state": {}, "param_groups": []},
                     "metrics": []}
@@ -357,7 +418,7 @@ def _write_small_dataset(directory: Path) -> Path:
 def test_an_unreadable_dataset_file_says_so_and_how_to_fix_it(isolated_data_env, tmp_path, fail_path):
     directory = _write_small_dataset(tmp_path / "fmnist")
     locked = directory / "train-labels-idx1-ubyte"
-    fail_path("read_bytes", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
+    fail_path("open", lambda p: p == locked, PermissionError(errno.EACCES, "Permission denied", str(locked)))
     with pytest.raises(DatasetError) as info:
         load_fashion_mnist(directory, verify=False, download=False)
     assert str(info.value) == (f"{locked}: permission denied; make it readable for you (its owner can run `chmod -R "
@@ -412,7 +473,7 @@ def test_removing_leftovers_returns_what_it_removed_and_needs_the_lock(tmp_path,
         assert runs.remove_interrupted_writes(lock) == sorted(tmp_path / name for name in OURS)
         assert temp_files(tmp_path) == sorted(NOT_OURS)
         # a file gone between the listing and the unlink (another cleaner) is skipped, not an error
-        monkeypatch.setattr(runs, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
+        monkeypatch.setattr(fileio, "leftover_temp_files", lambda directory, names: [tmp_path / OURS[0]])
         assert runs.remove_interrupted_writes(lock) == []
     finally:
         lock.release()
@@ -536,6 +597,7 @@ def test_the_lock_is_released_on_every_exit(fmnist, run_copy, fill_disk, monkeyp
 def test_only_rank_0_locks_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "broadcast_path", lambda path, is_main: str(tmp_path))
     rank1 = SimpleNamespace(is_main=False, run_dir=None, lock=None, dist=distributed.Distributed(1, 2, 1))
+    trainer.claim_run_dir(rank1)
     trainer.open_run_dir(rank1)
     assert rank1.lock is None and rank1.run_dir == tmp_path and not (tmp_path / runs.LOCK).exists()
 
@@ -570,3 +632,128 @@ def test_a_bad_timeout_is_refused_before_joining(captured_init, monkeypatch, val
     with pytest.raises(ConfigError, match=rf"^INCEPTIONLAB_DIST_TIMEOUT_SECONDS='{value}' is not a positive number"):
         distributed.init_process_group(torch.device("cpu"))
     assert captured_init == []
+
+
+# --------------------------------------------------------------------------------------------- 9. symbolic links
+
+
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+
+
+def plant_links_at_temporary_names(monkeypatch, outside: Path, targets: dict[Path, bytes]) -> list[str]:
+    """From now on, the first temporary name that a write of each file creates is made a symbolic link to a new file
+    outside just before the kernel's open, as someone racing the write would. Returns the files whose writes met one;
+    ``targets`` gets each link's target and its content."""
+    real_open, met = os.open, []
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        name = TEMP_NAME.fullmatch(os.path.basename(path))
+        if name and flags & os.O_CREAT and name[1] not in met:
+            met.append(name[1])
+            target = outside / f"temporary-{name[1]}"
+            target.write_bytes(f"not {name[1]}'s to write\n".encode())
+            targets[target] = target.read_bytes()
+            os.symlink(target, path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    return met
+
+
+def test_a_run_writes_through_no_symbolic_link_and_a_symlinked_run_directory_still_trains(fmnist, run_copy, tmp_path,
+                                                                                          monkeypatch):
+    """A run directory from someone else's archive: each of its files is a link to a file outside (resume reads
+    them through the links), and each temporary name is a link when the write creates it. Resumed through a linked
+    run directory, the run replaces its links by files and leaves every target byte for byte."""
+    outside, targets = tmp_path / "outside", {}
+    outside.mkdir()
+    for name in runs.RUN_FILES:
+        shutil.move(run_copy / name, outside / name)
+        (run_copy / name).symlink_to(outside / name)
+        targets[outside / name] = (outside / name).read_bytes()
+    linked_run = tmp_path / "linked-run"
+    linked_run.symlink_to(run_copy, target_is_directory=True)  # legitimate: the run directory itself is a link
+    config = TrainConfig.from_dict(runs.read_config(linked_run)).replace(epochs=2)
+    met = plant_links_at_temporary_names(monkeypatch, outside, targets)
+    result = train(config, resume=linked_run, data=fmnist, log=None)
+    monkeypatch.undo()
+    assert result.status == "completed" and [r["epoch"] for r in runs.read_metrics(run_copy)] == [1, 2]
+    assert sorted(met) == sorted(runs.RUN_FILES)  # every file's write met a link at its temporary name
+    assert {target: target.read_bytes() for target in targets} == targets
+    assert not any((run_copy / name).is_symlink() for name in runs.RUN_FILES)
+
+
+@pytest.mark.parametrize("kind", ["a link to a file", "a dangling link", "a named pipe"])
+def test_a_lock_that_is_a_link_or_not_a_file_is_refused_and_nothing_is_written(fmnist, run_copy, tmp_path, kind):
+    """`ln -s /some/file RUN/.lock` once made the holder's pid line overwrite /some/file; a dangling link would have
+    created its target."""
+    lock, victim = run_copy / runs.LOCK, tmp_path / "victim"
+    lock.unlink()
+    if kind == "a named pipe":
+        os.mkfifo(lock)
+    else:
+        if kind == "a link to a file":
+            victim.write_bytes(b"precious\n")
+        lock.symlink_to(victim)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()}
+    with pytest.raises(RunDirError) as info:
+        train(TrainConfig.from_dict(runs.read_config(run_copy)).replace(epochs=2), resume=run_copy, data=fmnist,
+              log=None)
+    what = ("is not a regular file, and inceptionlab writes its lock only into one" if kind == "a named pipe" else
+            "is a symbolic link, and inceptionlab never writes through one")
+    assert str(info.value) == f"{lock} {what}; delete it (`rm {lock}`) and train again"
+    assert (victim.read_bytes() == b"precious\n") if kind == "a link to a file" else not victim.exists()
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file() and not p.is_symlink()} == before
+
+
+def test_a_symlinked_lock_is_one_line_from_the_cli(run_copy, tmp_path, capsys):
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    (run_copy / runs.LOCK).unlink()
+    (run_copy / runs.LOCK).symlink_to(tmp_path / "victim")
+    assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--num-threads", "1"]) == 1
+    err = one_line_cli_error(capsys, "train")
+    assert f"{run_copy / runs.LOCK} is a symbolic link, and inceptionlab never writes through one" in err
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+
+
+def test_a_hard_linked_lock_still_locks_but_its_other_name_keeps_its_content(tmp_path):
+    """A hard link is the same file under two names: the pid line would land in the other one."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "victim").write_bytes(b"precious\n")
+    os.link(tmp_path / "victim", tmp_path / "run" / runs.LOCK)
+    lock = runs.lock_run_dir(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirError, match=r"is in use: .* is training in it"):
+            runs.lock_run_dir(tmp_path / "run")
+    finally:
+        lock.release()
+    assert (tmp_path / "victim").read_bytes() == b"precious\n"
+
+
+# --------------------------------------------------------------------------------------------- 10. metrics.jsonl
+
+
+def test_read_metrics_skips_a_last_line_cut_short_by_a_kill(tmp_path):
+    rows = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.75}]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / runs.METRICS_JSONL).write_text(text + '{"epoch": 3, "test_a')
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_bytes(text.encode() + b'{"epoch": 3, "name": "\xc3')  # cut inside a char
+    assert runs.read_metrics(tmp_path) == rows
+    (tmp_path / runs.METRICS_JSONL).write_text(text + "\n")  # a blank line is no row
+    assert runs.read_metrics(tmp_path) == rows
+
+
+@pytest.mark.parametrize(("content", "line", "reason"), [
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n{"epoch": 3}\n', 2, "Unterminated string starting at"),
+    ('{"epoch": 1}\n{"epoch": 2, "test_a\n', 2, "Unterminated string starting at"),  # ended by a newline: not cut
+    ('{"epoch": 1}\n\xc3(\n', 2, "not UTF-8 text"),  # a 2-byte character's first byte, then "("
+    ('{"epoch": 1}\n[1, 2]\n', 2, None),
+])
+def test_a_damaged_line_of_metrics_jsonl_is_one_line_naming_the_file_and_the_line(tmp_path, content, line, reason):
+    (tmp_path / runs.METRICS_JSONL).write_bytes(content.encode("latin-1"))
+    with pytest.raises(RunDirError) as info:
+        runs.read_metrics(tmp_path)
+    problem = f"is not valid JSON ({reason}" if reason else "is not a JSON object"
+    assert str(info.value).startswith(f"{tmp_path / runs.METRICS_JSONL}: line {line} {problem}")
+    assert str(info.value).endswith(f"; {runs.RESTORE}") and "\n" not in str(info.value)

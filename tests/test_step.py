@@ -331,7 +331,7 @@ def _lenet_float64(seed: int = 0) -> torch.nn.Module:
 
 
 def _fmnist_batch(fmnist, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (fmnist.train_images[start:start + n].double().unsqueeze(1) / 255,
+    return (fmnist.train_images[start:start + n].double() / 255,
             fmnist.train_labels[start:start + n])
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inceptionlab import runs
+from inceptionlab import data, runs
 from inceptionlab.analysis import input_size_report
 from inceptionlab.cli import main
 from inceptionlab.config import CUDA_SWITCHES, TrainConfig
@@ -55,7 +55,7 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     config = TrainConfig(
         model="googlenet-bn", image_size=28, epochs=3, batch_size=64, limit_train=1920, limit_test=1000,
         lr=0.05, optimizer="nesterov", schedule="onecycle", warmup_epochs=0.5, precision="bf16",
-        channels_last=True, num_threads=1, out=str(tmp_path),
+        channels_last=True, num_threads=1, out=str(tmp_path), device="cpu",  # the "on cpu" line below
     )
     lines = []
     result = train(config, data=fmnist, log=lines.append)
@@ -78,14 +78,14 @@ def test_smoke_run_learns_and_writes_the_run_directory(fmnist, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.metrics
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
     saved = TrainConfig.from_dict(runs.read_config(run_dir))
-    assert saved == config
+    assert saved == config.replace(data_info=data.fashion_mnist_info().to_dict())  # the run records its data
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 3 and len(ckpt["metrics"]) == 3
     per_class = json.loads((run_dir / "per_class.json").read_text())
     assert len(per_class["per_class_acc"]) == 10 and sum(map(sum, per_class["confusion"])) == 1000
     # the saved model, reloaded from safetensors, reproduces the final test accuracy
     small = type(fmnist)(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:1000],
-                         fmnist.test_labels[:1000], fmnist.paths)
+                         fmnist.test_labels[:1000], fmnist.info)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)  # as the trainer ran: the arithmetic is then the same on any machine
     try:
@@ -348,7 +348,7 @@ def test_eager_step_is_sgd_on_the_configs_smoothed_cross_entropy(fmnist, smoothi
     torch.manual_seed(0)
     model = init_xavier_(create_model("lenet")).double()
     reference = copy.deepcopy(model)
-    x, y = fmnist.train_images[:32].double().unsqueeze(1) / 255, fmnist.train_labels[:32]
+    x, y = fmnist.train_images[:32].double() / 255, fmnist.train_labels[:32]
     expected, expected_loss = _manual_sgd_step(reference, x, y, 0.5, smoothing)
     other, _ = _manual_sgd_step(reference, x, y, 0.5, 0.3 - smoothing)
     assert max(float((a - b).abs().max()) for a, b in zip(expected, other, strict=True)) > 1e-3  # can tell them apart
@@ -369,7 +369,7 @@ def test_eager_step_with_a_grad_scaler_is_the_same_sgd_step(fmnist):
     torch.manual_seed(0)
     model = init_xavier_(create_model("lenet")).double()
     reference = copy.deepcopy(model)
-    x, y = fmnist.train_images[:16].double().unsqueeze(1) / 255, fmnist.train_labels[:16]
+    x, y = fmnist.train_images[:16].double() / 255, fmnist.train_labels[:16]
     expected, _ = _manual_sgd_step(reference, x, y, 0.5, 0.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config, scaler)(x, y)
@@ -385,7 +385,7 @@ def test_eager_step_weights_the_aux_losses_by_the_models_aux_loss_weight(fmnist)
     model = create_model("googlenet-paper").double().train()
     model.aux_loss_weight = 1.0  # not the default 0.3: the step must read the model's own weight
     reference = copy.deepcopy(model)
-    x = F.interpolate(fmnist.train_images[:4].double().unsqueeze(1) / 255, size=32)
+    x = F.interpolate(fmnist.train_images[:4].double() / 255, size=32)
     y = fmnist.train_labels[:4]
     torch.manual_seed(1)
     loss_sum, _ = make_train_step(model, build_optimizer(model, config, torch.device("cpu")), config)(x, y)
@@ -402,11 +402,11 @@ def test_trainers_step_minimises_the_smoothed_loss_of_its_config(fmnist, tmp_pat
     from inceptionlab.models import init_xavier_
 
     config = lenet_config(tmp_path, epochs=1, limit_train=64, limit_test=64, lr=0.5, optimizer="sgd", precision="fp32",
-                          schedule="constant", label_smoothing=0.3)
+                          schedule="constant", label_smoothing=0.3, device="cpu")  # the reference is CPU float32
     result = train(config, data=fmnist, log=None)
     torch.manual_seed(config.seed)  # the trainer's initial model: seeded, then the chapter's Xavier init
     initial = init_xavier_(create_model("lenet"))
-    x, y = fmnist.train_images[:64].float().unsqueeze(1) / 255, fmnist.train_labels[:64]
+    x, y = fmnist.train_images[:64].float() / 255, fmnist.train_labels[:64]
     expected, loss = _manual_sgd_step(initial, x, y, 0.5, 0.3)
     unsmoothed, _ = _manual_sgd_step(initial, x, y, 0.5, 0.0)
     for (name, p), e in zip(result.model.named_parameters(), expected, strict=True):

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import FlopCounterMode
 
+from inceptionlab.argcheck import FLAG, NAME, WHOLE, check, optional, sequence, whole
 from inceptionlab.errors import InputSizeError
 from inceptionlab.models import create_model, get_model_spec, list_models
 
@@ -227,6 +228,7 @@ def input_size_report(model_name: str, verify: bool = True, in_channels: int = 1
     With ``verify`` the claims are confirmed on real CPU tensors: a forward pass at ``min_size`` (and ``max_size``)
     succeeds and one pixel below (above) fails.
     """
+    check(model_name=(model_name, NAME), verify=(verify, FLAG), in_channels=(in_channels, whole(1)))
     spec = get_model_spec(model_name)
     model = _meta_model(model_name, in_channels=in_channels)
     natural = spec.natural_size
@@ -291,6 +293,7 @@ def check_input_size(model_name: str, size: int, in_channels: int = 1) -> None:
 
     Cheap (one shape-only pass) when the size is fine; the trainer calls it before building anything.
     """
+    check(model_name=(model_name, NAME), size=(size, WHOLE), in_channels=(in_channels, whole(1)))
     if size < 1:
         raise InputSizeError(f"image size must be a positive number of pixels, got {size}")
     probe = _probe(_meta_model(model_name, in_channels=in_channels), size, in_channels)
@@ -358,6 +361,7 @@ class ModelCost:
 
 
 def model_cost(model_name: str, size: int | None = None, in_channels: int = 1) -> ModelCost:
+    check(model_name=(model_name, NAME), size=(size, optional(whole(1))), in_channels=(in_channels, whole(1)))
     spec = get_model_spec(model_name)
     model = _meta_model(model_name, in_channels=in_channels)
     natural = forward_flops(model, spec.natural_size, in_channels) / 1e9
@@ -373,6 +377,8 @@ def model_cost(model_name: str, size: int | None = None, in_channels: int = 1) -
 
 def cost_table(size: int | None = None, models: list[str] | None = None) -> list[ModelCost]:
     """:func:`model_cost` for every registered model (or ``models``)."""
+    names = optional(sequence(NAME, "a non-empty list of model names"))
+    check(size=(size, optional(whole(1))), models=(models, names))
     return [model_cost(name, size) for name in (models or list_models())]
 
 

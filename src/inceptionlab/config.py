@@ -1,6 +1,6 @@
 """The training configuration: one flat, typed dataclass, written whole into every run's ``config.json``.
 
-Defaults are the chapter's recipe (d2l ``train_ch6`` on ``load_data_fashion_mnist(128, resize=96)``):
+Defaults are the chapter's recipe (d2l's ``train_ch6`` on its Fashion-MNIST loader with ``resize=96``, batch 128):
 Xavier-uniform init, plain SGD lr 0.1, batch 128, 10 epochs, cross-entropy, 96x96 inputs in [0, 1].
 :data:`PRESETS` holds the other named recipes; command-line options override a preset's values.
 """
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from inceptionlab.argcheck import NAME, TEXT, check, instance, optional, whole
 from inceptionlab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
@@ -23,15 +25,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device run
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INITS = ("xavier", "default")
 STEP_MODES = ("auto", "eager", "cudagraph", "compile")  # see inceptionlab.engine.step
-# Fashion-MNIST is 28 px and the models are built for 28-299 px; beyond 512 an upscale adds only memory and time
+# The models are built for 28-299 px; beyond 512 an upscale adds only memory and time
 MAX_IMAGE_SIZE = 512
-# Fashion-MNIST's training split (data.fashion_mnist.NUM_EXAMPLES): repeated so that this module never imports torch
-TRAIN_IMAGES = 60_000
+# How a folder's images are prepared (inceptionlab.data.images): repeated so that this module never imports torch
+COLOR_MODES = ("auto", "grey", "rgb")
+RESIZE_MODES = ("squash", "crop", "pad")
+ON_BAD = ("error", "skip")
 
 
 # Options that may change when a run continues (they do not change what it computes beyond rounding, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "eval_batch_size", "step_mode", "tensorboard",
+RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "data", "eval_batch_size", "step_mode", "tensorboard",
              "checkpoint_every", *CUDA_SWITCHES)
+# Set from the data by the trainer (engine.rundata.with_data), not chosen: a resume keeps the run's own.
+DERIVED = ("num_classes", "in_channels", "data_info")
 
 
 @dataclass
@@ -39,7 +45,7 @@ class TrainConfig:
     # what is trained (these keys are read back by `evaluate`, `export`, `predict`: keep their names)
     model: str = "googlenet"
     model_options: dict[str, Any] = field(default_factory=dict)
-    num_classes: int = 10
+    num_classes: int = 10  # set from the data when training (DERIVED); here for building a model without data
     in_channels: int = 1
     image_size: int = 96
     normalize: bool = False  # d2l feeds ToTensor's [0, 1] pixels; True standardises with the training set's mean/std
@@ -79,23 +85,35 @@ class TrainConfig:
     val_split: int = 0  # training images held out for validation (the same ones for every seed and model); 0: none
     limit_train: int | None = None
     limit_test: int | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None  # where Fashion-MNIST's IDX files are (when `data` is unset)
+    # your own images (docs/data.md): a folder of class folders, a folder of split folders, or a CSV
+    data: str | None = None
+    color: str = "auto"  # "auto": grey when every image is grey, else RGB
+    resize_mode: str = "squash"  # how a non-square image becomes square: "squash", "crop" or "pad"
+    val_fraction: float = 0.1  # of each class, when the data has no validation split of its own
+    test_fraction: float = 0.2  # of each class, when the data has no test split of its own
+    classes_file: str | None = None  # one class name per line: pins the class order
+    on_bad: str = "error"  # an undecodable file: "error" (stop before training, naming it) or "skip" (listed)
+    data_info: dict[str, Any] | None = None  # set by the trainer: classes, channels, statistics of the run's data
     out: str = "runs"
     preset: str = "d2l"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model_options"] = dict(self.model_options)
+        d["data_info"] = None if self.data_info is None else dict(self.data_info)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (a typo would otherwise be silently dropped)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**{k: (dict(v) if k == "model_options" else v) for k, v in data.items()})
+        # a model_options (or data_info) that is no mapping stays as it is, for validate() to name
+        return cls(**{k: (dict(v) if k in ("model_options", "data_info") and isinstance(v, Mapping) else v)
+                      for k, v in data.items()})
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -104,6 +122,8 @@ class TrainConfig:
         """Check every value before any work starts; raise :class:`ConfigError` naming the fix."""
         from inceptionlab.models import get_model_spec
 
+        check(model=(self.model, NAME), preset=(self.preset, TEXT), seed=(self.seed, whole(0)),
+              data_dir=(self.data_dir, optional(TEXT)), out=(self.out, TEXT))
         get_model_spec(self.model)  # UnknownModelError (an InceptionLabError) with close matches
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -111,6 +131,9 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("init", self.init, INITS)
         _choice("step_mode", self.step_mode, STEP_MODES)
+        _choice("color", self.color, COLOR_MODES)
+        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        _choice("on_bad", self.on_bad, ON_BAD)
         if self.preset not in PRESETS and self.preset != "custom":
             raise ConfigError(f"unknown preset {self.preset!r}; choose from: {', '.join(PRESETS)}")
         for name in ("num_classes", "in_channels", "image_size", "epochs", "batch_size", "eval_batch_size",
@@ -119,10 +142,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
         if self.image_size > MAX_IMAGE_SIZE:
-            raise ConfigError(
-                f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (Fashion-MNIST is "
-                f"28 px; the models are built for 28-299 px): pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96"
-            )
+            problem = (f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (the models "
+                       "are built for 28-299 px)")
+            raise option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
         for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
@@ -132,6 +154,7 @@ class TrainConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number or unset, got {value!r}")
         _check_val_split(self.val_split)
+        self._check_data()
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be a whole number >= 0, got {self.crop_padding!r}")
         if not _finite(self.lr) or self.lr <= 0:
@@ -158,13 +181,41 @@ class TrainConfig:
             raise ConfigError("out (the runs root) must not be empty")
         return self
 
+    def _check_data(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"val_fraction + test_fraction ({self.val_fraction} + {self.test_fraction}) leave no "
+                              "training images; make them smaller")
+        for name in ("data", "classes_file"):
+            if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise ConfigError(f"{name} must be a path or unset, got {getattr(self, name)!r}")
+        if self.data is not None and self.val_split:
+            raise ConfigError("--val-split holds out Fashion-MNIST images; with --data use --val-fraction instead")
+        if self.data_info is not None and not isinstance(self.data_info, dict):
+            raise ConfigError(f"data_info must be a dict or unset, got {type(self.data_info).__name__}")
+
+
+def as_config(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """``config`` itself, or the TrainConfig of a mapping of its fields (unknown keys refused); nothing else."""
+    if isinstance(config, TrainConfig):
+        return config
+    check(config=(config, instance(Mapping, "a TrainConfig or a mapping of its fields")))
+    return TrainConfig.from_dict(dict(config))
+
 
 def _check_val_split(value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"val_split must be a whole number >= 0 (0: no validation set), got {value!r}")
-    if value >= TRAIN_IMAGES:
-        raise ConfigError(f"--val-split {value:,} leaves no training images (Fashion-MNIST has {TRAIN_IMAGES:,}); "
-                          "hold out fewer, e.g. --val-split 5000")
+
+
+def option_error(message: str, problem: str) -> ConfigError:
+    """A ConfigError advising a command-line option; ``problem`` is the message without that advice, for a saved
+    config.json, which the option cannot change (runs.read_run_config)."""
+    error = ConfigError(message)
+    error.problem = problem
+    return error
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from inceptionlab.config import TrainConfig
+from inceptionlab.argcheck import Rule
+from inceptionlab.config import DEVICES, TrainConfig
 from inceptionlab.errors import ConfigError
+
+# what a library function's ``device`` argument takes (resolve_device's names, cuda:N, or a torch.device)
+DEVICE = Rule("a device: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device",
+              lambda v: isinstance(v, (str, torch.device)),
+              lambda v: isinstance(v, torch.device) or v in DEVICES or re.fullmatch(r"cuda:\d+", v) is not None)
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -18,8 +18,12 @@ class ConfigError(InceptionLabError, ValueError):
     """An invalid training or command option."""
 
 
+class ArgumentTypeError(InceptionLabError, TypeError):
+    """A library function called with an argument of the wrong type; the message names the argument."""
+
+
 class DatasetError(InceptionLabError):
-    """Fashion-MNIST missing, truncated, corrupted or failing verification."""
+    """A dataset missing, truncated, corrupted or failing verification (Fashion-MNIST's files or your images)."""
 
 
 class RunDirError(InceptionLabError):

@@ -10,6 +10,11 @@ the image size), repeated over seeds. There is no second training loop. An exper
     curves.png                      mean test accuracy per epoch of every row (band: ± one std over seeds), and
                                     with a validation split its mean validation accuracy (dashed)
     accuracy.png                    (sweep only) final test accuracy against the input size
+    .lock                           held by the experiment running in the directory (as in a run directory)
+
+A later experiment into the same directory keeps the earlier rows (a row it trains again is replaced), unless told
+to ``replace`` them; it refuses rows trained under another budget. A table left saying "running" by a killed
+experiment is rewritten as "interrupted" when the next one opens the directory.
 
 "Test accuracy" is the FINAL epoch's, not the best epoch's: picking the best epoch on the test set would report
 a number tuned on the test set. With ``config.val_split`` (``--val-split N``) every run also holds out the same N
@@ -19,25 +24,32 @@ accuracy is reported beside it and chooses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from inceptionlab import analysis, runs
 from inceptionlab import data as data_module
-from inceptionlab.config import TRAIN_IMAGES, TrainConfig
+from inceptionlab.argcheck import FLAG, FUNCTION, NAME, PATH, check, optional, sequence, whole
+from inceptionlab.config import RESUMABLE, TrainConfig, as_config
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device
 from inceptionlab.engine.cuda import resolve_cuda_options
 from inceptionlab.engine.step import resolve_step_mode
 from inceptionlab.engine.trainer import TrainingDiverged, train
-from inceptionlab.errors import ConfigError, InputSizeError
+from inceptionlab.errors import ConfigError, InceptionLabError, InputSizeError, RunDirError
 from inceptionlab.fileio import atomic_write_json, atomic_write_text
 from inceptionlab.models import create_model
 from inceptionlab.plots import finish_axes, new_figure, save_figure
@@ -112,6 +124,11 @@ class RowResult:
                      val_curve_mean=self.val_curve_mean())
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RowResult:
+        """Inverse of :meth:`to_dict` (the aggregates are recomputed, not read)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
 
 @dataclass
 class ExperimentResult:
@@ -135,6 +152,12 @@ class ExperimentResult:
         if order is not None:
             d.update(ranked_by="val_acc_mean", ranking=[r.label for r in order])
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], out_dir: Path) -> ExperimentResult:
+        """Inverse of :meth:`to_dict`, for the experiment directory ``out_dir`` (it may have moved)."""
+        return cls(d["kind"], out_dir, d["status"], [RowResult.from_dict(r) for r in d["rows"]],
+                   TrainConfig.from_dict(d["base_config"]), list(d["seeds"]), d["device"], float(d["total_seconds"]))
 
 
 def mean(values: Sequence[float]) -> float:
@@ -189,48 +212,154 @@ def run_variants(
     *,
     seeds: int = 1,
     out_dir: str | os.PathLike | None = None,
-    data: data_module.FashionMNIST | None = None,
+    data: data_module.ImageDataset | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
+    replace: bool = False,
 ) -> ExperimentResult:
     """Train every variant once per seed (``config.seed``, ``config.seed + 1``, ...) and write the outputs.
 
     All configs are validated (and their input sizes checked) before the first run starts, so a bad row fails in
-    seconds, not after an hour. The data is loaded once and shared by every run. Outputs are rewritten after each
-    run, so an interrupted experiment still leaves a table of what finished.
+    seconds, not after an hour. The data is loaded once and shared by every run (your own images, ``--data``: each run
+    reads them from the decoded cache at its own image size). Outputs are rewritten after each run, so an
+    interrupted experiment still leaves a table of what finished. The rows an earlier experiment left in ``out_dir``
+    are kept (those trained again are replaced) unless ``replace``.
     """
+    check(seeds=(seeds, whole(1)), out_dir=(out_dir, optional(PATH)), data=(data, optional(DATASET)),
+          progress=(progress, optional(FLAG)), log=(log, optional(FUNCTION)), replace=(replace, FLAG))
     check_variants(variants, seeds)
     base = variants[0].config
     say = log or (lambda _line: None)
     out = Path(out_dir) if out_dir is not None else experiment_dir(base.out, kind)
-    out.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = data_module.load_fashion_mnist(base.data_dir)
-    result = ExperimentResult(kind, out, "running", [], base, [base.seed + i for i in range(seeds)],
-                              str(resolve_device(base.device)), 0.0)
-    started = time.perf_counter()
-    for i, variant in enumerate(variants):
-        cost = analysis.model_cost(variant.config.model, variant.config.image_size, variant.config.in_channels)
-        row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
-                        cost.gflops_at_size or math.nan)
-        result.rows.append(row)
-        for j in range(seeds):
-            counter = f"[{kind} {i * seeds + j + 1}/{len(variants) * seeds}]"
-            run_one(result, row, variant.config.replace(seed=variant.config.seed + j), counter, data, progress, log)
-            result.total_seconds = time.perf_counter() - started
-            write_outputs(result)
-            if result.status != "running":
-                break
-        if result.status != "running":
-            break
-    if result.status == "running":
-        result.status = "completed"
-    if result.rows and not result.rows[-1].test_acc and not result.rows[-1].diverged:
-        result.rows.pop()  # interrupted during its first seed: nothing to report for it
-    result.total_seconds = time.perf_counter() - started
-    write_outputs(result)
+    lock = runs.lock_run_dir(out)  # makes `out`; one experiment at a time, so a "running" table without it is dead
+    try:
+        result = ExperimentResult(kind, out, "running", [], base, [base.seed + i for i in range(seeds)],
+                                  str(resolve_device(base.device)), 0.0)
+        keep_earlier_rows(result, replace, say)
+        write_outputs(result)  # "running" from the start; with `replace`, the earlier rows are gone at once
+        if data is None and all(v.config.data is None for v in variants):
+            data = data_module.load_data(data_module.DataSpec(data_dir=base.data_dir), progress=bool(progress),
+                                         log=log)
+        run_grid(result, variants, data, progress, log)
+    finally:
+        lock.release()
     say(f"{kind}: {result.status}; {out / TABLE}")
     return result
+
+
+# options that do not change what a row computes: rows trained with other values of these may share a table
+SAME_BUDGET_ANYWAY = {"preset", "out", *RESUMABLE} - {"epochs"}
+
+
+class _Terminated(Exception):
+    """SIGTERM outside the trainer's epochs (which handle it themselves)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`_Terminated` instead of ending the process, so that the table can say so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_grid(result: ExperimentResult, variants: Sequence[Variant], data, progress, log) -> None:
+    """Every variant once per seed, the outputs rewritten after each run. A signal between the trainer's epochs
+    (SIGINT, SIGTERM) ends the experiment as "interrupted" as one during them does."""
+    seeds, before, started = len(result.seeds), result.total_seconds, time.perf_counter()
+    try:
+        with _sigterm_raises():
+            for i, variant in enumerate(variants):
+                channels = data.channels if data is not None else variant.config.in_channels
+                cost = analysis.model_cost(variant.config.model, variant.config.image_size, channels)
+                row = RowResult(variant.label, variant.config.model, variant.config.image_size, cost.params,
+                                cost.gflops_at_size or math.nan)
+                for j in range(seeds):
+                    counter = f"[{result.kind} {i * seeds + j + 1}/{len(variants) * seeds}]"
+                    config = variant.config.replace(seed=variant.config.seed + j)
+                    run_one(result, row, config, counter, data, progress, log)
+                    place_row(result, row)
+                    result.total_seconds = before + time.perf_counter() - started
+                    if result.status != "running":
+                        break
+                    write_outputs(result)
+                if result.status != "running":
+                    break
+    except (KeyboardInterrupt, _Terminated) as exc:
+        signum = exc.args[0] if isinstance(exc, _Terminated) else signal.SIGINT
+        result.status, result.exit_code = "interrupted", 128 + signum
+    if result.status == "running":
+        result.status = "completed"
+    result.total_seconds = before + time.perf_counter() - started
+    write_outputs(result)
+
+
+def place_row(result: ExperimentResult, row: RowResult) -> None:
+    """Put ``row`` into the table once it has a result: in place of an earlier row of its label once all its seeds
+    ran (an interrupted rerun does not cost the earlier row), else at the end; a sweep stays in size order."""
+    runs_done = len(row.test_acc) + len(row.diverged)
+    if any(r is row for r in result.rows) or not runs_done:
+        return
+    labels = [r.label for r in result.rows]
+    if row.label not in labels:
+        result.rows.append(row)
+    elif runs_done == len(result.seeds):
+        result.rows[labels.index(row.label)] = row
+    if result.kind == "sweep":
+        result.rows.sort(key=lambda r: r.image_size)
+
+
+def keep_earlier_rows(result: ExperimentResult, replace: bool, say: Callable[[str], None]) -> None:
+    """The rows an earlier experiment left in the (locked) directory, kept unless ``replace``; its table is first
+    rewritten as "interrupted" if it still says "running" (its process was killed). Another budget is refused."""
+    if replace:
+        return
+    earlier = read_experiment(result.out_dir)
+    if earlier is None:
+        return
+    if earlier.status == "running":
+        earlier.status = "interrupted"
+        write_outputs(earlier)
+        say(f"{result.out_dir}: the {earlier.kind} that wrote it was stopped; its table now says interrupted")
+    change = budget_change(earlier, result)
+    if change:
+        raise ConfigError(f"{result.out_dir / RESULTS} holds rows trained under another budget ({change}); pass "
+                          "--replace (replace=True) to drop them, or another --out-dir")
+    result.rows, result.total_seconds = earlier.rows, earlier.total_seconds
+
+
+def read_experiment(out_dir: Path) -> ExperimentResult | None:
+    """The results.json an earlier experiment wrote into ``out_dir``, or None; a damaged one names the file."""
+    path = out_dir / RESULTS
+    if not path.exists():
+        return None
+    try:
+        return ExperimentResult.from_dict(json.loads(path.read_text()), out_dir)
+    except (OSError, ValueError, TypeError, KeyError, InceptionLabError) as exc:
+        raise RunDirError(f"{path} cannot be read back ({type(exc).__name__}: {exc}); pass --replace "
+                          "(replace=True) to start a new table there, or another --out-dir") from None
+
+
+def budget_change(earlier: ExperimentResult, result: ExperimentResult) -> str | None:
+    """How ``earlier``'s rows were trained differently from ``result``'s, in words; None when they may share a
+    table (only the row's own value, the model or the image size, and options in SAME_BUDGET_ANYWAY differ)."""
+    if earlier.kind != result.kind:
+        return f"a {earlier.kind} there, a {result.kind} here"
+    if earlier.seeds != result.seeds or earlier.device != result.device:
+        return f"seeds {earlier.seeds} on {earlier.device} there, {result.seeds} on {result.device} here"
+    varied = "model" if result.kind == "compare" else "image_size"
+    old, new = earlier.base_config.to_dict(), result.base_config.to_dict()
+    differ = [k for k in new if k not in SAME_BUDGET_ANYWAY and k != varied and old.get(k) != new[k]]
+    return ", ".join(f"{k} {old.get(k)!r} there, {new[k]!r} here" for k in differ[:3]) or None
 
 
 def check_variants(variants: Sequence[Variant], seeds: int) -> None:
@@ -279,20 +408,22 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
 # --------------------------------------------------------------------------------------------- the exercises
 
 
-def compare(models: Sequence[str], config: TrainConfig, *, seeds: int = 1, out_dir: str | os.PathLike | None = None,
-            data: data_module.FashionMNIST | None = None, progress: bool | None = None,
-            log: Callable[[str], None] | None = print) -> ExperimentResult:
-    """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds."""
-    if not models:
-        raise ConfigError("compare needs at least one model")
-    variants = [Variant(m, config.replace(model=m)) for m in models]
-    return run_variants("compare", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)
+def compare(models: Sequence[str], config: TrainConfig | Mapping[str, Any], *, seeds: int = 1,
+            out_dir: str | os.PathLike | None = None, data: data_module.ImageDataset | None = None,
+            progress: bool | None = None, log: Callable[[str], None] | None = print,
+            replace: bool = False) -> ExperimentResult:
+    """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds.
+    ``out_dir``'s earlier rows are kept (a model trained again replaces its row) unless ``replace``."""
+    check(models=(models, sequence(NAME, "a non-empty list of model names")))
+    variants = [Variant(m, as_config(config).replace(model=m)) for m in models]
+    return run_variants("compare", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log,
+                        replace=replace)
 
 
 def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) -> None:
     """Refuse, up front and all at once, the sizes ``model`` cannot take, naming its minimum (and maximum)."""
-    if not sizes:
-        raise ConfigError("sweep needs at least one image size")
+    sizes_rule = sequence(whole(1), "a non-empty list of image sizes (whole numbers >= 1)")
+    check(model=(model, NAME), sizes=(sizes, sizes_rule), in_channels=(in_channels, whole(1)))
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"image sizes repeat: {', '.join(map(str, sizes))}")
     report = analysis.input_size_report(model, verify=False, in_channels=in_channels)
@@ -308,14 +439,18 @@ def check_sweep_sizes(model: str, sizes: Sequence[int], in_channels: int = 1) ->
         )
 
 
-def sweep(model: str, sizes: Sequence[int], config: TrainConfig, *, seeds: int = 1,
-          out_dir: str | os.PathLike | None = None, data: data_module.FashionMNIST | None = None,
-          progress: bool | None = None, log: Callable[[str], None] | None = print) -> ExperimentResult:
+def sweep(model: str, sizes: Sequence[int], config: TrainConfig | Mapping[str, Any], *, seeds: int = 1,
+          out_dir: str | os.PathLike | None = None, data: data_module.ImageDataset | None = None,
+          progress: bool | None = None, log: Callable[[str], None] | None = print,
+          replace: bool = False) -> ExperimentResult:
     """Train ``model`` at each input side in ``sizes`` (else the same ``config``): accuracy against input size,
-    the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one."""
+    the measured answer to "what is the minimum image size" next to ``min-size``'s arithmetic one. ``out_dir``'s
+    earlier rows are kept (a size trained again replaces its row) unless ``replace``."""
+    config = as_config(config)
     check_sweep_sizes(model, sizes, config.in_channels)
     variants = [Variant(f"{s}px", config.replace(model=model, image_size=s)) for s in sorted(sizes)]
-    return run_variants("sweep", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log)
+    return run_variants("sweep", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log,
+                        replace=replace)
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -340,19 +475,19 @@ def _title(result: ExperimentResult) -> str:
 
 def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> str:
     """One line saying what every row was trained with (the table is meaningless without it)."""
-    train_n = f"first {config.limit_train:,}" if config.limit_train else f"all {TRAIN_IMAGES:,}"
+    train_n = f"first {config.limit_train:,}" if config.limit_train else "all"
     if config.val_split:
-        rest = f"first {config.limit_train:,} of the rest" if config.limit_train else \
-            f"the other {TRAIN_IMAGES - config.val_split:,}"
+        rest = f"first {config.limit_train:,} of the rest" if config.limit_train else "the rest"
         train_n = f"{rest} ({config.val_split:,} held out for validation, --val-split)"
-    test_n = f"first {config.limit_test:,}" if config.limit_test else "all 10,000"
+    test_n = f"first {config.limit_test:,}" if config.limit_test else "all"
+    data = f"data {config.data} ({config.color}, {config.resize_mode}); " if config.data else ""
     extras = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
     if config.crop_padding or config.flip or config.erasing:
         extras.append(f"augmentation (crop pad {config.crop_padding}, flip {config.flip}, erasing {config.erasing:g})")
     return (
         f"preset {config.preset}; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr "
         f"{config.lr:g} ({config.schedule}, warm-up {config.warmup_epochs:g}), weight decay {config.weight_decay:g}"
-        f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; training images: {train_n}, test "
+        f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; {data}training images: {train_n}, test "
         f"images: {test_n}; seeds {', '.join(map(str, seeds))}; device {device}"
     )
 

@@ -2,7 +2,10 @@
 
 Every write goes to a temporary sibling ``.<name>.<random>.tmp``, is flushed and fsync'ed, then renamed over the
 target (``os.replace`` is atomic on POSIX and Windows). The temporary file is created with mode 0666 less the
-umask, as ``open()`` creates a file, so the result is as readable as any other program's output. A write that
+umask, as ``open()`` creates a file, so the result is as readable as any other program's output. It is a new file
+(``O_EXCL | O_NOFOLLOW``), so a symbolic link planted at its name is never written through, and the rename replaces
+a link at the target's name instead of following it. A write holds a ``flock`` on its temporary file until the
+rename, so :func:`remove_leftover_temp_files` tells a killed write's file from a live one. A write that
 fails (disk full, read-only file system, no permission) removes its temporary file, keeps the previous file and
 raises :class:`~inceptionlab.errors.WriteError`: one line naming the file and the fix.
 """
@@ -16,11 +19,17 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
 from inceptionlab.errors import InceptionLabError, WriteError
+
+try:
+    import fcntl  # POSIX; elsewhere a temporary file carries no lock
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 _FIXES = {
     errno.ENOSPC: "the disk is full: free some space on it or write to another directory",
@@ -61,16 +70,33 @@ class _TempFile(io.FileIO):
 
 
 def _create_temp(path: Path) -> tuple[_TempFile, Path]:
-    """A new empty ``.<name>.<random>.tmp`` beside ``path``; 0666 less the umask (mkstemp's 0600 hid runs from
-    teammates and from a serving process running as another user)."""
+    """A new empty ``.<name>.<random>.tmp`` beside ``path``, locked (see the module doc); 0666 less the umask
+    (mkstemp's 0600 hid runs from teammates and from a serving process running as another user)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:  # a name taken, by a symbolic link too: O_EXCL never follows one
             continue
-        return _TempFile(fd, "wb"), tmp
+        if _try_lock(fd) is not False and os.path.lexists(tmp):
+            return _TempFile(fd, "wb"), tmp
+        os.close(fd)  # a cleaner took it between the open and the lock: it is gone, try another name
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Take ``fd``'s flock without waiting: True, False if another open file holds it, None if there are no locks
+    (Windows, some network file systems)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 @contextlib.contextmanager
@@ -95,8 +121,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         in_block = False
         f.flush()
         os.fsync(raw.fileno())
-        f.close()
+        if os.name != "posix":
+            f.close()  # Windows renames no open file
         os.replace(tmp, path)
+        f.close()  # after the rename: the lock marks the temporary file live until it has its final name
         _fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -118,6 +146,34 @@ def leftover_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> l
     with os.scandir(directory) as entries:
         return sorted(Path(directory) / e.name for e in entries
                       if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False))
+
+
+def remove_leftover_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed writes of ``names`` left in ``directory`` and return them.
+
+    A live write holds the lock on its temporary file, so it keeps it; a file gone meanwhile is skipped."""
+    return [path for path in leftover_temp_files(directory, names) if _remove_if_abandoned(path)]
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, PermissionError):  # gone, or not ours to judge: keep it
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symbolic link meanwhile: not a temporary file of ours
+            return False
+        raise
+    try:
+        # without a lock there is no telling a live write from a killed one: keep it
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) and _try_lock(fd)):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

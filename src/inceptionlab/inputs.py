@@ -6,37 +6,51 @@ share. Training, evaluation, ONNX export and predict all read these definitions;
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from inceptionlab.config import TrainConfig
-from inceptionlab.data.fashion_mnist import CLASS_NAMES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from inceptionlab.data.dataset import DataInfo, ImageDataset
+from inceptionlab.data.sources import DataSpec, default_info, load_data
 from inceptionlab.errors import ConfigError
 from inceptionlab.models import classification_loss
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Fashion-MNIST's names for 10 classes, ``class i`` otherwise."""
-    if num_classes == len(CLASS_NAMES):
-        return list(CLASS_NAMES)
-    return [f"class {i}" for i in range(num_classes)]
+def data_info(config: TrainConfig) -> DataInfo:
+    """The data the run trained on, as the trainer recorded it (``config.data_info``); a config that records none
+    (not trained yet, or a run from before it was recorded) means the default dataset."""
+    return default_info() if config.data_info is None else DataInfo.from_dict(config.data_info)
 
 
-def normalization(config: TrainConfig) -> tuple[float, float] | None:
-    """(mean, std) applied to [0, 1] pixels, or None when the run feeds them as they are (d2l's ``ToTensor``)."""
-    return (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if config.normalize else None
+def class_names(config: TrainConfig) -> list[str]:
+    """The run's class names, in label order."""
+    return list(data_info(config).classes)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Standardise [0, 1] pixels with the training split's mean and standard deviation."""
-    return (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+def normalization(config: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Per-channel (mean, std) applied to [0, 1] pixels, or None when the run feeds them as they are (d2l's
+    ``ToTensor``)."""
+    if not config.normalize:
+        return None
+    info = data_info(config)
+    return info.mean, info.std
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Standardise [0, 1] pixels channel by channel with the training split's mean and standard deviation.
+    Python numbers, not tensors: nothing is copied to the device inside a captured CUDA graph."""
+    if len(mean) == 1:
+        return (x - mean[0]) / std[0]
+    return torch.cat([(x[:, c : c + 1] - m) / s for c, (m, s) in enumerate(zip(mean, std, strict=True))], dim=1)
 
 
 def prepare_input(x: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """Float [0, 1] batch -> what the model sees: optional standardisation, optional channels_last."""
-    if config.normalize:
-        x = normalize(x)
+    norm = normalization(config)
+    if norm is not None:
+        x = normalize(x, *norm)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -89,13 +103,13 @@ class PixelInput(nn.Module):
     """The trained network behind its input standardisation: takes [0, 1] pixels, returns logits, so an exported
     ONNX file is self-contained (a deployment feeds pixels)."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float):
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.model = model
-        self.mean, self.std = mean, std
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(normalize(x, self.mean, self.std))
 
 
 def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -103,3 +117,22 @@ def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     the run standardised its inputs."""
     norm = normalization(config)
     return (model if norm is None else PixelInput(model, *norm)).eval()
+
+
+SPLIT_FILE = "split.csv"  # the images of a folder run and their split: evaluate, inspect and resume read it back
+
+
+def load_run_dataset(config: TrainConfig, run_dir=None, *, progress: bool = True, log=print) -> ImageDataset:
+    """The dataset ``config`` names; a run directory's split.csv pins exactly the images and splits it used."""
+    split_file = None if run_dir is None else Path(run_dir) / SPLIT_FILE
+    return load_data(data_spec(config, split_file), progress=progress, log=log)
+
+
+def data_spec(config: TrainConfig, split_file=None) -> DataSpec:
+    """What ``config`` trains on, for :func:`inceptionlab.data.load_data`; ``split_file``: a run's split.csv."""
+    return DataSpec(
+        path=config.data, data_dir=config.data_dir, image_size=config.image_size, color=config.color,
+        resize=config.resize_mode, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+        classes_file=config.classes_file, on_bad=config.on_bad,
+        split_file=None if split_file is None else str(split_file),
+    )

@@ -21,21 +21,25 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import PATH, TEXT, WHOLE, Rule, check, optional, sequence, whole
 from inceptionlab.config import TrainConfig
-from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data import ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
-from inceptionlab.deploy.predict import load_image
-from inceptionlab.devices import resolve_device, resolve_precision
+from inceptionlab.deploy.predict import INVERT, load_run_image
+from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
 from inceptionlab.engine.evaluate import evaluate
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import atomic_write_json
-from inceptionlab.inputs import class_names, forward_loss, prepare_model
+from inceptionlab.inputs import class_names, forward_loss, load_run_dataset, prepare_model
 from inceptionlab.models._blocks import MultiBranch, flatten_outputs
 from inceptionlab.plots import new_axes_grid, save_figure
 
 BRANCHES_PNG, ERRORS_PNG, FEATURES_PNG, INSPECT_JSON = "branches.png", "errors.png", "features.png", "inspect.json"
 OUT_SUBDIR = "inspect"  # default output: <run_dir>/inspect/
 MODES = ("mean", "zero")
+IMAGE = Rule("a test-set index or an image file's path", lambda v: WHOLE.is_type(v) or PATH.is_type(v))
+BLOCKS = sequence(TEXT, "a non-empty list of block names (module paths such as 'b3.0')")
 
 
 # ------------------------------------------------------------------------------------------ the run, evaluated
@@ -48,7 +52,7 @@ class LoadedRun:
     run_dir: Path
     model: nn.Module
     config: TrainConfig
-    data: FashionMNIST  # the whole dataset, on the CPU (``--image INDEX`` reads the full test split)
+    data: ImageDataset  # the whole dataset, on the CPU (``--image INDEX`` reads the full test split)
     images: torch.Tensor  # the (first ``limit_test``) test images on the device, uint8
     labels: torch.Tensor
     batch_size: int | None
@@ -60,7 +64,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-             batch_size: int | None = None, data: FashionMNIST | None = None,
+             batch_size: int | None = None, data: ImageDataset | None = None,
              limit_test: int | None = None) -> LoadedRun:
     """Model, config and test split exactly as :func:`inceptionlab.engine.evaluate.evaluate_run` loads them."""
     dev = resolve_device(device)
@@ -68,7 +72,8 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     config, _ = resolve_precision(config, dev)
     prepare_model(model, config)
     if data is None:
-        data = load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
+        data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
+        data = load_run_dataset(data_config, run_dir, progress=False, log=None)
     if limit_test is not None and limit_test < 1:
         raise ConfigError(f"limit_test must be a positive number of images, got {limit_test}")
     images, labels = data.test_images[:limit_test].to(dev), data.test_labels[:limit_test].to(dev)
@@ -216,26 +221,31 @@ def evaluate_with_logits(run: LoadedRun) -> tuple[dict, torch.Tensor]:
     return result, torch.cat(logits)
 
 
-def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int, config: TrainConfig) -> list[dict]:
     """The ``k`` misclassified test images with the highest predicted probability, most confident first."""
     probs = torch.softmax(logits.float(), dim=1)
     confidence, predicted = probs.max(dim=1)
     labels = labels.to(predicted.device)
     wrong = (predicted != labels).nonzero().flatten()
     order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:k]  # ties: lower index first
-    names = class_names(logits.shape[1])
+    names = class_names(config)
     return [{"index": int(i), "true": int(labels[i]), "true_name": names[int(labels[i])],
              "predicted": int(predicted[i]), "predicted_name": names[int(predicted[i])],
              "confidence": float(confidence[i])} for i in wrong[order].tolist()]
 
 
 def inspect_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                batch_size: int | None = None, data: FashionMNIST | None = None, limit_test: int | None = None,
+                batch_size: int | None = None, data: ImageDataset | None = None, limit_test: int | None = None,
                 blocks: Sequence[str] | None = None, image: int | str | os.PathLike | None = None,
                 out_dir: str | os.PathLike | None = None, top_errors: int = 16, invert: bool | str = "auto") -> dict:
     """Inspect every multi-branch block of a run (or ``blocks``, by module path) on its test set; writes
     ``branches.png``, ``errors.png``, ``inspect.json`` and, for ``image`` (a test-set index or an image file),
     ``features.png`` into ``out_dir`` (default ``<run_dir>/inspect``). Returns the report (``inspect.json``)."""
+    check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
+          batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
+          limit_test=(limit_test, optional(whole(1))), blocks=(blocks, optional(BLOCKS)),
+          image=(image, optional(IMAGE)), out_dir=(out_dir, optional(PATH)), top_errors=(top_errors, whole(0)),
+          invert=(invert, INVERT))
     run = load_run(run_dir, data_dir=data_dir, device=device, batch_size=batch_size, data=data,
                    limit_test=limit_test)
     chosen = select_blocks(run.model, run.config.model, blocks)
@@ -246,7 +256,7 @@ def inspect_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | Non
               "precision": run.config.precision, "count": baseline["count"], "test_acc": baseline["acc"],
               "test_loss": baseline["loss"],
               "blocks": [block_report(run, name, block, stats[name], baseline) for name, block in chosen],
-              "errors": confident_mistakes(logits, run.labels, top_errors)}
+              "errors": confident_mistakes(logits, run.labels, top_errors, run.config)}
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / OUT_SUBDIR
     report["files"] = write_figures(out, run, chosen, report, features)
     atomic_write_json(out / INSPECT_JSON, report)
@@ -265,9 +275,10 @@ def image_input(run: LoadedRun, image: int | str | os.PathLike, invert: bool | s
         if not 0 <= image < count:
             raise ConfigError(f"test-set index {image} is out of range; pass 0..{count - 1} or an image file")
         x = resize_batch(run.data.test_images[image : image + 1].to(dev), size)
-        return {"x": x, "label": int(run.data.test_labels[image]), "source": f"test image {image}"}
-    x = load_image(image, size, invert).unsqueeze(0).to(dev)
-    return {"x": x, "label": None, "source": Path(image).name}
+        return {"x": x, "label": int(run.data.test_labels[image]), "source": f"test image {image}",
+                "config": run.config}
+    x = load_run_image(image, run.config, invert)[0].unsqueeze(0).to(dev)
+    return {"x": x, "label": None, "source": Path(image).name, "config": run.config}
 
 
 def capture_branches(run: LoadedRun, blocks: list[tuple[str, MultiBranch]], x: torch.Tensor):
@@ -328,13 +339,22 @@ def plot_errors(path: str | os.PathLike, test_images: torch.Tensor, errors: list
     for ax in axes.flat:
         ax.axis("off")
     for ax, e in zip(axes.flat, errors, strict=False):
-        ax.imshow(test_images[e["index"]].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+        show_image(ax, test_images[e["index"]].float() / 255)
         ax.set_title(f"#{e['index']} true: {e['true_name']}\npred: {e['predicted_name']} ({e['confidence']:.2f})",
                      fontsize=7)
     if not errors:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def show_image(ax, x: torch.Tensor) -> None:
+    """A ``C x H x W`` image in [0, 1], grey or RGB, on ``ax``."""
+    x = x.detach().float().cpu()
+    if x.shape[0] == 3:
+        ax.imshow(x.permute(1, 2, 0).clamp(0, 1).numpy())
+    else:
+        ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
 
 
 def mosaic(maps: torch.Tensor, tiles: int = 4) -> torch.Tensor:
@@ -356,10 +376,10 @@ def plot_features(path: str | os.PathLike, features: dict, captured: dict[str, l
     fig, axes = new_axes_grid(len(captured) + 1, width, figsize=(2.2 * width, 2.3 * (len(captured) + 1)), dpi=100)
     for ax in axes.flat:
         ax.axis("off")
-    names = class_names(len(logits))
+    names = class_names(features["config"])
     probs = torch.softmax(logits, dim=0)
     label = "" if features["label"] is None else f", true: {names[features['label']]}"
-    axes[0, 0].imshow(features["x"][0, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    show_image(axes[0, 0], features["x"][0])
     axes[0, 0].set_title(f"{features['source']}\npred: {names[int(probs.argmax())]} ({float(probs.max()):.2f})"
                          f"{label}", fontsize=7, loc="left")
     for row, (name, outputs) in zip(axes[1:], captured.items(), strict=True):

@@ -107,20 +107,18 @@ def plot_confusion(path: str | os.PathLike, confusion: torch.Tensor, class_names
     save_figure(confusion_figure(confusion, class_names, title), path)
 
 
-def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, *, num_cols: int = 9,
-                    scale: float = 1.5) -> None:
-    """A PNG grid of Fashion-MNIST images titled with their class names, like d2l's ``show_images``."""
-    from inceptionlab.data.fashion_mnist import CLASS_NAMES
-
+def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, class_names, *,
+                    num_cols: int = 9, scale: float = 1.5) -> None:
+    """A PNG grid of uint8 ``N x C x H x W`` images (grey or RGB) titled with their class names, like d2l's
+    ``show_images``."""
     images = images.detach().cpu()
-    if images.dim() == 4:
-        images = images[:, 0]
+    images = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
     num_rows = max(1, -(-len(images) // num_cols))
     fig, axes = new_axes_grid(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale * 1.15), dpi=80)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < len(images):
-            ax.imshow(images[i].numpy(), cmap="gray")
-            ax.set_title(CLASS_NAMES[int(labels[i])], fontsize=9)
+            ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(class_names[int(labels[i])], fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from inceptionlab.fileio import (
     atomic_write_text,
     atomic_write_with,
     file_in_the_way,
-    leftover_temp_files,
+    remove_leftover_temp_files,
     write_error,
 )
 from inceptionlab.models import create_model
@@ -79,6 +80,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunDirError(f"{run_dir} is not a directory; pass the run directory that `inceptionlab train` made")
     path = run_dir / CONFIG
     if not path.is_file():
+        if path.exists():  # a FIFO would block the read, a device never end it
+            raise RunDirError(f"{path} is not a regular file but {_file_kind(path)}; the run directory is damaged: "
+                              f"{RESTORE}")
         raise RunDirError(f"{run_dir} has no {CONFIG}: it is not a training run directory")
     try:
         values = json.loads(path.read_text())
@@ -88,6 +92,14 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(values), "a number")
         raise RunDirError(f"{path} holds {kind}, not a config object; the run directory is damaged: {RESTORE}")
     return values
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words (it follows symlinks, as reading does)."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "another kind of file")
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -100,12 +112,20 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     for key, kind, what in (("model", str, "a model name"), ("model_options", dict, "an object of options")):
         if key in values and not isinstance(values[key], kind):  # from_dict and validate assume these types
             raise RunDirError(f"{path}: {key} must be {what}, got {json.dumps(values[key])}; the run directory is "
-                              f"damaged: {RESTORE}")
+                              f"damaged: correct the value in {path}, or {RESTORE}")
     try:
         return TrainConfig.from_dict(values).validate()
-    except (InceptionLabError, TypeError, ValueError) as exc:  # from_dict's dict(model_options) raises both
-        raise RunDirError(f"{path} is not a valid run config ({exc}); the run directory is damaged: "
-                          f"{RESTORE}") from None
+    except (InceptionLabError, TypeError, ValueError) as exc:
+        raise damaged_config(run_dir, exc) from None
+
+
+def damaged_config(run_dir: str | os.PathLike, exc: Exception) -> RunDirError:
+    """The error for a saved config.json that ``exc`` refuses, without advice to pass an option that cannot change
+    the run (config.option_error's ``problem``)."""
+    path = Path(run_dir) / CONFIG
+    problem = getattr(exc, "problem", exc)
+    return RunDirError(f"{path} is not a valid run config ({problem}); the run directory is damaged: correct the "
+                       f"value in {path}, or {RESTORE}")
 
 
 def _model_skeleton(run_dir: Path, config: TrainConfig) -> nn.Module:
@@ -252,10 +272,27 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of metrics.jsonl. A last line cut short (no newline: a kill while it was appended) is skipped; any
+    other line that is not a JSON object is a :class:`RunDirError` naming the file and the line."""
     path = Path(run_dir) / METRICS_JSONL
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+            if number == len(lines):  # after the last newline: a row whose writing was cut short
+                break
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise RunDirError(f"{path}: line {number} is not valid JSON ({reason}); {RESTORE}") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path}: line {number} is not a JSON object; {RESTORE}")
+        rows.append(row)
+    return rows
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
@@ -357,16 +394,13 @@ class RunDirLock:
 
 def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
     """Lock ``run_dir`` (made if missing) for this process; another live holder is a :class:`RunDirError` naming
-    its pid and host. Non-blocking: a second ``--resume`` of a run in progress fails at once."""
+    its pid and host. Non-blocking: a second ``--resume`` of a run in progress fails at once. A ``.lock`` that is a
+    symbolic link or not a regular file is refused (:func:`_open_lock_file`)."""
     import fcntl  # POSIX
 
     run_dir = Path(run_dir)
     path = run_dir / LOCK
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise write_error(path, exc) from exc
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -376,10 +410,29 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
             raise RunDirError(f"{run_dir} is in use: {holder} is training in it; wait for it to end (or stop it), "
                               "then resume, or train into another directory") from None
         raise RunDirError(f"could not lock {path} ({exc.strerror}); train in a directory on a local disk") from None
-    with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk must not stop the run
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    if os.fstat(fd).st_nlink == 1:  # a hard link shares its content with another name: never overwrite that
+        with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return RunDirLock(run_dir, fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    """``path`` opened (made if missing) for reading and writing, never through a symbolic link, and only if it is a
+    regular file: the holder's line written into a device or a link's target would destroy what is there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)  # a FIFO must not hang
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link, and inceptionlab never writes through one; delete it "
+                              f"(`rm {path}`) and train again") from None
+        raise write_error(path, exc) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{path} is not a regular file, and inceptionlab writes its lock only into one; delete it "
+                          f"(`rm {path}`) and train again")
+    return fd
 
 
 def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
@@ -388,9 +441,4 @@ def remove_interrupted_writes(lock: RunDirLock) -> list[Path]:
     Only our own temporary names of the run's files; holding the lock means no live run is writing them."""
     if not lock.held:
         raise RunDirError(f"{lock.run_dir} is not locked by this process: its temporary files may be live writes")
-    removed = []
-    for path in leftover_temp_files(lock.run_dir, RUN_FILES):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(path)
-    return removed
+    return remove_leftover_temp_files(lock.run_dir, RUN_FILES)

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "export",
         help="export a trained run to ONNX and check it in ONNX Runtime",
         description="Export RUN_DIR's model to ONNX (input 'images' float32 [N,1,S,S] pixels in [0,1], output "
-        "'logits'; normalization inside the graph), check it against PyTorch on real Fashion-MNIST test images, "
+        "'logits'; normalization inside the graph), check it against PyTorch on real test images of the run's data, "
         "then write it atomically. See docs/deploy.md.",
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -23,11 +23,12 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the ONNX Runtime vs PyTorch check (needs no dataset)")
     p.add_argument("--check-images", type=positive_int, default=256, metavar="N",
-                   help="Fashion-MNIST test images to compare on (default 256)")
+                   help="test images of the run's data to compare on (default 256)")
     p.add_argument("--atol", type=positive_float, default=None, metavar="TOL",
                    help="allowed |logit difference| per unit of the largest |logit| (default 1e-4)")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
-    p.add_argument("--data-dir", type=Path, default=None, help="directory with the Fashion-MNIST files")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="directory with the Fashion-MNIST files (a run trained on them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_export)
 
@@ -73,7 +74,7 @@ def cmd_export(args) -> int:
     print(f"output {report['output']['name']}: float32 {report['output']['shape']}")
     check = report["check"]
     if check:
-        print(f"check: ONNX Runtime vs PyTorch on {check['images']} Fashion-MNIST test images: largest logit "
+        print(f"check: ONNX Runtime vs PyTorch on {check['images']} test images of the run's data: largest logit "
               f"difference {check['max_abs_logit_diff']:.2g} (<= {check['tolerance']:.2g}), same top-1 on "
               f"{check['same_top1']}/{check['images']}")
     else:
@@ -84,14 +85,14 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from inceptionlab.deploy.predict import ImageError, load_image_with_info, load_predictor, predict
+    from inceptionlab.deploy.predict import ImageError, load_predictor, load_run_image, predict
+    from inceptionlab.inputs import class_names
 
     predictor, config = load_predictor(args.run_dir, args.onnx, args.device)
-    size = config.image_size
     loaded, results, failed = [], [], 0
     for path in args.images:
         try:
-            pixels, inverted = load_image_with_info(path, size, args.invert)
+            pixels, inverted = load_run_image(path, config, args.invert)
         except ImageError as exc:
             # one bad file must not cost the user the others: report it, carry on, exit 1 at the end
             print(f"inceptionlab predict: error: {exc}", file=sys.stderr)
@@ -101,7 +102,7 @@ def cmd_predict(args) -> int:
         loaded.append((len(results), pixels))
         results.append({"path": str(path), "inverted": inverted})
     if loaded:
-        predictions = predict(predictor, torch.stack([p for _, p in loaded]), args.top_k)
+        predictions = predict(predictor, torch.stack([p for _, p in loaded]), args.top_k, class_names(config))
         for (index, _), prediction in zip(loaded, predictions, strict=True):
             results[index].update(prediction.to_dict())
     if args.json:

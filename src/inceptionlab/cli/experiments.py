@@ -59,7 +59,10 @@ def register(subparsers) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="runs per row, with seeds --seed, --seed + 1, ... (default 1)")
-    p.add_argument("--out-dir", help="write here instead of a new <out>/<command>-<time>/")
+    p.add_argument("--out-dir", help="write here instead of a new <out>/<command>-<time>/; the rows an earlier run "
+                   "left there are kept (a row trained again is replaced)")
+    p.add_argument("--replace", action="store_true",
+                   help="drop the rows an earlier run left in --out-dir instead of keeping them")
 
 
 def _base_config(args) -> TrainConfig:
@@ -79,7 +82,7 @@ def run_compare(args) -> int:
     from inceptionlab.experiments import compare
 
     return _finish(compare(args.models, _base_config(args), seeds=args.seeds, out_dir=args.out_dir,
-                           progress=args.progress))
+                           progress=args.progress, replace=args.replace))
 
 
 def run_sweep(args) -> int:
@@ -88,4 +91,4 @@ def run_sweep(args) -> int:
     config = _base_config(args)
     check_sweep_sizes(config.model, args.image_sizes, config.in_channels)  # before anything loads
     return _finish(sweep(config.model, args.image_sizes, config, seeds=args.seeds, out_dir=args.out_dir,
-                         progress=args.progress))
+                         progress=args.progress, replace=args.replace))

@@ -8,9 +8,12 @@ import sys
 
 from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
 from inceptionlab.config import (
+    COLOR_MODES,
+    ON_BAD,
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
+    RESIZE_MODES,
     RESUMABLE,
     SCHEDULES,
     STEP_MODES,
@@ -40,9 +43,10 @@ def probability(text: str) -> float:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a model on Fashion-MNIST (default: the chapter's recipe)",
-        description="Train on Fashion-MNIST. Defaults are the chapter's recipe (--preset d2l); options given "
-        "override the preset. Under torchrun (--nproc_per_node N) it trains with DistributedDataParallel.",
+        help="train a model on Fashion-MNIST or your own images (default: the chapter's recipe)",
+        description="Train on Fashion-MNIST, or on your own images with --data PATH (docs/data.md). Defaults are the "
+        "chapter's recipe (--preset d2l); options given override the preset. Under torchrun (--nproc_per_node N) it "
+        "trains with DistributedDataParallel.",
     )
     add_training_options(p)
     run = p.add_mutually_exclusive_group()
@@ -52,10 +56,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run",
-                              description="Evaluate a finished run's saved model on the Fashion-MNIST test set.")
+                              description="Evaluate a finished run's saved model on its data's test set (a run "
+                              "on your own images: the test images of its split.csv).")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--data-dir")
+    e.add_argument("--data-dir", help="where Fashion-MNIST's IDX files are (a run trained on them)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--batch-size", type=positive_int)
     e.add_argument("--flip-tta", action="store_true",
@@ -104,6 +109,23 @@ def _add_data_options(g, skip: tuple[str, ...]) -> None:
                    "after the --val-split hold-out)")
     g.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
     g.add_argument("--data-dir", help="directory holding the four Fashion-MNIST IDX files")
+    add_folder_options(g)
+
+
+def add_folder_options(g) -> None:
+    """Your own images (docs/data.md); shared with `inceptionlab data`."""
+    g.add_argument("--data", metavar="PATH", help="train on your own images: a folder of class folders, a folder of "
+                   "train/val/test folders, or a CSV with columns path,label[,split] (default: Fashion-MNIST)")
+    g.add_argument("--color", choices=COLOR_MODES, help="auto (default): grey when every image is grey, else RGB")
+    g.add_argument("--resize", dest="resize_mode", choices=RESIZE_MODES,
+                   help="how a non-square image becomes square: squash (default), crop (the centre) or pad")
+    g.add_argument("--val-fraction", type=probability, help="of each class held out for validation when the data "
+                   "has no validation split (default 0.1)")
+    g.add_argument("--test-fraction", type=probability, help="of each class held out for testing when the data has "
+                   "no test split (default 0.2)")
+    g.add_argument("--classes", dest="classes_file", metavar="FILE", help="one class name per line: the class order")
+    g.add_argument("--on-bad", choices=ON_BAD, help="a file that cannot be decoded: error (default; names them) or "
+                   "skip (listed in the run's bad_files.txt)")
 
 
 def _add_speed_options(g) -> None:
@@ -162,7 +184,7 @@ def build_config(args) -> TrainConfig | None:
             return None
         from inceptionlab import runs
 
-        return TrainConfig.from_dict(runs.read_config(args.resume)).replace(**given)
+        return runs.read_run_config(args.resume).replace(**given)
     return preset_config(args.preset or "d2l", **given)
 
 

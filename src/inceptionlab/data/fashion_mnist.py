@@ -12,16 +12,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from inceptionlab.argcheck import FLAG, PATH, TEXT, check, number, optional
+from inceptionlab.data.dataset import DataInfo, ImageDataset, content_fingerprint
 from inceptionlab.errors import DatasetError
 from inceptionlab.fileio import atomic_open, atomic_write_json, atomic_write_with
 
@@ -122,13 +124,17 @@ def find_dataset(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
 # Reading and verification
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path``; a damaged container is a DatasetError naming the file."""
+# Read past the size a header announces, so that a few trailing bytes are still counted exactly.
+_SLACK = 1 << 16
+_CHUNK = 1 << 20
+
+
+def _read_bytes(path: Path) -> bytearray:
+    """The decompressed content of ``path``: never more than its IDX header announces plus :data:`_SLACK`, so a
+    gzip bomb costs no more memory than a normal file. A damaged container is a DatasetError naming the file."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            return _read_idx_content(f, str(path))
     except PermissionError:
         raise _permission_denied(path) from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -136,8 +142,23 @@ def _read_bytes(path: Path) -> bytes:
         raise DatasetError(f"{path}: unreadable or corrupted ({exc}); delete it and fetch it again.") from None
 
 
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Parse one IDX file (uint8 content only) into an array, checking the header against the byte length."""
+def _read_idx_content(f, name: str) -> bytearray:
+    """The header first (a bad one is refused before anything else is read), then the size it announces."""
+    content = bytearray(f.read(4))
+    if len(content) == 4:
+        content += f.read(4 * content[3])  # the magic's last byte counts the dimensions
+    header, dims = _idx_header(content, name)
+    limit = header + math.prod(dims) + _SLACK
+    while len(content) < limit and (chunk := f.read(min(_CHUNK, limit - len(content)))):
+        content += chunk
+    if len(content) == limit and f.read(1):
+        raise DatasetError(f"{name}: has trailing bytes: more than {limit:,} bytes, but its header {dims} implies "
+                           f"{limit - _SLACK:,}; delete it and fetch it again.")
+    return content
+
+
+def _idx_header(data: bytes | bytearray, name: str) -> tuple[int, list[int]]:
+    """The header's length and dimensions, from the start of an IDX file (uint8 content only)."""
     if len(data) < 4:
         raise DatasetError(f"{name}: too short for an IDX header ({len(data)} bytes).")
     magic = int.from_bytes(data[:4], "big")
@@ -149,8 +170,13 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DatasetError(f"{name}: truncated IDX header ({len(data)} bytes).")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    return header, [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+
+
+def parse_idx(data: bytes | bytearray, name: str = "IDX data") -> np.ndarray:
+    """Parse one IDX file (uint8 content only) into an array, checking the header against the byte length."""
+    header, dims = _idx_header(data, name)
+    expected = header + math.prod(dims)
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise DatasetError(f"{name}: {what}: {len(data):,} bytes, but its header {dims} implies {expected:,}.")
@@ -345,21 +371,15 @@ def download_fashion_mnist(
 # ---------------------------------------------------------------------------------------------------------
 # The dataset in memory
 
+# The fingerprint of the published content: the four decompressed files' SHA-256, in FILES order.
+FINGERPRINT = hashlib.sha256("".join(SHA256[FILES[key]] for key in FILES).encode()).hexdigest()
 
-@dataclass
-class FashionMNIST:
-    train_images: torch.Tensor  # uint8, N x 28 x 28
-    train_labels: torch.Tensor  # int64, N
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    paths: dict[str, Path]
-    verified: bool = field(default=True)  # False when loaded with verify=False (custom data)
 
-    def to(self, device: torch.device | str) -> FashionMNIST:
-        return FashionMNIST(
-            self.train_images.to(device), self.train_labels.to(device),
-            self.test_images.to(device), self.test_labels.to(device), self.paths, self.verified,
-        )
+def fashion_mnist_info(fingerprint: str = FINGERPRINT) -> DataInfo:
+    """What a model trained on Fashion-MNIST must know about it (also what a run from before ``data_info`` was
+    recorded trained on)."""
+    return DataInfo(CLASS_NAMES, 1, IMAGE_SIZE, (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,), "fashion-mnist",
+                    None, fingerprint, "grey", "squash", (0, 0, 0))
 
 
 def load_fashion_mnist(
@@ -370,12 +390,15 @@ def load_fashion_mnist(
     mirror: str | None = None,
     timeout: float = 20.0,
     progress: bool = True,
-) -> FashionMNIST:
-    """Find (or download into the cache), verify and load both splits as uint8 / int64 CPU tensors.
+) -> ImageDataset:
+    """Find (or download into the cache), verify and load both splits: uint8 ``N x 1 x 28 x 28`` / int64 CPU tensors.
 
     ``verify=False`` is for deliberately custom data in the same format (e.g. a relabelled subset): the IDX
     structure, 28x28 size and label range are still checked, but neither the SHA-256 nor the example counts.
+    ``report`` holds the four files' paths and whether they were verified.
     """
+    check(data_dir=(data_dir, optional(PATH)), verify=(verify, FLAG), download=(download, FLAG),
+          mirror=(mirror, optional(TEXT)), timeout=(timeout, number(0)), progress=(progress, FLAG))
     try:
         paths = find_dataset(data_dir)
     except DatasetError as not_found:
@@ -387,17 +410,10 @@ def load_fashion_mnist(
             raise DatasetError(f"{not_found}\nDownloading into {cache_dir()} failed too: {failed}") from None
     arrays = _load_verified(paths, verify)
     # torch.from_numpy over the read-only IDX buffer would warn; one copy of the uint8 data is the whole cost.
-    return FashionMNIST(
-        torch.from_numpy(arrays["train_images"].copy()),
-        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        torch.from_numpy(arrays["test_images"].copy()),
-        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        paths,
-        verify,
-    )
-
-
-def class_counts(labels: torch.Tensor) -> dict[str, int]:
-    """Examples per class, by class name."""
-    counts = torch.bincount(labels.cpu(), minlength=len(CLASS_NAMES)).tolist()
-    return dict(zip(CLASS_NAMES, counts, strict=True))
+    tensors = {key: torch.from_numpy(array.copy() if key.endswith("images") else array.astype(np.int64))
+               for key, array in arrays.items()}
+    for key in ("train_images", "test_images"):
+        tensors[key] = tensors[key].unsqueeze(1)  # N x 1 x 28 x 28: one channel
+    fingerprint = FINGERPRINT if verify else content_fingerprint(*tensors.values(), *CLASS_NAMES)
+    return ImageDataset(**tensors, info=fashion_mnist_info(fingerprint),
+                        report={"files": dict(paths), "verified": verify})

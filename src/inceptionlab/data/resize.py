@@ -67,24 +67,27 @@ def _pil_pass(x: torch.Tensor, out_size: int) -> torch.Tensor:
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 N x H x W (or N x 1 x H x W) -> float N x 1 x size x size in [0, 1], on the images' device.
+    """uint8 N x C x H x W (or N x H x W, one channel) -> float N x C x size x size in [0, 1], on the images' device.
 
     The same pixels as d2l's ``Resize(size)`` + ``ToTensor``: PIL's bilinear filter, horizontal pass first,
-    each pass rounded to uint8 as PIL does (antialiased when shrinking, by PIL's own rule).
+    each pass rounded to uint8 as PIL does (antialiased when shrinking, by PIL's own rule); each channel on its own,
+    as Pillow resamples each band of an RGB image.
     """
-    x = images if images.dim() == 3 else images.squeeze(1)
-    if x.dim() != 3:
-        raise ValueError(f"expected N x H x W or N x 1 x H x W images, got shape {tuple(images.shape)}")
-    n, h, w = x.shape
+    x = images.unsqueeze(1) if images.dim() == 3 else images
+    if x.dim() != 4:
+        raise ValueError(f"expected N x C x H x W or N x H x W images, got shape {tuple(images.shape)}")
+    n, c, h, w = x.shape
     if (h, w) == (size, size):
-        return x.reshape(n, 1, h, w).float().div_(255)
+        return x.float().div_(255)
+    planes = n * c
+    x = x.reshape(planes, h, w)
     # Autocast would run the matmuls in bf16 and round the partial sums; they must stay float32.
     with torch.autocast(device_type=x.device.type, enabled=False):
-        cols = _pil_pass(x.permute(2, 0, 1).reshape(w, n * h).float(), size)  # size(x) x (N * H)
-        rows = cols.view(size, n, h).permute(2, 1, 0).reshape(h, n * size)  # H x (N * size(x))
-        out = _pil_pass(rows, size).view(size, n, size).permute(1, 0, 2)  # N x size(y) x size(x)
-        # One copy into N x 1 x size x size, fused with ToTensor's division (p / 255, rounded as ToTensor's is).
-        return torch.div(out, 255, out=torch.empty(n, size, size, device=x.device)).unsqueeze(1)
+        cols = _pil_pass(x.permute(2, 0, 1).reshape(w, planes * h).float(), size)  # size(x) x (P * H)
+        rows = cols.view(size, planes, h).permute(2, 1, 0).reshape(h, planes * size)  # H x (P * size(x))
+        out = _pil_pass(rows, size).view(size, planes, size).permute(1, 0, 2)  # P x size(y) x size(x)
+        # One copy into N x C x size x size, fused with ToTensor's division (p / 255, rounded as ToTensor's is).
+        return torch.div(out, 255, out=torch.empty(planes, size, size, device=x.device)).view(n, c, size, size)
 
 
 def want_pre_resize(num_images: int, image_size: int) -> bool:
@@ -94,7 +97,7 @@ def want_pre_resize(num_images: int, image_size: int) -> bool:
 
 @torch.no_grad()
 def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """uint8 N x 28 x 28 -> uint8 N x size x size with the pixels :func:`resize_batch` gives.
+    """uint8 N x C x H x W -> uint8 N x C x size x size with the pixels :func:`resize_batch` gives.
 
     ``resize_batch`` returns PIL's rounded 8-bit result divided by 255, so storing ``round(x * 255)`` as uint8
     loses nothing: feeding the result back through ``resize_batch`` (which then only divides by 255) gives the
@@ -102,9 +105,8 @@ def pre_resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tens
     """
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = torch.empty((len(images), size, size), dtype=torch.uint8, device=images.device)
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8, device=images.device)
     for start in range(0, len(images), chunk):
         x = resize_batch(images[start : start + chunk], size)
-        out[start : start + chunk] = x.squeeze(1).mul_(255).round_().to(torch.uint8)
+        out[start : start + chunk] = x.mul_(255).round_().to(torch.uint8)
     return out
-

@@ -2,7 +2,7 @@
 
 The exported graph (``docs/deploy.md`` is the user-facing spec):
 
-- input ``images``: float32 ``[N, C, S, S]`` (C = 1 for Fashion-MNIST, S = the run's image size), pixel values in
+- input ``images``: float32 ``[N, C, S, S]`` (C = the data's channels, S = the run's image size), pixel values in
   [0, 1], light item on a dark background. N is dynamic. The run's normalization, if any, is inside the graph.
 - output ``logits``: float32 ``[N, num_classes]`` (softmax them for probabilities).
 - metadata props ``inceptionlab.*``: model, options, image size, class names, normalization, SHA-256 of the
@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inceptionlab import __version__, runs
+from inceptionlab import __version__, argcheck, runs
+from inceptionlab.argcheck import FLAG, PATH, optional, whole
 from inceptionlab.config import TrainConfig
-from inceptionlab.data.fashion_mnist import load_fashion_mnist
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.errors import ConfigError, InceptionLabError
-from inceptionlab.fileio import atomic_write_with
-from inceptionlab.inputs import class_names, normalization, pixel_model
+from inceptionlab.fileio import atomic_write_with, remove_leftover_temp_files
+from inceptionlab.inputs import class_names, data_info, load_run_dataset, normalization, pixel_model
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -82,18 +82,19 @@ def ort_session(ort, model, what):
 def metadata_for(config: TrainConfig, sha256: str, opset: int) -> dict[str, str]:
     norm = normalization(config)
     return {
-        META + "format": "1",
+        META + "format": "2",  # 2: per-channel normalization lists, the data record
         META + "version": __version__,
         META + "model": config.model,
         META + "model_options": json.dumps(config.model_options, sort_keys=True),
         META + "num_classes": str(config.num_classes),
         META + "in_channels": str(config.in_channels),
         META + "image_size": str(config.image_size),
-        META + "class_names": json.dumps(class_names(config.num_classes)),
+        META + "class_names": json.dumps(class_names(config)),
         META + "normalization": json.dumps(
-            {"in_graph": norm is not None, "mean": norm[0], "std": norm[1]} if norm else {"in_graph": False}
+            {"in_graph": norm is not None, "mean": list(norm[0]), "std": list(norm[1])} if norm else {"in_graph": False}
         ),
-        META + "input": f"{INPUT_NAME}: float32 [N, C, S, S] pixels in [0, 1], light on dark",
+        META + "data": json.dumps(_data_record(config)),
+        META + "input": f"{INPUT_NAME}: float32 [N, C, S, S] pixels in [0, 1], prepared as the data was",
         META + "output": f"{OUTPUT_NAME}: float32 [N, num_classes]",
         META + "weights_sha256": sha256,
         META + "opset": str(opset),
@@ -194,12 +195,29 @@ def check_onnx(session, model: torch.nn.Module, images: torch.Tensor, atol: floa
     return report
 
 
-def check_images(config: TrainConfig, count: int, data_dir=None) -> torch.Tensor:
-    """The first ``count`` Fashion-MNIST test images, preprocessed like training: [0, 1] pixels."""
-    if config.in_channels != 1:
-        raise ConfigError("the check uses Fashion-MNIST (1 channel); this run has more: export with --no-check")
-    test_images = load_fashion_mnist(data_dir).test_images[:count]
+def _data_record(config: TrainConfig) -> dict:
+    """What a deployment must know of the run's data to prepare an image as training did (docs/data.md)."""
+    info = data_info(config)
+    return {"source": info.source, "classes": list(info.classes), "channels": info.channels,
+            "stored_size": info.image_size, "color": info.color, "resize": info.resize,
+            "background": list(info.background), "fingerprint": info.fingerprint}
+
+
+def check_images(config: TrainConfig, count: int, data_dir=None, run_dir=None) -> torch.Tensor:
+    """The first ``count`` test images of the run's data, preprocessed like training: [0, 1] pixels."""
+    data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
+    test_images = load_run_dataset(data_config, run_dir, progress=False, log=None).test_images[:count]
     return resize_batch(test_images, config.image_size)
+
+
+def _prepare_target(path: Path, force: bool) -> None:
+    """Refuse a ``path`` the export may not replace; remove the temporary files killed exports to it left."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
+    with contextlib.suppress(OSError):  # best effort: a directory we cannot list fails the write itself, by name
+        remove_leftover_temp_files(path.parent, [path.name])
 
 
 def export_onnx(
@@ -216,14 +234,15 @@ def export_onnx(
     """Export the run's model to ``path`` as ONNX (see the module doc) and return a report dict.
 
     With ``check`` (the default) the graph is run in ONNX Runtime on the first ``num_check_images`` real
-    Fashion-MNIST test images and compared with PyTorch (:func:`check_onnx`) before anything is written.
-    ``path`` is written atomically; an existing file is an error unless ``force``.
+    test images of the run's data and compared with PyTorch (:func:`check_onnx`) before anything is written.
+    ``path`` is written atomically; an existing file is an error unless ``force``. The temporary files that killed
+    exports to ``path`` left beside it are removed first.
     """
+    argcheck.check(run_dir=(run_dir, PATH), path=(path, PATH), opset=(opset, argcheck.WHOLE), check=(check, FLAG),
+                   num_check_images=(num_check_images, whole(1)), atol=(atol, argcheck.number(0)),
+                   force=(force, FLAG), data_dir=(data_dir, optional(PATH)))
     path = Path(path)
-    if path.exists() and not force:
-        raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
+    _prepare_target(path, force)
     _, ort = require_onnx()
     check_opset(opset)
     sha = runs.weights_sha256(run_dir)  # also refuses a run without weights, before any work
@@ -250,7 +269,7 @@ def export_onnx(
     }
     session = ort_session(ort, payload, f"the graph exported at opset {opset}; the file was not written")
     if check:
-        report["check"] = check_onnx(session, model, check_images(config, num_check_images, data_dir), atol)
+        report["check"] = check_onnx(session, model, check_images(config, num_check_images, data_dir, run_dir), atol)
     if path.exists() and not force:  # appeared while we exported
         raise ConfigError(f"{path} exists; pass --force (force=True) to replace it")
     atomic_write_with(path, lambda f: f.write(payload))

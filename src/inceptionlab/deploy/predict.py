@@ -1,6 +1,9 @@
 """Classify the user's own images with a trained run, through PyTorch or ONNX Runtime.
 
-An image is turned into what the model saw in training (``docs/deploy.md`` has the full story):
+An image is turned into what the model saw in training (``docs/deploy.md`` has the full story). A run trained on a
+folder of images (``--data``) prepares it exactly as its training images were prepared
+(:func:`inceptionlab.data.images.decode_image` with the run's colour, resize mode and background, then the
+device resize). A run trained on Fashion-MNIST, whose items are light on black and 28 px, does this:
 
 1. decode with Pillow (PNG, JPEG, GIF, BMP, TIFF, WebP...), take the first frame; files over
    :data:`MAX_IMAGE_PIXELS` are refused before decoding; images longer than 2 x :data:`SHRINK_TO` px are first
@@ -9,11 +12,11 @@ An image is turned into what the model saw in training (``docs/deploy.md`` has t
 3. invert if the image is dark-on-light: Fashion-MNIST items are light on a black background (for a cut-out
    with a transparent background the item's edge decides, see :func:`_auto_invert`);
 4. pad to a square with the (black) background, keeping the aspect ratio: the dataset's items are centred;
-5. resize to 28 x 28 (Pillow bilinear, antialiased when shrinking): every training image was a 28 x 28
-   Fashion-MNIST image, so a sharp 500-pixel photo would otherwise look unlike anything the model saw;
+5. resize to the data's stored size, 28 x 28 (Pillow bilinear, antialiased when shrinking): every training image
+   was 28 px, so a sharp 500-pixel photo would otherwise look unlike anything the model saw;
 6. resize 28 -> the run's image size with :func:`inceptionlab.data.resize_batch`, exactly as training did.
 
-The result is float32 ``1 x S x S`` in [0, 1]. Normalization (when the run used it) is part of the model:
+The result is float32 ``C x S x S`` in [0, 1]. Normalization (when the run used it) is part of the model:
 :func:`inceptionlab.inputs.pixel_model` wraps the network so that both the PyTorch and the exported ONNX model
 take [0, 1] pixels.
 """
@@ -30,20 +33,25 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import PATH, TEXT, Rule, check, choice, instance, optional, sequence, whole
 from inceptionlab.config import DEVICES
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.onnx import open_session, session_logits
-from inceptionlab.devices import resolve_device
+from inceptionlab.devices import DEVICE, resolve_device
 from inceptionlab.errors import ConfigError, InceptionLabError
-from inceptionlab.inputs import class_names, pixel_model
+from inceptionlab.inputs import data_info, pixel_model
 
-FASHION_MNIST_SIZE = 28
+NATURAL_SIZE = 28  # the light-on-dark pipeline's stored size (the run's data says it: DataInfo.image_size)
 # Images with a long side above 2 * SHRINK_TO are first averaged down to SHRINK_TO..2*SHRINK_TO px (see shrink)
 SHRINK_TO = 896
 # 64 Mpx: more than a phone or most cameras write; decoded at up to 4 bytes a pixel that is 256 MiB at most.
 # Above it a file is refused before decoding (Pillow's own limit, 89 Mpx with a warning, is a library default)
 MAX_IMAGE_PIXELS = 64_000_000
 INVERT_MODES = ("auto", "invert", "no-invert")
+INVERT = choice((True, False, "auto"), "True, False or 'auto'")  # what the ``invert`` arguments take
+DEVICE_TYPE = Rule(DEVICE.what, DEVICE.is_type)  # its value is predict_device's to check (it knows cuda:N exists)
+PREDICTOR = Rule("a model from load_predictor() or an onnxruntime.InferenceSession",
+                 lambda v: isinstance(v, nn.Module) or callable(getattr(v, "run", None)))
 
 
 class ImageError(InceptionLabError, ValueError):
@@ -113,7 +121,8 @@ def shrink(image):
     return _averageable(image).reduce(factor)  # keeps image.info, so the EXIF orientation still applies after
 
 
-def image_to_pixels(image, size: int, invert: bool | str = "auto") -> tuple[torch.Tensor, bool]:
+def image_to_pixels(image, size: int, invert: bool | str = "auto", natural: int = NATURAL_SIZE
+                    ) -> tuple[torch.Tensor, bool]:
     """A Pillow image -> (float32 ``1 x size x size`` in [0, 1], whether it was inverted). See the module doc."""
     from PIL import Image, ImageOps
 
@@ -144,8 +153,8 @@ def image_to_pixels(image, size: int, invert: bool | str = "auto") -> tuple[torc
     top, left = (side - h) // 2, (side - w) // 2
     square[top : top + h, left : left + w] = grey
     small = Image.fromarray(np.rint(square).clip(0, 255).astype(np.uint8), mode="L")
-    if side != FASHION_MNIST_SIZE:
-        small = small.resize((FASHION_MNIST_SIZE, FASHION_MNIST_SIZE), Image.Resampling.BILINEAR)
+    if side != natural:
+        small = small.resize((natural, natural), Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.asarray(small).copy())
     return resize_batch(pixels[None], size)[0], invert
 
@@ -167,15 +176,21 @@ def _open_checked(path: Path):
     return image
 
 
-def load_image_with_info(path: str | os.PathLike, size: int, invert: bool | str = "auto") -> tuple[torch.Tensor, bool]:
-    """:func:`load_image`, also returning whether the image was inverted (useful with ``invert="auto"``)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _existing_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
         raise ImageError(f"{path}: not a file")
+    return path
+
+
+def load_image_with_info(path: str | os.PathLike, size: int, invert: bool | str = "auto") -> tuple[torch.Tensor, bool]:
+    """:func:`load_image`, also returning whether the image was inverted (useful with ``invert="auto"``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    check(path=(path, PATH), size=(size, whole(1)), invert=(invert, INVERT))
+    path = _existing_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # our own limit is below Pillow's
@@ -197,6 +212,24 @@ def load_image(path: str | os.PathLike, size: int, invert: bool | str = "auto") 
     ones (like Fashion-MNIST), ``"auto"`` to decide from the border brightness. Raises :class:`ImageError`.
     """
     return load_image_with_info(path, size, invert)[0]
+
+
+def load_run_image(path: str | os.PathLike, config, invert: bool | str = "auto") -> tuple[torch.Tensor, bool]:
+    """One image file as ``config``'s run saw its training images: float32 ``C x S x S`` in [0, 1], and whether it
+    was inverted (only the light-on-dark Fashion-MNIST pipeline inverts)."""
+    check(path=(path, PATH), invert=(invert, INVERT))
+    info = data_info(config)
+    if info.source == "fashion-mnist":
+        return load_image_with_info(path, config.image_size, invert)
+    from inceptionlab.data.images import BadImageError, decode_image
+
+    path = _existing_file(path)
+    try:
+        pixels, _ = decode_image(path, info.image_size, color="grey" if info.channels == 1 else "rgb",
+                                 resize=info.resize, background=tuple(info.background))
+    except BadImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    return resize_batch(torch.from_numpy(pixels)[None], config.image_size)[0], False
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -224,6 +257,7 @@ def load_predictor(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | No
     after checking that the file was exported from this run and computes what the run's model computes
     (see :func:`inceptionlab.deploy.onnx.open_session`). The device is checked before anything is read.
     """
+    check(run_dir=(run_dir, PATH), onnx_path=(onnx_path, optional(PATH)), device=(device, DEVICE_TYPE))
     device = predict_device(device)
     if onnx_path is None:
         model, config = runs.load_run_model(run_dir, device)
@@ -270,11 +304,14 @@ def logits_of(model_or_session, images: torch.Tensor, batch_size: int = 256) -> 
 
 
 def predict(model_or_session, images: torch.Tensor, top_k: int = 3, names: list[str] | None = None):
-    """Top-k classes with probabilities for ``images`` (float32 ``N x 1 x S x S`` in [0, 1]).
+    """Top-k classes with probabilities for ``images`` (float32 ``N x C x S x S`` in [0, 1]), named by ``names``
+    (the run's :func:`~inceptionlab.inputs.class_names`; "class i" without).
 
     ``model_or_session``: a model from :func:`pixel_model` / :func:`load_predictor`, or an
     ``onnxruntime.InferenceSession`` of an exported file. Returns one :class:`Prediction` per image.
     """
+    check(model_or_session=(model_or_session, PREDICTOR), images=(images, instance(torch.Tensor, "a tensor")),
+          top_k=(top_k, whole(1)), names=(names, optional(sequence(TEXT, "a non-empty list of class names"))))
     if images.dim() == 3:
         images = images.unsqueeze(0)
     logits = logits_of(model_or_session, images)
@@ -284,7 +321,7 @@ def predict(model_or_session, images: torch.Tensor, top_k: int = 3, names: list[
             f"the model's logits are NaN or infinite for {len(broken)} of {len(logits)} images (e.g. image "
             f"{broken[0]}): its weights are damaged or overflow; retrain the run or restore model.safetensors"
         )
-    names = names or class_names(logits.shape[1])
+    names = names or [f"class {i}" for i in range(logits.shape[1])]
     k = max(1, min(top_k, logits.shape[1]))
     probs, classes = torch.softmax(logits, dim=1).topk(k, dim=1)
     return [

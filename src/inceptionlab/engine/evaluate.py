@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from inceptionlab import runs
+from inceptionlab.argcheck import FLAG, PATH, check, optional, whole
 from inceptionlab.config import TrainConfig
-from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from inceptionlab.data import ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
-from inceptionlab.devices import resolve_device, resolve_precision
+from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
 from inceptionlab.engine.distributed import all_reduce_sum
-from inceptionlab.inputs import class_names, forward_loss, prepare_model
+from inceptionlab.inputs import class_names, forward_loss, load_run_dataset, prepare_model
 
 
 @torch.inference_mode()
@@ -55,11 +57,11 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
             "confusion": confusion.view(k, k).cpu()}
 
 
-def per_class_report(confusion: torch.Tensor) -> dict:
+def per_class_report(confusion: torch.Tensor, config: TrainConfig) -> dict:
     """per_class.json: per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted)."""
     confusion = confusion.cpu().long()
     totals = confusion.sum(dim=1).clamp_min(1)
-    names = class_names(confusion.shape[0])
+    names = class_names(config)
     return {
         "test_acc": float(confusion.diag().sum()) / max(1, int(confusion.sum())),
         "per_class_acc": {name: float(confusion[i, i]) / float(totals[i]) for i, name in enumerate(names)},
@@ -69,19 +71,24 @@ def per_class_report(confusion: torch.Tensor) -> dict:
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int | None = None, data: FashionMNIST | None = None, flip_tta: bool = False) -> dict:
-    """The run's final model on the full Fashion-MNIST test set, preprocessed, laid out and autocast as the trainer
-    evaluated it: ``run_dir``, ``model``, ``image_size``, ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
+                 batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool = False) -> dict:
+    """The run's final model on its data's full test set (a folder run: the test images of its split.csv),
+    preprocessed, laid out and autocast as the trainer evaluated it: ``run_dir``, ``model``, ``image_size``,
+    ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
     ``per_class_acc``, ``class_names``, ``confusion``."""
+    check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
+          batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
+          flip_tta=(flip_tta, FLAG))
     dev = resolve_device(device)
     model, config = runs.load_run_model(run_dir, device=dev)
     config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves
     prepare_model(model, config)
     if data is None:
-        data = load_fashion_mnist(data_dir if data_dir is not None else config.data_dir)
+        data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
+        data = load_run_dataset(data_config, run_dir, progress=False, log=None)
     result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,
                       flip=flip_tta)
-    report = per_class_report(result["confusion"])
+    report = per_class_report(result["confusion"], config)
     return {"run_dir": str(run_dir), "model": config.model, "image_size": config.image_size, "flip_tta": flip_tta,
             "test_acc": result["acc"], "test_loss": result["loss"], "count": result["count"],
             "per_class_acc": report["per_class_acc"], "class_names": report["class_names"],

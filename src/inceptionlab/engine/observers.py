@@ -88,7 +88,7 @@ class TensorBoardObserver(Observer):
             from inceptionlab.inputs import class_names
             from inceptionlab.plots import confusion_figure
 
-            fig = confusion_figure(confusion, class_names(confusion.shape[0]), f"{self.config.model}: test set")
+            fig = confusion_figure(confusion, class_names(self.config), f"{self.config.model}: test set")
             self.writer.add_figure("test/confusion", fig, summary.get("epochs_completed", 0) * 1000)
         hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
         final = ("test_acc", "best_test_acc", "val_acc", "best_val_acc", "train_loss")

@@ -20,38 +20,36 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from inceptionlab import runs
 from inceptionlab.analysis import check_input_size
-from inceptionlab.config import RESUMABLE, TrainConfig
-from inceptionlab.data.augment import build_transform
-from inceptionlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from inceptionlab.data.loader import DeviceLoader
-from inceptionlab.data.resize import pre_resize, want_pre_resize
+from inceptionlab.argcheck import FLAG, FUNCTION, PATH, check, optional
+from inceptionlab.config import DERIVED, RESUMABLE, TrainConfig, as_config
+from inceptionlab.data import DeviceLoader, ImageDataset
+from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
+from inceptionlab.engine.rundata import RunData, build_data, with_data, write_data_files
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
 from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
 from inceptionlab.fileio import BackgroundWrites
-from inceptionlab.inputs import class_names, prepare_model
+from inceptionlab.inputs import class_names, load_run_dataset, prepare_model
 from inceptionlab.models import create_model, init_xavier_
 
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
-# The held-out permutation's seed is fixed, not config.seed: every seed, model and rank then holds out the same images
-VAL_SPLIT_SEED = 20_170_828
 
 
 class TrainingDiverged(InceptionLabError):
@@ -125,13 +123,14 @@ class RunState:
     plotted: int = 0
     precision_reason: str | None = None  # why precision "auto" chose what it chose
     tuner: ThreadTuner | None = None  # CPU threads chosen by measurement when --num-threads is unset
-    lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from open_run_dir to the end of the run
+    lock: runs.RunDirLock | None = None  # rank 0's lock on run_dir, from claim_run_dir to the end of the run
     observers: list[Observer] = field(default_factory=list)  # TensorBoard, live notebook curves
     partial: dict | None = None  # a mid-epoch recovery point to continue from (resume)
     last_recovery: float = field(default_factory=time.perf_counter)
     val_images: torch.Tensor | None = None  # the held-out training images (config.val_split), None without them
     val_labels: torch.Tensor | None = None
     last_val: dict | None = None
+    source: ImageDataset | None = None  # the data as loaded (CPU): its split and skipped files go into the run dir
 
     @property
     def is_main(self) -> bool:
@@ -153,21 +152,23 @@ class RunState:
 
 
 def train(
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     *,
     resume: str | os.PathLike | None = None,
-    data: FashionMNIST | None = None,
+    data: ImageDataset | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
     live: bool | None = None,
 ) -> TrainResult:
-    """Train ``config`` (or resume the run directory ``resume``) and return a :class:`TrainResult`.
+    """Train ``config`` (a TrainConfig or a mapping of its fields; None: the chapter's recipe) or resume the run
+    directory ``resume``, and return a :class:`TrainResult`.
 
     - ``resume``: continue from the run's last complete checkpoint; ``config`` then defaults to the run's
       config.json (pass one to change e.g. ``epochs`` or ``device``).
-    - ``data``: an already loaded :class:`~inceptionlab.data.FashionMNIST` (any device), else loaded from
-      ``config.data_dir``.
+    - ``data``: an already loaded :class:`~inceptionlab.data.ImageDataset` (any device), else the one ``config``
+      names (``config.data``: a folder or CSV; unset: Fashion-MNIST from ``config.data_dir``). The run takes its
+      classes, channels and statistics from it.
     - ``run_dir``: write into this directory instead of a new ``<out>/<timestamp>-<model>/``; if it already holds a
       checkpoint of this run (e.g. torchrun restarted the job), continue from it.
     - ``progress``: a tqdm bar while an epoch runs; default: when stderr is a terminal or inside a notebook.
@@ -177,10 +178,14 @@ def train(
     Raises :class:`ConfigError` before any work for invalid options, :class:`TrainingDiverged` on a NaN/inf
     loss. SIGINT/SIGTERM end the run cleanly with ``status == "interrupted"``.
     """
+    check(resume=(resume, optional(PATH)), data=(data, optional(DATASET)),
+          run_dir=(run_dir, optional(PATH)), progress=(progress, optional(FLAG)), log=(log, optional(FUNCTION)),
+          live=(live, optional(FLAG)))
+    config = None if config is None else as_config(config)
     if resume is not None:
-        config = config or TrainConfig.from_dict(runs.read_config(resume))
+        config = config if config is not None else runs.read_run_config(resume)  # names config.json if damaged
         run_dir = Path(resume)
-    config = (config or TrainConfig()).validate()
+    config = (config if config is not None else TrainConfig()).validate()
     dist_info = distributed.distributed_from_env()
     device = resolve_device(config.device, dist_info.local_rank)
     if resume is None and run_dir is not None and (Path(run_dir) / runs.CHECKPOINT).is_file():
@@ -201,12 +206,13 @@ def continued_config(config: TrainConfig, run_dir: Path, device: torch.device) -
     resume aside), else refuse, so a restarted job never mixes two runs in one directory."""
     saved = runs.read_run_config(run_dir)
     given, _ = resolve_precision(config, device)
-    differ = [k for k, v in given.to_dict().items() if k not in RESUMABLE and k != "preset" and v != getattr(saved, k)]
+    differ = [k for k, v in given.to_dict().items()
+              if k not in (*RESUMABLE, *DERIVED, "preset") and v != getattr(saved, k)]
     if differ:
         what = ", ".join(f"{k} {getattr(saved, k)!r} there, {getattr(given, k)!r} here" for k in differ[:3])
         raise ConfigError(f"{run_dir} holds another run ({what}); continue it with --resume {run_dir}, or train "
                           "in another --run-dir")
-    return saved.replace(**{k: getattr(config, k) for k in RESUMABLE})
+    return saved.replace(**{k: getattr(config, k) for k in RESUMABLE})  # DERIVED: the saved run's
 
 
 def check_runtime(config: TrainConfig, device: torch.device, world_size: int) -> None:
@@ -217,6 +223,7 @@ def check_runtime(config: TrainConfig, device: torch.device, world_size: int) ->
         raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the number of "
                           f"processes ({world_size})")
     resolve_step_mode(config, device, world_size)
+    check_input_size(config.model, config.image_size, config.in_channels)  # before the data is read
     if config.tensorboard:
         require_tensorboard()
 
@@ -246,7 +253,7 @@ def _process_group(dist_info: distributed.Distributed, device: torch.device):
 
 
 def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device, *,
-          data: FashionMNIST | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
+          data: ImageDataset | None = None, run_dir=None, resume: bool = False, progress: bool | None = None,
           log: Callable[[str], None] | None = print, live: bool | None = None,
           allow_unverified_streams: bool = False) -> RunState:
     """The run state: model, data on the device, optimizer and step, then (rank 0) the run directory. ``config`` may
@@ -255,13 +262,14 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
     timer = PhaseTimer()
     config, precision_reason = resolve_precision(config, device)
     say = log if (log is not None and dist_info.is_main) else (lambda _line: None)
+    with timer("data"):  # read + verify (a folder: decode once, then from the cache), to the device, resize once
+        show = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
+        config, run_data = load_data_for(config, dist_info, device, data, run_dir if resume else None, show, say)
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
         step_mode = resolve_step_mode(config, device, dist_info.world_size)
         cuda_opts = resolve_cuda_options(config, device, step_mode, model,  # refuses what is known to be wrong
                                          allow_unverified_streams=allow_unverified_streams)
-    with timer("data"):  # read + verify, to the device, resize once
-        run_data = build_data(config, dist_info, device, data)
     with timer("step"):  # optimizer and step function (a graph is captured at the first step)
         optimizer = build_optimizer(model, config, device)
         scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
@@ -270,22 +278,38 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                                    world_size=dist_info.world_size, batched_casts=cuda_opts["batched_casts"])
     state = RunState(config, dist_info, device, model, optimizer, scaler, step_fn, step_mode, cuda_opts,
                      run_data.loader, run_data.test_images, run_data.test_labels, run_dir, say, timer,
-                     precision_reason=precision_reason, val_images=run_data.val_images, val_labels=run_data.val_labels)
+                     precision_reason=precision_reason, val_images=run_data.val_images, val_labels=run_data.val_labels,
+                     source=run_data.dataset)
     if device.type == "cpu" and config.num_threads is None:
         state.tuner = ThreadTuner(torch.get_num_threads())
-    with timer("run_dir"):  # resume state, run directory, config.json
-        if resume:
-            restore_checkpoint(state)
-        open_run_dir(state)
+    with timer("run_dir"):  # the lock, resume state, run directory, config.json
+        claim_run_dir(state)  # first: a trainer the lock refuses says nothing before its refusal
         try:
+            if resume:
+                restore_checkpoint(state)
+            open_run_dir(state)
             state.observers = make_observers(config, state.run_dir, live=live, is_main=dist_info.is_main)
         except BaseException:
-            state.release_lock()
+            state.release_lock()  # setup fails here, so train never gets the state to release it
             raise
     default_bar = sys.stderr.isatty() or in_notebook()
     state.show_bar = bool(progress if progress is not None else default_bar) and dist_info.is_main
     say(describe_run(state))
     return state
+
+
+def load_data_for(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device,
+                  data: ImageDataset | None, resumed_dir, progress: bool, say) -> tuple[TrainConfig, RunData]:
+    """The config completed from the data, and the data on the device. A resumed run's saved values that the data
+    refuses (a validation split larger than the data) name config.json, whose value is what must change."""
+    try:
+        data = data if data is not None else load_run_dataset(config, resumed_dir, progress=progress, log=say)
+        config = with_data(config, data.info)
+        return config, build_data(config, dist_info, device, data)
+    except ConfigError as exc:
+        if resumed_dir is None or not hasattr(exc, "problem"):
+            raise
+        raise runs.damaged_config(resumed_dir, exc) from None
 
 
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
@@ -297,57 +321,6 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     if config.init == "xavier":
         init_xavier_(model)
     return prepare_model(model.to(device), config)
-
-
-class RunData(NamedTuple):
-    """What :func:`build_data` puts on the device; ``val_*`` are None without ``config.val_split``."""
-
-    loader: DeviceLoader
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    val_images: torch.Tensor | None = None
-    val_labels: torch.Tensor | None = None
-
-
-def validation_split(num_train: int, val_split: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training, validation) indices into a training split of ``num_train`` images, each in dataset order.
-
-    The ``val_split`` held-out images are the first of one fixed permutation (:data:`VAL_SPLIT_SEED`, drawn on the
-    CPU), so they depend on ``val_split`` alone: the same for every seed, model, device and torchrun rank, and a
-    smaller split's images are inside a larger one's."""
-    if not 0 < val_split < num_train:
-        raise ConfigError(f"--val-split {val_split:,} must be between 1 and {num_train - 1:,} (there are "
-                          f"{num_train:,} training images); hold out fewer, e.g. --val-split {num_train // 12:,}")
-    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    return order[val_split:].sort().values, order[:val_split].sort().values
-
-
-def build_data(config: TrainConfig, dist_info: distributed.Distributed, device: torch.device,
-               data: FashionMNIST | None) -> RunData:
-    """The training loader, the test split and the held-out validation images (``config.val_split``), uint8 on the
-    device, each resized once when it fits. ``limit_train`` applies to the images left after the hold-out."""
-    data = (data if data is not None else load_fashion_mnist(config.data_dir)).to(device)
-    train_images, train_labels, val_images, val_labels = data.train_images, data.train_labels, None, None
-    if config.val_split:
-        train_index, val_index = (i.to(device) for i in validation_split(len(train_labels), config.val_split))
-        val_images, val_labels = train_images[val_index], train_labels[val_index]
-        train_images, train_labels = train_images[train_index], train_labels[train_index]
-    train_images, train_labels = train_images[: config.limit_train], train_labels[: config.limit_train]
-    test_images, test_labels = data.test_images[: config.limit_test], data.test_labels[: config.limit_test]
-    num_val = 0 if val_labels is None else len(val_labels)
-    if want_pre_resize(len(train_images) + len(test_images) + num_val, config.image_size):
-        train_images = pre_resize(train_images, config.image_size)
-        test_images = pre_resize(test_images, config.image_size)
-        val_images = None if val_images is None else pre_resize(val_images, config.image_size)
-    transform = build_transform(crop_padding=config.crop_padding, flip=config.flip, erasing=config.erasing)
-    loader = DeviceLoader(train_images, train_labels, config.batch_size // dist_info.world_size,
-                          image_size=config.image_size, shuffle=True, seed=config.seed, rank=dist_info.rank,
-                          world_size=dist_info.world_size, transform=transform, drop_last=config.drop_last)
-    if len(loader) == 0:
-        over = f" over {dist_info.world_size} processes" if dist_info.enabled else ""
-        raise ConfigError(f"--drop-last leaves no training batch: {len(train_labels):,} training images{over} are "
-                          f"fewer than one batch of {config.batch_size}; use --no-drop-last or a smaller --batch-size")
-    return RunData(loader, test_images, test_labels, val_images, val_labels)
 
 
 def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torch.device) -> nn.Module:
@@ -396,23 +369,26 @@ def _recovery_point(saved: dict, path: Path, state: RunState) -> dict | None:
     return partial
 
 
-def open_run_dir(state: RunState) -> None:
-    """Rank 0 creates (or reopens) the run directory, locks it, removes what killed writes left there and writes
-    config.json; the other ranks learn its path."""
+def claim_run_dir(state: RunState) -> None:
+    """Rank 0 creates (or reopens) the run directory and locks it."""
     if state.is_main:
         run_dir = state.run_dir
         run_dir = Path(run_dir) if run_dir is not None else runs.create_run_dir(state.config.out, state.config.model)
         state.lock = runs.lock_run_dir(run_dir)
-        try:
-            if removed := runs.remove_interrupted_writes(state.lock):
-                state.say(f"{run_dir}: removed {len(removed)} temporary file(s) of interrupted writes")
-            runs.write_config(run_dir, state.config.to_dict())
-            if state.start_epoch:
-                runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
-        except BaseException:
-            state.release_lock()  # setup fails here, so train never gets the state to release it
-            raise
         state.run_dir = run_dir
+
+
+def open_run_dir(state: RunState) -> None:
+    """Rank 0 removes what killed writes left in the locked run directory and writes config.json; the other ranks
+    learn its path."""
+    if state.is_main:
+        run_dir = state.run_dir
+        if removed := runs.remove_interrupted_writes(state.lock):
+            state.say(f"{run_dir}: removed {len(removed)} temporary file(s) of interrupted writes")
+        runs.write_config(run_dir, state.config.to_dict())
+        write_data_files(run_dir, state.source)
+        if state.start_epoch:
+            runs.write_metrics(run_dir, state.rows)  # realign with the checkpoint after a crash between the writes
     if state.dist.enabled:
         state.run_dir = Path(distributed.broadcast_path(state.run_dir, state.is_main))
 
@@ -673,7 +649,7 @@ def write_results(state: RunState, summary: dict) -> None:
             # a resumed finished run keeps its file: rewritten, its bytes (and an ONNX export's tie) could change
             runs.save_weights(run_dir / runs.WEIGHTS, state.model,
                               {"model": config.model, "image_size": config.image_size})
-        report = per_class_report(state.last_eval["confusion"])
+        report = per_class_report(state.last_eval["confusion"], state.config)
         summary["per_class_acc"] = report["per_class_acc"]
         runs.write_per_class(run_dir, report)
         _plot_confusion(run_dir, state.last_eval["confusion"], config)
@@ -788,5 +764,5 @@ def _plot_curves(run_dir: Path, rows, config: TrainConfig) -> None:
 def _plot_confusion(run_dir: Path, confusion, config: TrainConfig) -> None:
     from inceptionlab.plots import plot_confusion
 
-    names = class_names(confusion.shape[0])
+    names = class_names(config)
     plot_confusion(run_dir / runs.CONFUSION, confusion, names, title=f"{config.model}: test set")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from inceptionlab.argcheck import NAME, check, whole
 from inceptionlab.errors import UnknownModelError
 
 
@@ -49,6 +50,7 @@ def list_models() -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    check(name=(name, NAME))
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -61,7 +63,6 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1, **options) -> nn.Module:
     """Build a registered model. ``options`` go to the model's factory (e.g. ``dropout=0.4``)."""
+    check(name=(name, NAME), num_classes=(num_classes, whole(1)), in_channels=(in_channels, whole(1)))
     spec = get_model_spec(name)
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError("num_classes and in_channels must be positive")
     return spec.factory(num_classes=num_classes, in_channels=in_channels, **options)
