@@ -5,6 +5,7 @@ folder remembers its data (classes, channels, statistics, split.csv) for evaluat
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,37 @@ def test_an_rgb_folder_trains_a_three_channel_model_that_predicts_and_exports_wi
     pytest.importorskip("onnxruntime")
     report = export_onnx(tmp_path / "run", tmp_path / "colours.onnx")
     assert report["input"]["shape"] == ["N", 3, 28, 28] and report["check"]["same_top1"] == report["check"]["images"]
+
+
+def test_cli_data_reports_a_folder_and_compare_trains_every_row_on_it(tmp_path, monkeypatch, capsys):
+    """`inceptionlab data --data` says what the folder holds (classes, counts, the skipped and the bad), and
+    `compare --data` trains each row on the folder's own classes and channels."""
+    from inceptionlab.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    colour_folder(tmp_path / "colours", per_class=12)
+    (tmp_path / "colours" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "colours" / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    folder = str(tmp_path / "colours")
+    assert main(["data", "--data", folder, "--image-size", "28", "--json"]) == 1  # the bad file, named
+    assert "blue/broken.png" in capsys.readouterr().err
+    grid = tmp_path / "grid.png"
+    assert main(["data", "--data", folder, "--image-size", "28", "--on-bad", "skip", "--grid", str(grid),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == ["blue", "red"] and report["channels"] == 3 and report["source"] == "folder"
+    assert sum(report["splits"]["train"]["class_counts"].values()) + sum(
+        report["splits"]["test"]["class_counts"].values()) + sum(
+        report["splits"]["val"]["class_counts"].values()) == 25  # 24 colour images and the grey one
+    assert report["found"]["skipped"] == [".ipynb_checkpoints"] and report["found"]["bad"][0]["path"] == \
+        "blue/broken.png"
+    assert Image.open(grid).size[0] > 100
+    out = tmp_path / "compare"
+    assert main(["compare", "lenet", "googlenet-28", "--data", folder, "--on-bad", "skip", "--image-size", "28", "--epochs",
+                 "1", "--batch-size", "8", "--device", "cpu", "--num-threads", "1", "--no-progress", "--out-dir",
+                 str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["lenet", "googlenet-28"]
+    for row in rows:
+        saved = json.loads((Path(row["run_dirs"][0]) / "config.json").read_text())
+        assert saved["in_channels"] == 3 and saved["data_info"]["classes"] == ["blue", "red"]

@@ -110,7 +110,7 @@ def print_report(report: dict) -> None:
     mean = ", ".join(f"{m:.4f}" for m in report["train_mean"])
     std = ", ".join(f"{s:.4f}" for s in report["train_std"])
     print(f"train pixels: mean {mean}, std {std}")
-    for key in ("skipped", "ignored", "bad", "modes", "sizes", "animated", "cache"):
+    for key in ("skipped", "ignored", "unlisted", "bad", "modes", "width", "height", "animated", "cache"):
         if report["found"].get(key):
             print(f"{key}: {report['found'][key]}")
     dup = report["duplicates"]
