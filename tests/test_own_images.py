@@ -19,7 +19,7 @@ from inceptionlab.engine.evaluate import evaluate_run
 from inceptionlab.engine.trainer import train
 from inceptionlab.errors import ConfigError, DatasetError
 
-TRAIN, TEST = 600, 200
+TRAIN, TEST = 320, 128
 
 
 def exact(**changes) -> TrainConfig:
@@ -31,7 +31,7 @@ def exact(**changes) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def exported(fmnist, tmp_path_factory):
-    """The first 600 training and 200 test images of Fashion-MNIST as PNG class folders."""
+    """The first 320 training and 128 test images of Fashion-MNIST as PNG class folders."""
     folder = tmp_path_factory.mktemp("export") / "fashion"
     counts = export_folder(fmnist, folder, limit_train=TRAIN, limit_test=TEST)
     assert counts == {"train": TRAIN, "test": TEST}
@@ -81,9 +81,8 @@ def digits_folder(root) -> tuple:
 def test_real_digits_train_to_a_high_accuracy_and_the_run_remembers_its_data(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     digits_folder(tmp_path / "digits")
-    config = TrainConfig(model="googlenet-bn", image_size=32, epochs=6, batch_size=64, lr=0.05, optimizer="nesterov",
-                         schedule="onecycle", warmup_epochs=1, device="cpu", num_threads=1,
-                         data=str(tmp_path / "digits"), normalize=True)
+    config = TrainConfig(model="lenet", image_size=28, epochs=10, batch_size=32, lr=0.01, optimizer="adamw",
+                         device="cpu", num_threads=1, data=str(tmp_path / "digits"), normalize=True)
     result = train(config, run_dir=tmp_path / "run", log=None)
     assert result.metrics[-1]["test_acc"] >= 0.9, result.metrics
     info = json.loads((tmp_path / "run" / "config.json").read_text())["data_info"]
@@ -188,9 +187,9 @@ def test_cli_data_reports_a_folder_and_compare_trains_every_row_on_it(tmp_path, 
         "blue/broken.png"
     assert Image.open(grid).size[0] > 100
     out = tmp_path / "compare"
-    assert main(["compare", "lenet", "googlenet-28", "--data", folder, "--on-bad", "skip", "--image-size", "28", "--epochs",
-                 "1", "--batch-size", "8", "--device", "cpu", "--num-threads", "1", "--no-progress", "--out-dir",
-                 str(out)]) == 0
+    assert main(["compare", "lenet", "googlenet-28", "--data", folder, "--on-bad", "skip", "--image-size", "28",
+                 "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--num-threads", "1", "--no-progress",
+                 "--out-dir", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["label"] for r in rows] == ["lenet", "googlenet-28"]
     for row in rows:

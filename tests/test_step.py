@@ -135,7 +135,7 @@ def test_graph_capture_refused_on_cpu():
 def test_pre_resize_gives_the_same_batches(fmnist, size):
     images = fmnist.test_images[:300]
     resized = pre_resize(images, size, chunk=128)
-    assert resized.dtype == torch.uint8 and resized.shape == (300, size, size)
+    assert resized.dtype == torch.uint8 and resized.shape == (300, 1, size, size)
     # fed back through resize_batch (which then only divides by 255): bit-identical to resizing per batch
     assert torch.equal(resize_batch(resized, size), resize_batch(images, size))
 

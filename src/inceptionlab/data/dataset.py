@@ -39,7 +39,9 @@ class DataInfo:
         return len(self.classes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": DATA_INFO_VERSION, **dataclasses.asdict(self)}
+        """JSON's own types (lists, not tuples): the record in memory equals the one read back from config.json."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {"version": DATA_INFO_VERSION, **values}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataInfo:
