@@ -33,13 +33,14 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    from inceptionlab.data import DataSpec
+    """What to load, through the same TrainConfig fields and checks as `train --data` (inputs.data_spec)."""
+    from inceptionlab.config import TrainConfig
+    from inceptionlab.inputs import data_spec
 
-    given = {k: getattr(args, k) for k in ("color", "resize_mode", "val_fraction", "test_fraction",
-                                           "classes_file", "on_bad") if getattr(args, k) is not None}
-    renamed = {"resize" if k == "resize_mode" else k: v for k, v in given.items()}
-    return DataSpec(path=args.data, data_dir=None if args.data_dir is None else str(args.data_dir),
-                    image_size=args.image_size, **renamed)
+    given = {k: getattr(args, k) for k in ("color", "resize_mode", "val_fraction", "test_fraction", "classes_file",
+                                           "on_bad") if getattr(args, k) is not None}
+    data_dir = None if args.data_dir is None else str(args.data_dir)
+    return data_spec(TrainConfig(data=args.data, data_dir=data_dir, image_size=args.image_size, **given).validate())
 
 
 def build_report(ds) -> dict:
