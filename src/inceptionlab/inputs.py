@@ -122,8 +122,12 @@ def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
 SPLIT_FILE = "split.csv"  # the images of a folder run and their split: evaluate, inspect and resume read it back
 
 
-def load_run_dataset(config: TrainConfig, run_dir=None, *, progress: bool = True, log=print) -> ImageDataset:
-    """The dataset ``config`` names; a run directory's split.csv pins exactly the images and splits it used."""
+def load_run_dataset(config: TrainConfig, run_dir=None, *, data_dir=None, progress: bool = True,
+                     log=print) -> ImageDataset:
+    """The dataset ``config`` names; a run directory's split.csv pins exactly the images and splits it used.
+    ``data_dir``: where Fashion-MNIST's files are now, instead of where the run found them."""
+    if data_dir is not None:
+        config = config.replace(data_dir=str(data_dir))
     split_file = None if run_dir is None else Path(run_dir) / SPLIT_FILE
     return load_data(data_spec(config, split_file), progress=progress, log=log)
 

@@ -72,8 +72,7 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     config, _ = resolve_precision(config, dev)
     prepare_model(model, config)
     if data is None:
-        data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
-        data = load_run_dataset(data_config, run_dir, progress=False, log=None)
+        data = load_run_dataset(config, run_dir, data_dir=data_dir, progress=False, log=None)
     if limit_test is not None and limit_test < 1:
         raise ConfigError(f"limit_test must be a positive number of images, got {limit_test}")
     images, labels = data.test_images[:limit_test].to(dev), data.test_labels[:limit_test].to(dev)

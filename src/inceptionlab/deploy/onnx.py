@@ -205,8 +205,7 @@ def _data_record(config: TrainConfig) -> dict:
 
 def check_images(config: TrainConfig, count: int, data_dir=None, run_dir=None) -> torch.Tensor:
     """The first ``count`` test images of the run's data, preprocessed like training: [0, 1] pixels."""
-    data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
-    test_images = load_run_dataset(data_config, run_dir, progress=False, log=None).test_images[:count]
+    test_images = load_run_dataset(config, run_dir, data_dir=data_dir, progress=False, log=None).test_images[:count]
     return resize_batch(test_images, config.image_size)
 
 

@@ -84,8 +84,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | No
     config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves
     prepare_model(model, config)
     if data is None:
-        data_config = config if data_dir is None else config.replace(data_dir=str(data_dir))
-        data = load_run_dataset(data_config, run_dir, progress=False, log=None)
+        data = load_run_dataset(config, run_dir, data_dir=data_dir, progress=False, log=None)
     result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,
                       flip=flip_tta)
     report = per_class_report(result["confusion"], config)
