@@ -171,18 +171,22 @@ def test_precision_auto_is_bf16_and_channels_last_where_the_cpu_has_bf16_units(m
     except OSError:
         pytest.skip("no /proc/cpuinfo on this system")
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+    onednn = torch.backends.mkldnn.is_available()  # channels_last on every oneDNN CPU, whatever the precision
     config, reason = devices.resolve_precision(TrainConfig(), cpu)
-    assert (config.precision, config.channels_last) == (("bf16", True) if has_bf16 else ("fp32", False))
+    assert (config.precision, config.channels_last) == ("bf16" if has_bf16 else "fp32", has_bf16 or onednn)
     assert reason.startswith("auto: ")
     # a CPU without bf16 units gets d2l's arithmetic; explicit values always win
     monkeypatch.setattr(devices, "fast_bf16", lambda device: None)
     config, reason = devices.resolve_precision(TrainConfig(), cpu)
-    assert (config.precision, config.channels_last) == ("fp32", False) and "fp32" in reason
+    assert (config.precision, config.channels_last) == ("fp32", onednn) and "fp32" in reason
     config, reason = devices.resolve_precision(TrainConfig(precision="bf16", channels_last=False), cpu)
     assert (config.precision, config.channels_last, reason) == ("bf16", False, None)
     monkeypatch.setattr(devices, "fast_bf16", lambda device: "test")
-    config, _ = devices.resolve_precision(TrainConfig(precision="fp32"), cpu)
+    config, _ = devices.resolve_precision(TrainConfig(precision="fp32", channels_last=False), cpu)
     assert (config.precision, config.channels_last) == ("fp32", False)
+    # elsewhere (a GPU, MPS) fp32 keeps NCHW: the layout was measured faster only with bf16 there
+    config, _ = devices.resolve_precision(TrainConfig(precision="fp32"), torch.device("meta"))
+    assert config.channels_last is False
 
 
 def test_unresolved_precision_is_refused_by_the_forward():

@@ -68,7 +68,7 @@ class TrainConfig:
     erasing: float = 0.0
     # speed
     precision: str = "auto"  # bf16 autocast where the device runs it well, else fp32 (inceptionlab.devices)
-    channels_last: bool | None = None  # None: on with bf16, off with fp32
+    channels_last: bool | None = None  # None: on with bf16 and on a CPU, off for fp32 on a GPU (devices.py)
     num_threads: int | None = None
     device: str = "auto"
     step_mode: str = "auto"  # "auto": the whole step as one CUDA graph on CUDA, eager elsewhere (engine.step)

@@ -57,14 +57,17 @@ def fast_bf16(device: torch.device) -> str | None:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str | None]:
-    """``precision="auto"`` and ``channels_last=None`` made concrete for ``device``: bf16 autocast + channels_last
-    where :func:`fast_bf16` says so, else fp32 NCHW (d2l's arithmetic). Returns the config and, when "auto" chose,
-    the reason (for the run's first line)."""
+    """``precision="auto"`` and ``channels_last=None`` made concrete for ``device``: bf16 autocast where
+    :func:`fast_bf16` says so, else fp32 (d2l's arithmetic); channels_last with bf16 and on a oneDNN CPU (faster
+    for every model there, BENCHMARKS.md "Memory layout"). Returns the config and, when "auto" chose, the reason
+    (for the run's first line)."""
     reason = None
     precision = config.precision
     if precision == "auto":
         why = fast_bf16(device)
         precision = "bf16" if why else "fp32"
         reason = f"auto: bf16 on {why}" if why else f"auto: fp32 (no fast bf16 on {device.type})"
-    channels_last = config.channels_last if config.channels_last is not None else precision == "bf16"
+    channels_last = config.channels_last
+    if channels_last is None:
+        channels_last = precision == "bf16" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
     return config.replace(precision=precision, channels_last=channels_last), reason
