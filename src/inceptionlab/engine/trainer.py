@@ -40,15 +40,22 @@ from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
+from inceptionlab.engine.recovery import (
+    checkpoint_state,
+    host_copy,
+    recovery_due,
+    restore_checkpoint,
+    save_recovery_point,
+    set_rng,
+)
 from inceptionlab.engine.rundata import RunData, build_data, with_data, write_data_files
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
-from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
+from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.inputs import class_names, load_run_dataset, prepare_model
 from inceptionlab.models import create_model, init_xavier_
 
-CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
 
 
@@ -331,44 +338,6 @@ def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torc
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def restore_checkpoint(state: RunState) -> None:
-    """Model, optimizer, scaler, epoch and metrics from the run's last complete checkpoint, which must be this
-    model's and hold no more epochs than the config asks for."""
-    saved = runs.load_checkpoint(state.run_dir, map_location=state.device)
-    path, config = Path(state.run_dir) / runs.CHECKPOINT, state.config
-    if saved["epoch"] > config.epochs:
-        raise RunDirError(f"{path} holds {saved['epoch']} epochs but the run asks for {config.epochs}; resume with "
-                          f"--epochs {saved['epoch']} or more")
-    try:
-        state.model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
-        if state.scaler is not None and saved.get("scaler"):
-            state.scaler.load_state_dict(saved["scaler"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's multi-line key and shape report
-        raise RunDirError(f"{path}: the checkpoint does not match this model ({config.model}); start a new "
-                          "run") from exc
-    state.start_epoch, state.rows = saved["epoch"], list(saved["metrics"])
-    state.elapsed_before = float(saved.get("elapsed_s", 0.0))
-    state.plotted = len(state.rows)
-    state.partial = _recovery_point(saved, path, state)
-    step = f", step {state.partial['step']}" if state.partial else ""
-    state.say(f"continuing {state.run_dir} after epoch {state.start_epoch}{step}")
-    if state.start_epoch >= config.epochs:
-        state.say(f"{state.run_dir}: all {config.epochs} epochs were already done; writing the final results")
-
-
-def _recovery_point(saved: dict, path: Path, state: RunState) -> dict | None:
-    """The checkpoint's mid-epoch progress, if any (written by :func:`save_recovery_point`)."""
-    partial = saved.get("partial")
-    if partial is None or saved["epoch"] >= state.config.epochs:
-        return None
-    keys = {"step", "loss_sum", "correct", "seen", "rng"}
-    if not (isinstance(partial, dict) and keys <= partial.keys() and 0 < partial["step"] < state.steps_per_epoch):
-        raise RunDirError(f"{path}: its mid-epoch recovery point is damaged or from another batch size; start a "
-                          "new run")
-    return partial
-
-
 def claim_run_dir(state: RunState) -> None:
     """Rank 0 creates (or reopens) the run directory and locks it."""
     if state.is_main:
@@ -470,7 +439,7 @@ def start_epoch(state: RunState, epoch: int) -> tuple[EpochTally, object]:
     tally.correct.copy_(partial["correct"])
     tally.seen = tally.seen_before = int(partial["seen"])
     tally.start_step = int(partial["step"])
-    _set_rng(partial["rng"])
+    set_rng(partial["rng"])
     loader_rng = partial.get("loader_rng")
     return tally, state.loader.iterate(tally.start_step, None if loader_rng is None else loader_rng.cpu())
 
@@ -531,26 +500,6 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
     return state.stop_signal is not None
 
 
-def recovery_due(state: RunState) -> bool:
-    """A mid-epoch recovery point every ``checkpoint_every`` minutes (one process only: under torchrun each rank's
-    augmentation state differs, and the epoch-end checkpoint is the recovery point)."""
-    every = state.config.checkpoint_every
-    return (every > 0 and state.is_main and not state.dist.enabled
-            and time.perf_counter() - state.last_recovery >= every * 60)
-
-
-def save_recovery_point(state: RunState, epoch: int, step: int, tally: EpochTally, writes: BackgroundWrites) -> None:
-    """checkpoint.pt with the epoch's progress: the next resume continues at ``step`` with the same numbers."""
-    with state.timer("write"):
-        snapshot = _checkpoint_state(state, epoch, state.elapsed())
-        snapshot["partial"] = {"step": step, "loss_sum": tally.loss_sum, "correct": tally.correct,
-                               "seen": tally.seen, "rng": _get_rng(),
-                               "loader_rng": None if state.loader.generator is None
-                               else state.loader.generator.get_state()}
-        writes.submit(runs.save_checkpoint, state.run_dir, _host_copy(snapshot))
-    state.last_recovery = time.perf_counter()
-
-
 def _progress_bar(state: RunState, epoch: int, start: int):
     if not state.show_bar:
         return None
@@ -582,7 +531,7 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         return
     with state.timer("write"):
         # the state is copied to the host now (training goes on changing the tensors); the disk work is queued
-        snapshot = _host_copy(_checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
+        snapshot = host_copy(checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
         writes.submit(runs.save_checkpoint, state.run_dir, snapshot)
         writes.submit(runs.write_metrics, state.run_dir, snapshot["metrics"])  # the snapshot's copy of the rows
         now = state.last_recovery = time.perf_counter()  # the epoch's checkpoint is the newest recovery point
@@ -713,46 +662,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _host_copy(obj):
-    """``obj`` with every tensor copied to host memory (a snapshot the training loop cannot change any more)."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v) for v in obj)
-    return obj
-
-
-def _get_rng() -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-
-
-def _checkpoint_state(state: RunState, epoch: int, elapsed: float) -> dict:
-    """Tensors and plain containers only, so ``torch.load(weights_only=True)`` can read it."""
-    rng = _get_rng()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "schedule": {"step": epoch * state.steps_per_epoch, "steps_per_epoch": state.steps_per_epoch},
-        "rng": rng,
-        "metrics": state.rows,
-        "elapsed_s": elapsed,
-    }
 
 
 def _plot_curves(run_dir: Path, rows, config: TrainConfig) -> None:
