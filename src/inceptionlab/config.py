@@ -32,10 +32,9 @@ COLOR_MODES = ("auto", "grey", "rgb")
 RESIZE_MODES = ("squash", "crop", "pad")
 ON_BAD = ("error", "skip")
 
-
 # Options that may change when a run continues (they do not change what it computes beyond rounding, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "data", "eval_batch_size", "step_mode", "tensorboard",
-             "checkpoint_every", *CUDA_SWITCHES)
+RESUMABLE = ("epochs", "steps", "device", "num_threads", "data_dir", "data", "eval_batch_size", "step_mode",
+             "tensorboard", "checkpoint_every", *CUDA_SWITCHES)
 # Set from the data by the trainer (engine.rundata.with_data), not chosen: a resume keeps the run's own.
 DERIVED = ("num_classes", "in_channels", "data_info")
 
@@ -51,7 +50,8 @@ class TrainConfig:
     normalize: bool = False  # d2l feeds ToTensor's [0, 1] pixels; True standardises with the training set's mean/std
     init: str = "xavier"  # d2l's init_cnn: Xavier-uniform on every Conv2d/Linear weight; "default" keeps PyTorch's
     # the schedule of the run
-    epochs: int = 10
+    epochs: int = 10  # with `steps` set, derived from it: ceil(steps / steps per epoch), the last one partial
+    steps: int | None = None  # exactly this many optimisation steps; the schedule (warm-up, decay) ends there
     batch_size: int = 128  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size
     eval_batch_size: int = 1000
     drop_last: bool = False  # d2l trains on each epoch's last, smaller batch; True skips it (other images each epoch)
@@ -112,8 +112,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         # a model_options (or data_info) that is no mapping stays as it is, for validate() to name
-        return cls(**{k: (dict(v) if k in ("model_options", "data_info") and isinstance(v, Mapping) else v)
-                      for k, v in data.items()})
+        dicts = ("model_options", "data_info")
+        return cls(**{k: (dict(v) if k in dicts and isinstance(v, Mapping) else v) for k, v in data.items()})
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -149,7 +149,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
-        for name in ("limit_train", "limit_test", "num_threads"):
+        for name in ("limit_train", "limit_test", "num_threads", "steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number or unset, got {value!r}")
@@ -169,7 +169,10 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not _finite(self.erasing) or not 0 <= self.erasing <= 1:
             raise ConfigError(f"erasing (a probability) must be in [0, 1], got {self.erasing!r}")
-        if not _finite(self.warmup_epochs) or not 0 <= self.warmup_epochs < self.epochs:
+        if not _finite(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        # a step count is checked against the data (engine.optim.with_total_steps)
+        if self.steps is None and not self.warmup_epochs < self.epochs:
             raise ConfigError(
                 f"warmup_epochs must be >= 0 and below epochs ({self.epochs}), got {self.warmup_epochs!r}"
             )
@@ -216,6 +219,14 @@ def option_error(message: str, problem: str) -> ConfigError:
     error = ConfigError(message)
     error.problem = problem
     return error
+
+
+def check_length_options(given: Mapping[str, Any]) -> None:
+    """At most one of epochs and steps may be given: each says how long the run is."""
+    named = [k for k in ("epochs", "steps") if given.get(k) is not None]
+    if len(named) > 1:
+        flags = " and ".join("--" + k.replace("_", "-") for k in named)
+        raise ConfigError(f"{flags} each say how long to train; give only one")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -293,8 +304,10 @@ def preset_config(name: str, **overrides) -> TrainConfig:
     """The preset ``name`` with ``overrides`` applied (``None`` values are ignored: "not given")."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    check_length_options(given)
     values = {**PRESETS[name], "preset": name}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(given)
     try:
         return TrainConfig(**values)
     except TypeError as exc:

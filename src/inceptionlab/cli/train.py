@@ -78,6 +78,9 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
         p.add_argument("--model", type=model_name, help="registry model name (default googlenet)")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--steps", type=positive_int, metavar="N",
+                   help="train exactly N optimisation steps: the schedule ends there and the last epoch may be partial "
+                   "(instead of --epochs)")
     g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
     g.add_argument("--eval-batch-size", type=positive_int)
     g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,

@@ -31,6 +31,10 @@ def restore_checkpoint(state) -> None:
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's multi-line key and shape report
         raise RunDirError(f"{path}: the checkpoint does not match this model ({config.model}); start a new "
                           "run") from exc
+    done = saved.get("schedule", {}).get("step", saved["epoch"] * state.steps_per_epoch)
+    if done < saved["epoch"] * state.steps_per_epoch and saved["epoch"] < config.epochs:
+        raise RunDirError(f"{path}: the run ended inside epoch {saved['epoch']} (after {done} steps); a step count's "
+                          "run cannot be extended, start a new run")
     state.start_epoch, state.rows = saved["epoch"], list(saved["metrics"])
     state.elapsed_before = float(saved.get("elapsed_s", 0.0))
     state.plotted = len(state.rows)
@@ -106,7 +110,8 @@ def checkpoint_state(state, epoch: int, elapsed: float) -> dict:
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "schedule": {"step": epoch * state.steps_per_epoch, "steps_per_epoch": state.steps_per_epoch},
+        "schedule": {"step": min(epoch * state.steps_per_epoch, state.total_steps),
+                     "steps_per_epoch": state.steps_per_epoch},
         "rng": rng,
         "metrics": state.rows,
         "elapsed_s": elapsed,

@@ -39,7 +39,15 @@ from inceptionlab.engine import distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
-from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
+from inceptionlab.engine.optim import (
+    Knots,
+    build_optimizer,
+    lr_at,
+    schedule_knots,
+    set_lr,
+    total_steps,
+    with_total_steps,
+)
 from inceptionlab.engine.recovery import (
     checkpoint_state,
     host_copy,
@@ -138,6 +146,8 @@ class RunState:
     val_labels: torch.Tensor | None = None
     last_val: dict | None = None
     source: ImageDataset | None = None  # the data as loaded (CPU): its split and skipped files go into the run dir
+    total_steps: int = 0  # optimisation steps of the whole run (config.steps, or whole epochs)
+    knots: Knots = field(default_factory=list)  # the schedule's decay progress (engine.optim.schedule_knots)
 
     @property
     def is_main(self) -> bool:
@@ -146,6 +156,15 @@ class RunState:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loader)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """The steps of epoch ``epoch`` (0-based): all of them but in a last, partial epoch of a step count."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
+
+    @property
+    def counts_steps(self) -> bool:
+        """The run's length is a step count (``steps``), so its last epoch may be partial."""
+        return self.config.steps is not None
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.timer.since_start()
@@ -272,6 +291,7 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
     with timer("data"):  # read + verify (a folder: decode once, then from the cache), to the device, resize once
         show = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
         config, run_data = load_data_for(config, dist_info, device, data, run_dir if resume else None, show, say)
+        config = with_total_steps(config, len(run_data.loader))
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
         step_mode = resolve_step_mode(config, device, dist_info.world_size)
@@ -289,6 +309,8 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                      source=run_data.dataset)
     if device.type == "cpu" and config.num_threads is None:
         state.tuner = ThreadTuner(torch.get_num_threads())
+    state.total_steps = total_steps(config, state.steps_per_epoch)
+    state.knots = schedule_knots(config, state.steps_per_epoch)
     with timer("run_dir"):  # the lock, resume state, run directory, config.json
         claim_run_dir(state)  # first: a trainer the lock refuses says nothing before its refusal
         try:
@@ -388,7 +410,8 @@ def run_epochs(state: RunState) -> TrainResult:
     config = state.config
     with _StopFlag() as stop, cuda_switches(state.model, state.cuda_opts), \
             BackgroundWrites(enabled=state.is_main) as writes:
-        for epoch in range(state.start_epoch, config.epochs):
+        epoch = state.start_epoch
+        while epoch < state.config.epochs:  # a while: a time budget's plan may change the epochs as it goes
             train_metrics = train_one_epoch(state, epoch, stop, writes)
             if train_metrics is None:  # stopped by a signal
                 break
@@ -397,6 +420,7 @@ def run_epochs(state: RunState) -> TrainResult:
                                            rank=state.dist.rank, world_size=state.dist.world_size)
                 state.last_val = evaluate_validation(state)
             save_epoch(state, epoch, train_metrics, writes)
+            epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
             writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
         wait_start = time.perf_counter()
@@ -448,10 +472,13 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
     """One pass over the shuffled training set; ``None`` when a signal stopped it (every rank at the same step)."""
     config, device, steps = state.config, state.device, state.steps_per_epoch
     tally, batches = start_epoch(state, epoch)
-    lr, bar = config.lr, _progress_bar(state, epoch, tally.start_step)
+    lr, bar, i = config.lr, _progress_bar(state, epoch, tally.start_step), tally.start_step - 1
     epoch_start = time.perf_counter()
     for i, (x, y) in enumerate(batches, start=tally.start_step):
-        lr = lr_at(config, epoch * steps + i, steps)
+        if i >= state.steps_in_epoch(epoch):  # the run's last steps are done (a step count ends inside an epoch)
+            i -= 1
+            break
+        lr = lr_at(config, epoch * steps + i, steps, state.knots)
         set_lr(state.optimizer, lr)
         step_start = time.perf_counter()
         batch_loss, batch_correct = state.step_fn(x, y)
@@ -474,12 +501,12 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
     if state.dist.enabled:
         distributed.all_reduce_sum(totals)
     train_loss, train_acc = float(totals[0] / totals[2]), float(totals[1] / totals[2])
-    check_finite(state, train_loss, epoch, steps - 1, lr)
+    check_finite(state, train_loss, epoch, i, lr)
     seconds = time.perf_counter() - epoch_start  # after the float() reads above, which synchronise
     state.timer.add("train", seconds)
     images_here = float(totals[2]) - tally.seen_before * state.dist.world_size
     return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr, "images": images_here,
-            "seconds": seconds, "start": epoch_start}
+            "seconds": seconds, "start": epoch_start, "steps": i + 1}
 
 
 def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float, stop: _StopFlag, bar,
@@ -495,7 +522,7 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
             observer.progress(epoch + (i + 1) / state.steps_per_epoch, running, acc, lr)
         if bar is not None:
             bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}", refresh=False)
-    if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_per_epoch:
+    if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_in_epoch(epoch):
         save_recovery_point(state, epoch, i + 1, tally, writes)
     return state.stop_signal is not None
 
@@ -505,7 +532,7 @@ def _progress_bar(state: RunState, epoch: int, start: int):
         return None
     from tqdm.auto import tqdm  # a notebook widget inside Jupyter, text in a terminal
 
-    return tqdm(total=state.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{state.config.epochs}",
+    return tqdm(total=state.steps_in_epoch(epoch), initial=start, desc=f"epoch {epoch + 1}/{state.config.epochs}",
                 leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
@@ -523,6 +550,9 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         "images_per_sec": train_metrics["images"] / train_metrics["seconds"],
         "epoch_seconds": time.perf_counter() - train_metrics["start"],
         "elapsed_seconds": state.elapsed(),
+        # a step count's run: the steps so far and how much of the epoch ran (its last epoch may be partial)
+        **({"steps": epoch * state.steps_per_epoch + train_metrics["steps"],
+            "epoch_fraction": train_metrics["steps"] / state.steps_per_epoch} if state.counts_steps else {}),
     }
     state.rows.append(row)
     for observer in state.observers:
