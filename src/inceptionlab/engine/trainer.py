@@ -35,7 +35,7 @@ from inceptionlab.config import DERIVED, RESUMABLE, TrainConfig, as_config
 from inceptionlab.data import DeviceLoader, ImageDataset
 from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
-from inceptionlab.engine import distributed
+from inceptionlab.engine import budget, distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
@@ -148,6 +148,7 @@ class RunState:
     source: ImageDataset | None = None  # the data as loaded (CPU): its split and skipped files go into the run dir
     total_steps: int = 0  # optimisation steps of the whole run (config.steps, or whole epochs)
     knots: Knots = field(default_factory=list)  # the schedule's decay progress (engine.optim.schedule_knots)
+    budget: budget.BudgetTracker | None = None  # the time budget's plan and its revisions (config.time_budget)
 
     @property
     def is_main(self) -> bool:
@@ -163,8 +164,8 @@ class RunState:
 
     @property
     def counts_steps(self) -> bool:
-        """The run's length is a step count (``steps``), so its last epoch may be partial."""
-        return self.config.steps is not None
+        """The run's length is a step count (``steps``, or a time budget's plan), so its last epoch may be partial."""
+        return self.config.steps is not None or self.config.time_budget is not None
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.timer.since_start()
@@ -316,6 +317,7 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
         try:
             if resume:
                 restore_checkpoint(state)
+            state.budget = budget.start(state)  # before config.json: a budget's provisional epochs are in it
             open_run_dir(state)
             state.observers = make_observers(config, state.run_dir, live=live, is_main=dist_info.is_main)
         except BaseException:
@@ -395,6 +397,8 @@ def describe_run(state: RunState) -> str:
         + f" / {len(state.test_labels):,} test images at {config.image_size}x"
         f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
         f"{config.precision}{f' ({state.precision_reason})' if state.precision_reason else ''}"
+        f"{f', {config.steps:,} steps' if config.steps else ''}"
+        f"{f', time budget {budget.format_duration(config.time_budget)}' if config.time_budget else ''}"
         f"{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
         + "".join(f", {k.replace('_', ' ')}" for k, on in state.cuda_opts.items() if on)
         + f" -> {state.run_dir}"
@@ -415,11 +419,12 @@ def run_epochs(state: RunState) -> TrainResult:
             train_metrics = train_one_epoch(state, epoch, stop, writes)
             if train_metrics is None:  # stopped by a signal
                 break
-            with state.timer("eval"):
-                state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
-                                           rank=state.dist.rank, world_size=state.dist.world_size)
-                state.last_val = evaluate_validation(state)
-            save_epoch(state, epoch, train_metrics, writes)
+            with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
+                with state.timer("eval"):
+                    state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
+                                               rank=state.dist.rank, world_size=state.dist.world_size)
+                    state.last_val = evaluate_validation(state)
+                save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
             writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
@@ -487,6 +492,7 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
         tally.loss_sum += batch_loss
         tally.correct += batch_correct
         tally.seen += len(y)
+        check_budget(state, epoch, i, sync=False)
         if (i + 1) % config.sync_every == 0 or stop.signum is not None:
             if sync_point(state, tally, epoch, i, lr, stop, bar, writes):
                 break
@@ -514,6 +520,8 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
     """The host reads the running loss: stop agreement, divergence check, progress, and now and then a mid-epoch
     recovery point. True when the epoch must stop here."""
     state.stop_signal = distributed.agree_on_stop(stop.signum, state.device) if state.dist.enabled else stop.signum
+    if (i + 1) % state.config.sync_every == 0:  # every rank at the same steps (a signal's extra sync is one rank's)
+        check_budget(state, epoch, i, sync=True)
     running = float(tally.loss_sum) / tally.seen
     check_finite(state, running, epoch, i, lr)
     if bar is not None or state.observers:
@@ -525,6 +533,13 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
     if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_in_epoch(epoch):
         save_recovery_point(state, epoch, i + 1, tally, writes)
     return state.stop_signal is not None
+
+
+def check_budget(state: RunState, epoch: int, i: int, *, sync: bool) -> None:
+    """A time budget's plan is made after its timed steps and revised at sync points (engine.budget)."""
+    tracker, step = state.budget, epoch * state.steps_per_epoch + i + 1
+    if tracker is not None and (tracker.at_sync(step, epoch) if sync else tracker.step_done(step, epoch)):
+        budget.follow(state, tracker)
 
 
 def _progress_bar(state: RunState, epoch: int, start: int):
@@ -604,6 +619,8 @@ def build_summary(state: RunState, status: str) -> dict:
         "device": str(state.device), "world_size": state.dist.world_size, "step_mode": state.step_mode,
         **state.cuda_opts,
         "elapsed_seconds": state.elapsed(),
+        **({"steps": rows[-1]["steps"] if rows else 0} if state.counts_steps else {}),
+        **budget.summary_fields(state),
         "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
     }
     if state.tuner is not None and state.tuner.active:

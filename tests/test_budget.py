@@ -1,0 +1,203 @@
+"""``--time-budget``: the plan (engine.budget) from the run's measured speed, its revisions when the machine slows
+down, and a resume that follows the recorded plan. The runs use a fake clock (the run's elapsed seconds as a function
+of the steps done), so every plan here is computed, not timed: no test reads this machine's speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from inceptionlab import runs
+from inceptionlab.cli import main
+from inceptionlab.config import TrainConfig, parse_duration, preset_config
+from inceptionlab.engine import budget
+from inceptionlab.engine.budget import FINAL_S, MEASURE_AFTER, MEASURE_STEPS, plan_steps
+from inceptionlab.engine.optim import lr_at, progress_at, revise_knots, schedule_knots
+from inceptionlab.errors import ConfigError
+from inceptionlab.train import train
+
+KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "steps")
+SETUP_S, S_PER_STEP = 10.0, 0.125  # the fake clock: 10 s before the first step, then 1/8 s a step (exact floats)
+PLAN_AT = MEASURE_AFTER + MEASURE_STEPS
+
+
+def config(tmp_path, **changes) -> TrainConfig:
+    # 320 images in batches of 32: 10 steps per epoch
+    values = dict(model="lenet", image_size=28, time_budget=20.0, batch_size=32, limit_train=320, limit_test=64,
+                  lr=0.1, optimizer="momentum", schedule="onecycle", warmup_epochs=0.5, num_threads=1, device="cpu",
+                  precision="fp32", sync_every=4, checkpoint_every=0.0, out=str(tmp_path))
+    return TrainConfig(**{**values, **changes})
+
+
+def fake_clock(monkeypatch, seconds_at):
+    """The run's elapsed seconds become ``seconds_at(steps done)``; an epoch end costs no time on it."""
+    monkeypatch.setattr(budget, "make_clocks", lambda state: (seconds_at, lambda: 0.0))
+
+
+def steady(step: int) -> float:
+    return SETUP_S + S_PER_STEP * step
+
+
+def fits(total: int, step: int, elapsed: float, s_per_step: float, eval_s: float, spe: int, budget_s: float) -> bool:
+    """Written out here: the steps left and the epoch ends left (this one included) fit in what is left."""
+    ends_left = math.ceil(total / spe) - step // spe
+    return elapsed + (total - step) * s_per_step + ends_left * eval_s + FINAL_S <= budget_s
+
+
+# --------------------------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("300", 300), ("90s", 90), ("5m", 300), ("1h", 3600),
+                                               ("1h30m", 5400), ("1.5h", 5400), ("2m30s", 150), (" 45S ", 45)])
+def test_durations_read_as_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 m", "1h30", "-5", "abc", "m", "1e3", "inf", "5d"])
+def test_a_bad_duration_is_a_one_line_usage_error(text, capsys):
+    with pytest.raises(ValueError, match="expected a duration such as 300, 90s, 5m"):
+        parse_duration(text)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--time-budget", text])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--time-budget" in err[-1] and "expected a duration" in err[-1]
+
+
+def test_a_budget_below_ten_seconds_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--time-budget", "5s"])
+    assert exc.value.code == 2 and "at least 10 seconds" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="time_budget must be at least 10 seconds"):
+        TrainConfig(time_budget=float("inf")).validate()
+
+
+# --------------------------------------------------------------------------------------------- length options
+
+
+def test_the_quick_preset_is_a_five_minute_budget_that_epochs_or_steps_replace():
+    assert preset_config("quick").time_budget == 300
+    assert (preset_config("quick", epochs=1).time_budget, preset_config("quick", epochs=1).epochs) == (None, 1)
+    assert preset_config("quick", steps=50).time_budget is None
+    assert preset_config("d2l").time_budget is None and preset_config("d2l").epochs == 10
+
+
+def test_a_budget_with_epochs_is_refused_naming_both(capsys):
+    with pytest.raises(ConfigError, match="--epochs and --time-budget"):
+        preset_config("d2l", epochs=3, time_budget=300.0)
+    assert main(["train", "--time-budget", "5m", "--epochs", "3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--epochs and --time-budget" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------- the schedule's knots
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_a_revision_keeps_the_learning_rate_continuous_and_ends_the_decay(schedule):
+    cfg = TrainConfig(lr=0.2, schedule=schedule, warmup_epochs=1.0, epochs=10)
+    old = schedule_knots(cfg, 100, total=1000)
+    new = revise_knots(old, 400, 700)
+    assert progress_at(new, 400) == pytest.approx(progress_at(old, 400)) == pytest.approx(300 / 900)
+    assert [lr_at(cfg, s, 100, new) for s in range(400)] == pytest.approx([lr_at(cfg, s, 100, old)
+                                                                           for s in range(400)], rel=1e-12)
+    jump = abs(lr_at(cfg, 400, 100, new) - lr_at(cfg, 399, 100, new))
+    assert jump < 0.2 / 100  # one step's change, not a cut
+    assert progress_at(new, 700) == 1.0 and lr_at(cfg, 699, 100, new) < 0.2 / 200
+    again = revise_knots(new, 500, 900)  # a second revision keeps the first
+    assert again[:2] == new[:2]
+    assert progress_at(again, 500) == pytest.approx(progress_at(new, 500)) and progress_at(again, 900) == 1.0
+
+
+def test_a_revision_inside_the_warm_up_moves_only_the_end():
+    cfg = TrainConfig(lr=0.1, schedule="onecycle", warmup_epochs=2.0, epochs=10)
+    assert revise_knots(schedule_knots(cfg, 50), 25, 300) == schedule_knots(cfg, 50, total=300)
+
+
+# --------------------------------------------------------------------------------------------- the planner
+
+
+@pytest.mark.parametrize(("available", "eval_s"), [(6.375, 0.25), (47.5, 2.0), (3.0, 0.0), (0.5, 1.0)])
+def test_the_plan_is_the_most_steps_that_fit_the_budget(available, eval_s):
+    step, spe = 25, 10
+    expected = max([t for t in range(step + 1, step + 2000)
+                    if fits(t, step, 0.0, S_PER_STEP, eval_s, spe, available + FINAL_S)] or [step + 10])
+    assert plan_steps(available, S_PER_STEP, eval_s, step, step // spe, spe, 10) == expected
+
+
+def test_a_budget_run_plans_from_its_measured_speed_and_ends_its_schedule_there(fmnist, tmp_path, monkeypatch):
+    fake_clock(monkeypatch, steady)
+    lines = []
+    result = train(config(tmp_path), data=fmnist, log=lines.append)
+    expected = max(t for t in range(PLAN_AT + 1, 1000)
+                   if fits(t, PLAN_AT, steady(PLAN_AT), S_PER_STEP, 0.0, 10, 20.0))
+    plan = runs.read_run_config(result.run_dir).budget_plan
+    assert (plan["planned_steps"], plan["measured_s_per_step"], plan["planned_at_step"]) == (expected, 0.125, 25)
+    assert plan["revisions"] == [] and result.metrics[-1]["steps"] == expected
+    assert steady(expected) + FINAL_S == pytest.approx(20.0, abs=S_PER_STEP)  # by the fake clock: on budget
+    # onecycle: the provisional 10 epochs (100 steps) decayed from step 5 (warm-up) to the plan, then the rest to 0
+    reached = (PLAN_AT - 5) / (100 - 5)
+    assert result.metrics[-1]["lr"] == pytest.approx(0.1 * (1 - reached) / (expected - PLAN_AT), rel=1e-9)
+    assert any(line.startswith(f"plan: 0.125 s/step measured over steps 6-25 -> {expected} steps") for line in lines)
+    assert "time budget 20 s" in lines[0]
+    summary = json.loads((result.run_dir / runs.SUMMARY).read_text())
+    assert (summary["budget_s"], summary["planned_steps"], summary["steps"]) == (20.0, expected, expected)
+    assert "budget_error" in summary
+
+
+def test_a_slowdown_revises_the_plan_and_the_budget_still_holds(fmnist, tmp_path, monkeypatch):
+    def slows_down(step):  # four times slower from step 40 on
+        return steady(step) + 3 * S_PER_STEP * max(0, step - 40)
+
+    fake_clock(monkeypatch, slows_down)
+    lines = []
+    result = train(config(tmp_path, time_budget=25.0), data=fmnist, log=lines.append)
+    plan = runs.read_run_config(result.run_dir).budget_plan
+    assert plan["revisions"], "no revision"
+    first = plan["revisions"][0]
+    unrevised = max(t for t in range(PLAN_AT + 1, 1000) if fits(t, PLAN_AT, steady(PLAN_AT), S_PER_STEP, 0.0, 10, 25.0))
+    assert first["at_step"] > 40 and first["planned_steps"] < unrevised
+    assert result.metrics[-1]["steps"] == plan["planned_steps"] == plan["revisions"][-1]["planned_steps"]
+    assert plan["knots"][-1] == [plan["planned_steps"], 1.0]
+    assert abs((slows_down(plan["planned_steps"]) + FINAL_S) / 25.0 - 1) <= 0.05
+    assert any(line.startswith(f"plan revised at step {first['at_step']}") for line in lines)
+
+
+def test_a_resumed_budget_run_follows_its_plan_and_ends_with_the_uninterrupted_numbers(fmnist, tmp_path,
+                                                                                        monkeypatch):
+    fake_clock(monkeypatch, steady)
+    reference = train(config(tmp_path / "reference"), data=fmnist, log=None)
+    real_save = runs.save_checkpoint
+
+    def save_then_crash(run_dir, state):
+        real_save(run_dir, state)
+        if state["epoch"] == 4:  # after the plan (step 25), before the end
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_crash)
+    run_dir = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path), data=fmnist, run_dir=run_dir, log=None)
+    monkeypatch.setattr(runs, "save_checkpoint", real_save)
+    fake_clock(monkeypatch, lambda step: 100 + steady(step) * 3)  # a resume's clock: far slower, and late
+    resumed = train(resume=run_dir, data=fmnist, log=None)
+    assert [tuple(r[k] for k in KEYS) for r in resumed.metrics] == [tuple(r[k] for k in KEYS)
+                                                                    for r in reference.metrics]
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert runs.read_run_config(run_dir).budget_plan == runs.read_run_config(reference.run_dir).budget_plan
+
+
+def test_the_planned_steps_reproduce_a_budget_run_on_any_machine(fmnist, tmp_path, monkeypatch):
+    # the plan is made inside the warm-up (30 steps), so `steps=planned_steps` gives the same schedule
+    fake_clock(monkeypatch, steady)
+    timed = train(config(tmp_path / "budget", warmup_epochs=3.0), data=fmnist, log=None)
+    planned = runs.read_run_config(timed.run_dir).budget_plan["planned_steps"]
+    fixed = train(config(tmp_path / "steps", warmup_epochs=3.0, time_budget=None, steps=planned), data=fmnist,
+                  log=None)
+    assert [tuple(r[k] for k in KEYS) for r in fixed.metrics] == [tuple(r[k] for k in KEYS) for r in timed.metrics]
+    for (name, a), b in zip(timed.model.state_dict().items(), fixed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
