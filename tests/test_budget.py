@@ -201,3 +201,33 @@ def test_the_planned_steps_reproduce_a_budget_run_on_any_machine(fmnist, tmp_pat
     assert [tuple(r[k] for k in KEYS) for r in fixed.metrics] == [tuple(r[k] for k in KEYS) for r in timed.metrics]
     for (name, a), b in zip(timed.model.state_dict().items(), fixed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_compare_gives_every_row_the_same_budget_and_states_each_rows_steps(fmnist, tmp_path, monkeypatch):
+    from inceptionlab import experiments
+
+    lenet_s, lite_s = 0.125, 0.25  # the fake clock: googlenet-lite's steps take twice as long as lenet's
+
+    def clocks(state):
+        per_step = lite_s if state.config.model == "googlenet-lite" else lenet_s
+        return (lambda step: SETUP_S + per_step * step), (lambda: 0.0)
+
+    monkeypatch.setattr(budget, "make_clocks", clocks)
+    out = tmp_path / "cmp"
+    result = experiments.compare(["lenet", "googlenet-lite"], config(tmp_path, limit_train=160, warmup_epochs=0.0),
+                                 out_dir=out, data=fmnist, log=None)
+    table = (out / "table.md").read_text()
+    assert "time budget 20 s each" in table and "| steps per run |" in table
+    expected = [max(t for t in range(PLAN_AT + 1, 1000)
+                    if fits(t, PLAN_AT, SETUP_S + s * PLAN_AT, s, 0.0, 5, 20.0)) for s in (lenet_s, lite_s)]
+    assert [r.steps for r in result.rows] == [[expected[0]], [expected[1]]] and expected[0] > expected[1]
+    saved = json.loads((out / experiments.RESULTS).read_text())["rows"]
+    assert [r["steps"] for r in saved] == [[expected[0]], [expected[1]]]
+
+
+@pytest.mark.parametrize("command", [["compare", "lenet"], ["sweep", "--model", "lenet", "--image-size", "28,32"]])
+def test_compare_and_sweep_accept_a_time_budget(command):
+    from inceptionlab.cli import build_parser
+    from inceptionlab.cli.experiments import _base_config
+
+    assert _base_config(build_parser().parse_args([*command, "--time-budget", "5m"])).time_budget == 300
