@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import pytest
 import torch
@@ -231,3 +232,47 @@ def test_compare_and_sweep_accept_a_time_budget(command):
     from inceptionlab.cli.experiments import _base_config
 
     assert _base_config(build_parser().parse_args([*command, "--time-budget", "5m"])).time_budget == 300
+
+
+DDP_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from inceptionlab.config import TrainConfig
+    from inceptionlab.engine import budget
+    from inceptionlab.train import train
+
+    rank = int(os.environ["RANK"])
+    per_step = 0.125 * (1 + rank)  # rank 1 is twice as slow: the plan must follow the slower rank
+    budget.make_clocks = lambda state: ((lambda step: 10.0 + per_step * step), (lambda: 0.0))
+    result = train(TrainConfig.from_dict(json.loads(sys.argv[1])), log=None)
+    with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
+        json.dump({"run_dir": str(result.run_dir), "metrics": result.metrics, "summary": result.summary}, f)
+    """
+)
+
+
+def test_two_gloo_ranks_share_one_plan_and_end_at_the_same_step(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # a global batch of 64 over 256 images: 4 steps per epoch, each rank 32 images a step
+    cfg = config(tmp_path, batch_size=64, limit_train=256, data_dir=None, out=str(tmp_path / "runs"))
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), json.dumps(cfg.to_dict()),
+           str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    slower = 0.25
+    expected = max(t for t in range(PLAN_AT + 1, 1000)
+                   if fits(t, PLAN_AT, SETUP_S + slower * PLAN_AT, slower, 0.0, 4, 20.0))
+    assert [i["metrics"][-1]["steps"] for i in info] == [expected, expected]
+    assert [i["summary"]["planned_steps"] for i in info] == [expected, expected]
+    plan = runs.read_run_config(info[0]["run_dir"]).budget_plan
+    assert (plan["planned_steps"], plan["measured_s_per_step"]) == (expected, slower)
