@@ -276,3 +276,30 @@ def test_two_gloo_ranks_share_one_plan_and_end_at_the_same_step(tmp_path):
     assert [i["summary"]["planned_steps"] for i in info] == [expected, expected]
     plan = runs.read_run_config(info[0]["run_dir"]).budget_plan
     assert (plan["planned_steps"], plan["measured_s_per_step"]) == (expected, slower)
+
+
+def tracker_on(seconds_at, budget_s=60.0, sync_every=10):
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 100)
+    return budget.BudgetTracker(budget_s, 100, sync_every, knots, start_step=0, clock=seconds_at,
+                                eval_probe=lambda: 1.0, agree=lambda values: values)
+
+
+def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_never_later():
+    def stalls(step):  # steady, then a hundred times slower from step 100 on
+        return 5.0 + 0.1 * step + 9.9 * max(0, step - 100)
+
+    tracker = tracker_on(stalls)
+    for step in range(1, PLAN_AT + 1):
+        tracker.step_done(step, 0)
+    planned = tracker.plan.planned_steps
+    for step in range(30, planned, 10):
+        before = tracker.plan.planned_steps
+        if tracker.at_sync(step, step // 100):
+            assert tracker.plan.planned_steps <= before or stalls(step) < 60  # late: only ever shorter
+        if step >= tracker.plan.planned_steps:
+            break
+    last = tracker.plan.revisions[-1]
+    assert last["planned_steps"] - last["at_step"] >= budget.MIN_STEPS_LEFT  # a decay, not a cut
+    assert progress_at(tracker.knots, last["planned_steps"]) == 1.0
+    # the stall from step 100 is seen at the next sync point or the one after, and the run ends soon after it
+    assert last["planned_steps"] < planned and last["planned_steps"] <= 100 + 2 * 10 + budget.MIN_STEPS_LEFT
