@@ -42,6 +42,12 @@ def steady(step: int) -> float:
     return SETUP_S + S_PER_STEP * step
 
 
+def plan_step(s_per_step: float) -> int:
+    """Where the plan is made: after 20 timed steps, or once the timed steps took 3 s (at least 2 of them)."""
+    timed = next(n for n in range(2, MEASURE_STEPS + 1) if n * s_per_step >= 3.0 or n == MEASURE_STEPS)
+    return MEASURE_AFTER + timed
+
+
 def fits(total: int, step: int, elapsed: float, s_per_step: float, eval_s: float, spe: int, budget_s: float) -> bool:
     """Written out here: the steps left and the epoch ends left (this one included) fit in what is left."""
     ends_left = math.ceil(total / spe) - step // spe
@@ -219,8 +225,8 @@ def test_compare_gives_every_row_the_same_budget_and_states_each_rows_steps(fmni
                                  out_dir=out, data=fmnist, log=None)
     table = (out / "table.md").read_text()
     assert "time budget 20 s each" in table and "| steps per run |" in table
-    expected = [max(t for t in range(PLAN_AT + 1, 1000)
-                    if fits(t, PLAN_AT, SETUP_S + s * PLAN_AT, s, 0.0, 5, 20.0)) for s in (lenet_s, lite_s)]
+    expected = [max(t for t in range(plan_step(s) + 1, 1000)
+                    if fits(t, plan_step(s), SETUP_S + s * plan_step(s), s, 0.0, 5, 20.0)) for s in (lenet_s, lite_s)]
     assert [r.steps for r in result.rows] == [[expected[0]], [expected[1]]] and expected[0] > expected[1]
     saved = json.loads((out / experiments.RESULTS).read_text())["rows"]
     assert [r["steps"] for r in saved] == [[expected[0]], [expected[1]]]
@@ -269,13 +275,14 @@ def test_two_gloo_ranks_share_one_plan_and_end_at_the_same_step(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    slower = 0.25
-    expected = max(t for t in range(PLAN_AT + 1, 1000)
-                   if fits(t, PLAN_AT, SETUP_S + slower * PLAN_AT, slower, 0.0, 4, 20.0))
+    slower = 0.25  # rank 1's 3 s of timed steps end at step 17: it decides for both when the plan is made
+    plan_at = plan_step(slower)
+    expected = max(t for t in range(plan_at + 1, 1000)
+                   if fits(t, plan_at, SETUP_S + slower * plan_at, slower, 0.0, 4, 20.0))
     assert [i["metrics"][-1]["steps"] for i in info] == [expected, expected]
     assert [i["summary"]["planned_steps"] for i in info] == [expected, expected]
     plan = runs.read_run_config(info[0]["run_dir"]).budget_plan
-    assert (plan["planned_steps"], plan["measured_s_per_step"]) == (expected, slower)
+    assert (plan["planned_steps"], plan["measured_s_per_step"], plan["planned_at_step"]) == (expected, slower, plan_at)
 
 
 def tracker_on(seconds_at, budget_s=60.0, sync_every=10):
@@ -303,3 +310,11 @@ def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_neve
     assert progress_at(tracker.knots, last["planned_steps"]) == 1.0
     # the stall from step 100 is seen at the next sync point or the one after, and the run ends soon after it
     assert last["planned_steps"] < planned and last["planned_steps"] <= 100 + 2 * 10 + budget.MIN_STEPS_LEFT
+
+
+@pytest.mark.parametrize(("s_per_step", "plan_at"), [(0.125, 25), (0.25, 17), (1.0, 8), (5.0, 7)])
+def test_slow_steps_are_timed_for_about_three_seconds_only(s_per_step, plan_at):
+    tracker = tracker_on(lambda step: 5.0 + s_per_step * step, budget_s=600.0)
+    made = [step for step in range(1, 40) if tracker.step_done(step, 0)]
+    assert made == [plan_at] == [plan_step(s_per_step)]
+    assert tracker.plan.measured_steps == [6, plan_at] and tracker.plan.measured_s_per_step == s_per_step

@@ -25,6 +25,8 @@ from inceptionlab.engine.optim import Knots, revise_knots
 
 MEASURE_AFTER = 5  # steps not timed: allocator, oneDNN primitive cache, CUDA graph capture make the first ones slow
 MEASURE_STEPS = 20  # steps timed for the plan (the thread tuner, when it probes, probes among them)
+MEASURE_SECONDS = 3.0  # or fewer steps, once they took this long: a short budget on a slow machine needs its plan
+MIN_MEASURED = 2
 REVISE_OFF = 0.05  # a projected finish this far from the budget (either way) revises the plan
 GUARD_OFF = 0.15  # this far over: revise even near the end, bringing the schedule down over the next sync interval
 FINAL_S = 0.5  # after the last epoch end, before the summary: the last curves.png and the writes still queued
@@ -102,13 +104,16 @@ class BudgetTracker:
 
     def step_done(self, step: int, epoch: int) -> bool:
         """After ``step`` steps: start timing, or make the plan (True when made)."""
-        if self.plan is not None or step not in (self.measure_from, self.measure_to):
+        if self.plan is not None or not self.measure_from <= step <= self.measure_to:
             return False
         if step == self.measure_from:
             self.marks = [(step, self.train_seconds(step))]
             return False
-        s_per_step = (self.train_seconds(step) - self.marks[0][1]) / (step - self.measure_from)
-        s_per_step, eval_s, elapsed = self.agree([s_per_step, self.eval_probe(), self.clock(step)])
+        seconds, timed = self.train_seconds(step) - self.marks[0][1], step - self.measure_from
+        enough = step == self.measure_to or (seconds >= MEASURE_SECONDS and timed >= MIN_MEASURED)
+        if not self.agree([float(enough)])[0]:  # under torchrun: the first rank with enough decides for all
+            return False
+        s_per_step, eval_s, elapsed = self.agree([seconds / timed, self.eval_probe(), self.clock(step)])
         total = plan_steps(self.budget_s - elapsed - FINAL_S, s_per_step, eval_s, step, epoch,
                            self.steps_per_epoch, MIN_STEPS_LEFT)
         self.knots = revise_knots(self.knots, step, total)
@@ -193,12 +198,12 @@ def make_clocks(state) -> tuple[Callable[[int], float], Callable[[], float]]:
 
 
 def probe_eval(state) -> float:
-    """An epoch end's seconds: a timed evaluation of two batches of test images (after one untimed batch, which
-    warms the evaluation's kernels), scaled to the test and validation images it evaluates."""
+    """An epoch end's seconds: a timed evaluation of one batch of test images (after 64 untimed images, which warm
+    the evaluation's kernels), scaled to the test and validation images it evaluates."""
     config, kw = state.config, {"rank": state.dist.rank, "world_size": state.dist.world_size}
-    batch = config.eval_batch_size
-    evaluate(state.model, state.test_images[:batch], state.test_labels[:batch], config, **kw)
-    n = min(len(state.test_labels), 2 * batch)
+    warm = min(64, config.eval_batch_size)
+    evaluate(state.model, state.test_images[:warm], state.test_labels[:warm], config, **kw)
+    n = min(len(state.test_labels), config.eval_batch_size)
     start = time.perf_counter()
     evaluate(state.model, state.test_images[:n], state.test_labels[:n], config, **kw)  # reads its result: synced
     images = len(state.test_labels) + (0 if state.val_labels is None else len(state.val_labels))
