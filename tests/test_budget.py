@@ -318,3 +318,22 @@ def test_slow_steps_are_timed_for_about_three_seconds_only(s_per_step, plan_at):
     made = [step for step in range(1, 40) if tracker.step_done(step, 0)]
     assert made == [plan_at] == [plan_step(s_per_step)]
     assert tracker.plan.measured_steps == [6, plan_at] and tracker.plan.measured_s_per_step == s_per_step
+
+
+def test_the_timed_steps_come_after_the_cpu_thread_tuners_probe():
+    now = [0]
+    slow_while_probing = {step: 5.0 if step <= 12 else 0.125 for step in range(1, 60)}  # 2 threads on a busy box
+
+    def seconds_at(step):
+        return sum(slow_while_probing[s] for s in range(1, step + 1))
+
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 100)
+    tracker = budget.BudgetTracker(600.0, 100, 50, knots, start_step=0, clock=seconds_at, eval_probe=lambda: 1.0,
+                                   agree=lambda values: values, hold=lambda: 6 <= now[0] <= 12)
+    made = []
+    for step in range(1, 60):
+        now[0] = step
+        if tracker.step_done(step, 0):
+            made.append(step)
+    assert made == [14 + MEASURE_STEPS] and tracker.plan.measured_steps == [15, 14 + MEASURE_STEPS]
+    assert tracker.plan.measured_s_per_step == 0.125  # the probe's slow steps are not in the plan

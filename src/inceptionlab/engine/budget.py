@@ -27,6 +27,7 @@ MEASURE_AFTER = 5  # steps not timed: allocator, oneDNN primitive cache, CUDA gr
 MEASURE_STEPS = 20  # steps timed for the plan (the thread tuner, when it probes, probes among them)
 MEASURE_SECONDS = 3.0  # or fewer steps, once they took this long: a short budget on a slow machine needs its plan
 MIN_MEASURED = 2
+HOLD_STEPS = 100  # how long the timing may wait for the CPU thread tuner's probe to end (engine.threads)
 REVISE_OFF = 0.05  # a projected finish this far from the budget (either way) revises the plan
 GUARD_OFF = 0.15  # this far over: revise even near the end, bringing the schedule down over the next sync interval
 FINAL_S = 0.5  # after the last epoch end, before the summary: the last curves.png and the writes still queued
@@ -88,9 +89,11 @@ class BudgetTracker:
 
     def __init__(self, budget_s: float, steps_per_epoch: int, sync_every: int, knots: Knots, *, start_step: int,
                  clock: Callable[[int], float], eval_probe: Callable[[], float],
-                 agree: Callable[[list[float]], list[float]], plan: Plan | None = None):
+                 agree: Callable[[list[float]], list[float]], plan: Plan | None = None,
+                 hold: Callable[[], bool] = lambda: False):
         self.budget_s, self.steps_per_epoch, self.sync_every, self.knots = budget_s, steps_per_epoch, sync_every, knots
-        self.clock, self.eval_probe, self.agree, self.plan = clock, eval_probe, agree, plan
+        self.clock, self.eval_probe, self.agree, self.plan, self.hold = clock, eval_probe, agree, plan, hold
+        self.hold_until = start_step + HOLD_STEPS
         self.frozen = plan is not None  # resumed after the plan: follow it exactly
         self.measure_from = start_step + MEASURE_AFTER
         self.measure_to = self.measure_from + MEASURE_STEPS
@@ -105,6 +108,9 @@ class BudgetTracker:
     def step_done(self, step: int, epoch: int) -> bool:
         """After ``step`` steps: start timing, or make the plan (True when made)."""
         if self.plan is not None or not self.measure_from <= step <= self.measure_to:
+            return False
+        if step < self.hold_until and self.hold():  # time the steps after the probe, with the count it chose
+            self.measure_from, self.measure_to = step + 2, step + 2 + MEASURE_STEPS
             return False
         if step == self.measure_from:
             self.marks = [(step, self.train_seconds(step))]
@@ -183,6 +189,14 @@ def all_agree(state) -> Callable[[list[float]], list[float]]:
     return lambda values: distributed.all_reduce_max(values, state.device)
 
 
+def tuner_probing(state) -> Callable[[], bool]:
+    """One process only: under torchrun each rank's tuner may probe at other steps, and the ranks must time the
+    same steps."""
+    if state.dist.enabled or state.tuner is None:
+        return lambda: False
+    return lambda: state.tuner.probing
+
+
 def make_clocks(state) -> tuple[Callable[[int], float], Callable[[], float]]:
     """The run's clock (its elapsed seconds once the device has done its queued work: an honest wall time) and the
     estimate of an epoch end's seconds. Tests replace this function with a fake clock."""
@@ -219,7 +233,7 @@ def start(state) -> BudgetTracker | None:
     plan = Plan.from_dict(config.budget_plan) if config.budget_plan else None
     clock, probe = make_clocks(state)
     tracker = BudgetTracker(config.time_budget, spe, config.sync_every, state.knots, start_step=done, clock=clock,
-                            eval_probe=probe, agree=all_agree(state), plan=plan)
+                            eval_probe=probe, agree=all_agree(state), plan=plan, hold=tuner_probing(state))
     if plan is not None:
         state.total_steps, state.knots = plan.planned_steps, [tuple(k) for k in plan.knots]
     else:  # a provisional length that reaches the plan's step; only warm-up usually runs before it
