@@ -1,7 +1,7 @@
 """How well `train --time-budget` keeps its budget: planned against actual seconds, on an idle machine and with one
 busy process started mid-run (the plan must then be revised).
 
-    python benchmarks/bench_budget.py 300 [--busy] [--busy-after 0.3] [--preset quick] [-- more train options]
+    python benchmarks/bench_budget.py 300 [--busy] [--busy-after 0.3] [--preset quick] [more train options]
 
 Each case is a fresh `inceptionlab train --preset P --time-budget B` process. The figures are the run's own
 (summary.json: elapsed_seconds, budget_error, planned_steps, steps; config.json: the plan and its revisions) and the
@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="one spinning process from --busy-after of the budget")
     parser.add_argument("--busy-after", type=float, default=0.3, help="fraction of the budget (default 0.3)")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/<date>-cpu/budget-*.json)")
-    parser.add_argument("extra", nargs="*", help="more `inceptionlab train` options (after --)")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # the rest: more `inceptionlab train` options
+    args.extra = [x for x in extra if x != "--"]
     from inceptionlab.config import parse_duration
 
     budget_s = parse_duration(args.budget)
