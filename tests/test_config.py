@@ -48,7 +48,7 @@ def test_every_preset_is_valid(name):
 
 def test_options_override_the_preset_and_none_means_not_given():
     c = preset_config("quick", lr=0.5, epochs=None)
-    assert c.lr == 0.5 and c.epochs == PRESETS["quick"]["epochs"]
+    assert c.lr == 0.5 and c.time_budget == PRESETS["quick"]["time_budget"]
     with pytest.raises(ConfigError, match="unknown preset"):
         preset_config("fastest")
 

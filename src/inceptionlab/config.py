@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -31,13 +32,27 @@ MAX_IMAGE_SIZE = 512
 COLOR_MODES = ("auto", "grey", "rgb")
 RESIZE_MODES = ("squash", "crop", "pad")
 ON_BAD = ("error", "skip")
+MIN_BUDGET_S = 10.0  # a time budget below this is mostly start-up and one evaluation
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``300``, ``90s``, ``5m``, ``1h``, ``1h30m``, ``1.5h``; ValueError (one line) otherwise."""
+    text = str(text).strip().lower()
+    match = _DURATION.fullmatch(text + "s" if re.fullmatch(_NUMBER, text) else text)  # a plain number: seconds
+    if match is None or not any(match.groups()):
+        raise ValueError(f"expected a duration such as 300, 90s, 5m, 1h or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 # Options that may change when a run continues (they do not change what it computes beyond rounding, or extend it).
-RESUMABLE = ("epochs", "device", "num_threads", "data_dir", "data", "eval_batch_size", "step_mode", "tensorboard",
-             "checkpoint_every", *CUDA_SWITCHES)
+RESUMABLE = ("epochs", "steps", "device", "num_threads", "data_dir", "data", "eval_batch_size", "step_mode",
+             "tensorboard", "checkpoint_every", *CUDA_SWITCHES)
 # Set from the data by the trainer (engine.rundata.with_data), not chosen: a resume keeps the run's own.
-DERIVED = ("num_classes", "in_channels", "data_info")
+DERIVED = ("num_classes", "in_channels", "data_info", "budget_plan")
 
 
 @dataclass
@@ -51,7 +66,9 @@ class TrainConfig:
     normalize: bool = False  # d2l feeds ToTensor's [0, 1] pixels; True standardises with the training set's mean/std
     init: str = "xavier"  # d2l's init_cnn: Xavier-uniform on every Conv2d/Linear weight; "default" keeps PyTorch's
     # the schedule of the run
-    epochs: int = 10
+    epochs: int = 10  # with `steps` set, derived from it: ceil(steps / steps per epoch), the last one partial
+    steps: int | None = None  # exactly this many optimisation steps; the schedule (warm-up, decay) ends there
+    time_budget: float | None = None  # seconds: the run plans the steps that fill them (engine.budget)
     batch_size: int = 128  # the GLOBAL batch: under torchrun each rank takes batch_size / world_size
     eval_batch_size: int = 1000
     drop_last: bool = False  # d2l trains on each epoch's last, smaller batch; True skips it (other images each epoch)
@@ -95,6 +112,7 @@ class TrainConfig:
     classes_file: str | None = None  # one class name per line: pins the class order
     on_bad: str = "error"  # an undecodable file: "error" (stop before training, naming it) or "skip" (listed)
     data_info: dict[str, Any] | None = None  # set by the trainer: classes, channels, statistics of the run's data
+    budget_plan: dict[str, Any] | None = None  # set by the trainer under a time budget: its plan (engine.budget.Plan)
     out: str = "runs"
     preset: str = "d2l"
 
@@ -112,8 +130,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         # a model_options (or data_info) that is no mapping stays as it is, for validate() to name
-        return cls(**{k: (dict(v) if k in ("model_options", "data_info") and isinstance(v, Mapping) else v)
-                      for k, v in data.items()})
+        dicts = ("model_options", "data_info", "budget_plan")
+        return cls(**{k: (dict(v) if k in dicts and isinstance(v, Mapping) else v) for k, v in data.items()})
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -149,7 +167,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
-        for name in ("limit_train", "limit_test", "num_threads"):
+        for name in ("limit_train", "limit_test", "num_threads", "steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number or unset, got {value!r}")
@@ -169,7 +187,11 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not _finite(self.erasing) or not 0 <= self.erasing <= 1:
             raise ConfigError(f"erasing (a probability) must be in [0, 1], got {self.erasing!r}")
-        if not _finite(self.warmup_epochs) or not 0 <= self.warmup_epochs < self.epochs:
+        if not _finite(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        self._check_length()
+        # a step count is checked against the data (engine.optim.with_total_steps), a budget's plan runs past it
+        if self.steps is None and self.time_budget is None and not self.warmup_epochs < self.epochs:
             raise ConfigError(
                 f"warmup_epochs must be >= 0 and below epochs ({self.epochs}), got {self.warmup_epochs!r}"
             )
@@ -180,6 +202,14 @@ class TrainConfig:
         if not self.out:
             raise ConfigError("out (the runs root) must not be empty")
         return self
+
+    def _check_length(self) -> None:
+        if self.time_budget is not None and (not _finite(self.time_budget) or self.time_budget < MIN_BUDGET_S):
+            raise ConfigError(f"time_budget must be at least {MIN_BUDGET_S:g} seconds, got {self.time_budget!r}")
+        if self.time_budget is not None and self.steps is not None:
+            raise ConfigError("steps and time_budget each say how long to train; give only one")
+        if self.budget_plan is not None and not isinstance(self.budget_plan, dict):
+            raise ConfigError(f"budget_plan must be a dict or unset, got {type(self.budget_plan).__name__}")
 
     def _check_data(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -218,6 +248,14 @@ def option_error(message: str, problem: str) -> ConfigError:
     return error
 
 
+def check_length_options(given: Mapping[str, Any]) -> None:
+    """At most one of epochs, steps and time_budget may be given: each says how long the run is."""
+    named = [k for k in ("epochs", "steps", "time_budget") if given.get(k) is not None]
+    if len(named) > 1:
+        flags = " and ".join("--" + k.replace("_", "-") for k in named)
+        raise ConfigError(f"{flags} each say how long to train; give only one")
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose from: {', '.join(choices)}")
@@ -236,7 +274,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "model": "googlenet-lite",
         "image_size": 28,
-        "epochs": 4,
+        "time_budget": 300.0,  # 5 minutes, whatever the machine: the run plans its steps (engine.budget)
         "batch_size": 128,
         "lr": 0.1,
         "optimizer": "nesterov",
@@ -293,8 +331,12 @@ def preset_config(name: str, **overrides) -> TrainConfig:
     """The preset ``name`` with ``overrides`` applied (``None`` values are ignored: "not given")."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    check_length_options(given)
     values = {**PRESETS[name], "preset": name}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "epochs" in given or "steps" in given:  # the user said how long: the preset's budget goes
+        values.pop("time_budget", None)
+    values.update(given)
     try:
         return TrainConfig(**values)
     except TypeError as exc:

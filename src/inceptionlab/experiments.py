@@ -86,6 +86,7 @@ class RowResult:
     curves: list[list[float]] = field(default_factory=list)  # test accuracy per epoch, one list per seed
     val_curves: list[list[float]] = field(default_factory=list)  # validation accuracy per epoch (val_split), per seed
     run_dirs: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # a time budget: the steps each run planned and trained, per seed
     diverged: list[dict] = field(default_factory=list)  # seeds whose loss became NaN/inf: {seed, run_dir, error}
 
     @property
@@ -100,14 +101,15 @@ class RowResult:
     def val_acc_mean(self) -> float:
         return mean(self.val_acc)
 
+    # the epochs all seeds have (under a time budget each seed's run plans its own number of epochs)
     def curve_mean(self) -> list[float]:
-        return [mean(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
+        return [mean(epoch) for epoch in zip(*self.curves, strict=False)] if self.curves else []
 
     def val_curve_mean(self) -> list[float]:
-        return [mean(epoch) for epoch in zip(*self.val_curves, strict=True)] if self.val_curves else []
+        return [mean(epoch) for epoch in zip(*self.val_curves, strict=False)] if self.val_curves else []
 
     def curve_std(self) -> list[float | None]:
-        return [std(epoch) for epoch in zip(*self.curves, strict=True)] if self.curves else []
+        return [std(epoch) for epoch in zip(*self.curves, strict=False)] if self.curves else []
 
     def to_dict(self) -> dict:
         d = {
@@ -117,6 +119,8 @@ class RowResult:
             "wall_seconds_mean": mean(self.wall_seconds) if self.wall_seconds else None,
             "curve_mean": self.curve_mean(), "curve_std": self.curve_std(),
         }
+        if not self.steps:  # only a time budget's rows say their steps
+            del d["steps"]
         if not self.val_acc:  # the results of runs without a validation split keep their keys
             del d["val_acc"], d["val_curves"]
         else:
@@ -403,6 +407,8 @@ def run_one(result: ExperimentResult, row: RowResult, config: TrainConfig, count
     row.images_per_sec.append(run.summary["images_per_sec"])
     row.curves.append([m["test_acc"] for m in run.metrics])
     row.run_dirs.append(str(run_dir))
+    if config.time_budget is not None:
+        row.steps.append(run.summary["steps"])
 
 
 # --------------------------------------------------------------------------------------------- the exercises
@@ -469,7 +475,7 @@ def write_outputs(result: ExperimentResult) -> None:
 def _title(result: ExperimentResult) -> str:
     c = result.base_config
     what = f"{c.model}" if result.kind == "sweep" else f"{c.image_size}px"
-    return (f"{result.kind} ({what}): {c.epochs} epochs, {c.optimizer} lr {c.lr:g} {c.schedule}, "
+    return (f"{result.kind} ({what}): {_length(c)}, {c.optimizer} lr {c.lr:g} {c.schedule}, "
             f"{len(result.seeds)} seed(s), {result.device}")
 
 
@@ -485,11 +491,18 @@ def describe_budget(config: TrainConfig, seeds: Sequence[int], device: str) -> s
     if config.crop_padding or config.flip or config.erasing:
         extras.append(f"augmentation (crop pad {config.crop_padding}, flip {config.flip}, erasing {config.erasing:g})")
     return (
-        f"preset {config.preset}; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr "
+        f"preset {config.preset}; {_length(config)}, batch {config.batch_size}, {config.optimizer} lr "
         f"{config.lr:g} ({config.schedule}, warm-up {config.warmup_epochs:g}), weight decay {config.weight_decay:g}"
         f"{', ' + ', '.join(extras) if extras else ''}; {config.precision}; {data}training images: {train_n}, test "
         f"images: {test_n}; seeds {', '.join(map(str, seeds))}; device {device}"
     )
+
+
+def _length(config: TrainConfig) -> str:
+    """How long every row trained: a time budget (each row plans its own steps), a step count or epochs."""
+    if config.time_budget is not None:
+        return f"time budget {config.time_budget:g} s each (the steps each run planned are in the table)"
+    return f"{config.steps:,} steps" if config.steps is not None else f"{config.epochs} epochs"
 
 
 def markdown_table(result: ExperimentResult) -> str:
@@ -499,6 +512,7 @@ def markdown_table(result: ExperimentResult) -> str:
     first = "image size" if result.kind == "sweep" else "model"
     order = ranked(result.rows)
     val = ["val acc (mean ± std)"] if order is not None else []
+    steps = ["steps per run"] if c.time_budget is not None else []
     lines = [
         f"# {result.kind}" + (f": {c.model}" if result.kind == "sweep" else f" at {c.image_size}x{c.image_size}"),
         "",
@@ -506,10 +520,11 @@ def markdown_table(result: ExperimentResult) -> str:
         f"total wall time {datetime.timedelta(seconds=round(result.total_seconds))}.",
         "",
         _cells([first, "parameters", "GFLOP/image", *val, "test acc (mean ± std)", "best-epoch test acc", "seeds",
-                "wall time per run (s)", "train images/s"]),
-        _cells(["---"] + ["---:"] * (7 + len(val))),
+                *steps, "wall time per run (s)", "train images/s"]),
+        _cells(["---"] + ["---:"] * (7 + len(val) + len(steps))),
     ]
-    lines += [line for r in (order or result.rows) if (line := _table_line(result.kind, r, bool(val)))]
+    lines += [line for r in (order or result.rows)
+              if (line := _table_line(result.kind, r, bool(val), bool(steps)))]
     lines += [
         "",
         "Test accuracy is the final epoch's on the test images used; std is the sample std over seeds (n/a for one "
@@ -532,16 +547,18 @@ def _cells(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table_line(kind: str, r: RowResult, with_val: bool) -> str | None:
+def _table_line(kind: str, r: RowResult, with_val: bool, with_steps: bool = False) -> str | None:
     """One row's line of the table; None for a row with neither a result nor a divergence (nothing to report)."""
     label = f"{r.image_size}" if kind == "sweep" else r.label
     seeds = f"{len(r.seeds)}" + (f" (+{len(r.diverged)} diverged)" if r.diverged else "")
     cost = [label, f"{r.params:,}", f"{r.gflops:.3f}"]
+    steps = [", ".join(f"{n:,}" for n in r.steps) or "-"] if with_steps else []
     if not r.test_acc:
-        return _cells([*cost, *(["-"] if with_val else []), "diverged", "-", seeds, "-", "-"]) if r.diverged else None
+        return (_cells([*cost, *(["-"] if with_val else []), "diverged", "-", seeds, *steps, "-", "-"]) if r.diverged
+                else None)
     val = [format_mean_std(r.val_acc) if r.val_acc else "-"] if with_val else []
-    return _cells([*cost, *val, format_acc(r), f"{mean(r.best_test_acc):.4f}", seeds, f"{mean(r.wall_seconds):,.0f}",
-                   f"{mean(r.images_per_sec):,.0f}"])
+    return _cells([*cost, *val, format_acc(r), f"{mean(r.best_test_acc):.4f}", seeds, *steps,
+                   f"{mean(r.wall_seconds):,.0f}", f"{mean(r.images_per_sec):,.0f}"])
 
 
 def plot_curves(path: str | os.PathLike, rows: Sequence[RowResult], title: str = "") -> None:

@@ -51,14 +51,19 @@ def finish_axes(fig, ax, *, title: str = "", legend: str = "best", fontsize: int
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """curves.png: train loss, train acc and test acc per epoch on one axis, like d2l's ``Animator`` plot, plus
     validation loss and accuracy for the rows that have them (``--val-split``)."""
-    train = [(r["epoch"], r["train_loss"], r["train_acc"]) for r in rows]
-    test = [(r["epoch"], r["test_acc"]) for r in rows]
+    train = [(_x(r), r["train_loss"], r["train_acc"]) for r in rows]
+    test = [(_x(r), r["test_acc"]) for r in rows]
     save_figure(curves_figure(train, test, max([r["epoch"] for r in rows] + [1]), title, val_points(rows)), path)
+
+
+def _x(row: dict) -> float:
+    """The row's place on the epoch axis: a step count's last epoch may be partial (``epoch_fraction``)."""
+    return row["epoch"] - 1 + row.get("epoch_fraction", 1.0)
 
 
 def val_points(rows: list[dict]) -> list[tuple[float, float, float]]:
     """(epoch, val loss, val acc) of the metrics rows that carry them; empty for a run without a validation split."""
-    return [(r["epoch"], r["val_loss"], r["val_acc"]) for r in rows if "val_acc" in r]
+    return [(_x(r), r["val_loss"], r["val_acc"]) for r in rows if "val_acc" in r]
 
 
 def curves_figure(train: list[tuple[float, float, float]], test: list[tuple[float, float]], epochs: int,

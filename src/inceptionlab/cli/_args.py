@@ -30,6 +30,20 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "a positive finite number")
 
 
+def duration(text: str) -> float:
+    """Seconds of ``300``, ``90s``, ``5m``, ``1h30m`` (inceptionlab.config.parse_duration), at least the shortest
+    budget that leaves time to train."""
+    from inceptionlab.config import MIN_BUDGET_S, parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < MIN_BUDGET_S:
+        raise argparse.ArgumentTypeError(f"expected at least {MIN_BUDGET_S:g} seconds, got {text!r}")
+    return seconds
+
+
 def model_name(text: str) -> str:
     """Validated at parse time so an unknown model is a usage error listing the choices."""
     from inceptionlab.models import list_models

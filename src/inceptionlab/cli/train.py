@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inceptionlab.cli._args import model_name, nonnegative_int, positive_float, positive_int, print_json
+from inceptionlab.cli._args import duration, model_name, nonnegative_int, positive_float, positive_int, print_json
 from inceptionlab.config import (
     COLOR_MODES,
     ON_BAD,
@@ -78,6 +78,12 @@ def add_training_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = 
         p.add_argument("--model", type=model_name, help="registry model name (default googlenet)")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--steps", type=positive_int, metavar="N",
+                   help="train exactly N optimisation steps: the schedule ends there and the last epoch may be partial "
+                   "(instead of --epochs)")
+    g.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="train for this long (300, 90s, 5m, 1h30m): the run times its first steps, plans the steps "
+                   "that fill the budget with evaluation included, and ends its schedule there (instead of --epochs)")
     g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
     g.add_argument("--eval-batch-size", type=positive_int)
     g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,

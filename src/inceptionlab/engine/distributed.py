@@ -133,3 +133,12 @@ def _peer_failure(exc: RuntimeError) -> bool:
     dist_error = getattr(torch.distributed, "DistError", ())
     signs = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe")
     return isinstance(exc, dist_error) or any(sign in str(exc) for sign in signs)
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest of each value across the ranks (float64), so that every rank computes from the same numbers."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()

@@ -52,6 +52,11 @@ class ThreadTuner:
     def active(self) -> bool:
         return len(self.candidates) > 1
 
+    @property
+    def probing(self) -> bool:
+        """Timing thread counts: the steps run with other counts than the chosen one."""
+        return bool(self._queue)
+
     def step_done(self, images: int, seconds: float) -> None:
         if not self.active:
             return

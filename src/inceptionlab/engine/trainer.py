@@ -35,20 +35,35 @@ from inceptionlab.config import DERIVED, RESUMABLE, TrainConfig, as_config
 from inceptionlab.data import DeviceLoader, ImageDataset
 from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
-from inceptionlab.engine import distributed
+from inceptionlab.engine import budget, distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
 from inceptionlab.engine.evaluate import evaluate, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
-from inceptionlab.engine.optim import build_optimizer, lr_at, set_lr
+from inceptionlab.engine.optim import (
+    Knots,
+    build_optimizer,
+    lr_at,
+    schedule_knots,
+    set_lr,
+    total_steps,
+    with_total_steps,
+)
+from inceptionlab.engine.recovery import (
+    checkpoint_state,
+    host_copy,
+    recovery_due,
+    restore_checkpoint,
+    save_recovery_point,
+    set_rng,
+)
 from inceptionlab.engine.rundata import RunData, build_data, with_data, write_data_files
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
-from inceptionlab.errors import ConfigError, InceptionLabError, RunDirError
+from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import BackgroundWrites
 from inceptionlab.inputs import class_names, load_run_dataset, prepare_model
 from inceptionlab.models import create_model, init_xavier_
 
-CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
 
 
@@ -131,6 +146,9 @@ class RunState:
     val_labels: torch.Tensor | None = None
     last_val: dict | None = None
     source: ImageDataset | None = None  # the data as loaded (CPU): its split and skipped files go into the run dir
+    total_steps: int = 0  # optimisation steps of the whole run (config.steps, or whole epochs)
+    knots: Knots = field(default_factory=list)  # the schedule's decay progress (engine.optim.schedule_knots)
+    budget: budget.BudgetTracker | None = None  # the time budget's plan and its revisions (config.time_budget)
 
     @property
     def is_main(self) -> bool:
@@ -139,6 +157,15 @@ class RunState:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loader)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """The steps of epoch ``epoch`` (0-based): all of them but in a last, partial epoch of a step count."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
+
+    @property
+    def counts_steps(self) -> bool:
+        """The run's length is a step count (``steps``, or a time budget's plan), so its last epoch may be partial."""
+        return self.config.steps is not None or self.config.time_budget is not None
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.timer.since_start()
@@ -265,6 +292,7 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
     with timer("data"):  # read + verify (a folder: decode once, then from the cache), to the device, resize once
         show = bool(progress if progress is not None else sys.stderr.isatty()) and dist_info.is_main
         config, run_data = load_data_for(config, dist_info, device, data, run_dir if resume else None, show, say)
+        config = with_total_steps(config, len(run_data.loader))
     with timer("model"):  # incl. the size check and the device's first use
         model = build_model(config, device)
         step_mode = resolve_step_mode(config, device, dist_info.world_size)
@@ -282,11 +310,14 @@ def setup(config: TrainConfig, dist_info: distributed.Distributed, device: torch
                      source=run_data.dataset)
     if device.type == "cpu" and config.num_threads is None:
         state.tuner = ThreadTuner(torch.get_num_threads())
+    state.total_steps = total_steps(config, state.steps_per_epoch)
+    state.knots = schedule_knots(config, state.steps_per_epoch)
     with timer("run_dir"):  # the lock, resume state, run directory, config.json
         claim_run_dir(state)  # first: a trainer the lock refuses says nothing before its refusal
         try:
             if resume:
                 restore_checkpoint(state)
+            state.budget = budget.start(state)  # before config.json: a budget's provisional epochs are in it
             open_run_dir(state)
             state.observers = make_observers(config, state.run_dir, live=live, is_main=dist_info.is_main)
         except BaseException:
@@ -331,44 +362,6 @@ def _wrap_ddp(model: nn.Module, dist_info: distributed.Distributed, device: torc
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def restore_checkpoint(state: RunState) -> None:
-    """Model, optimizer, scaler, epoch and metrics from the run's last complete checkpoint, which must be this
-    model's and hold no more epochs than the config asks for."""
-    saved = runs.load_checkpoint(state.run_dir, map_location=state.device)
-    path, config = Path(state.run_dir) / runs.CHECKPOINT, state.config
-    if saved["epoch"] > config.epochs:
-        raise RunDirError(f"{path} holds {saved['epoch']} epochs but the run asks for {config.epochs}; resume with "
-                          f"--epochs {saved['epoch']} or more")
-    try:
-        state.model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
-        if state.scaler is not None and saved.get("scaler"):
-            state.scaler.load_state_dict(saved["scaler"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's multi-line key and shape report
-        raise RunDirError(f"{path}: the checkpoint does not match this model ({config.model}); start a new "
-                          "run") from exc
-    state.start_epoch, state.rows = saved["epoch"], list(saved["metrics"])
-    state.elapsed_before = float(saved.get("elapsed_s", 0.0))
-    state.plotted = len(state.rows)
-    state.partial = _recovery_point(saved, path, state)
-    step = f", step {state.partial['step']}" if state.partial else ""
-    state.say(f"continuing {state.run_dir} after epoch {state.start_epoch}{step}")
-    if state.start_epoch >= config.epochs:
-        state.say(f"{state.run_dir}: all {config.epochs} epochs were already done; writing the final results")
-
-
-def _recovery_point(saved: dict, path: Path, state: RunState) -> dict | None:
-    """The checkpoint's mid-epoch progress, if any (written by :func:`save_recovery_point`)."""
-    partial = saved.get("partial")
-    if partial is None or saved["epoch"] >= state.config.epochs:
-        return None
-    keys = {"step", "loss_sum", "correct", "seen", "rng"}
-    if not (isinstance(partial, dict) and keys <= partial.keys() and 0 < partial["step"] < state.steps_per_epoch):
-        raise RunDirError(f"{path}: its mid-epoch recovery point is damaged or from another batch size; start a "
-                          "new run")
-    return partial
-
-
 def claim_run_dir(state: RunState) -> None:
     """Rank 0 creates (or reopens) the run directory and locks it."""
     if state.is_main:
@@ -404,6 +397,8 @@ def describe_run(state: RunState) -> str:
         + f" / {len(state.test_labels):,} test images at {config.image_size}x"
         f"{config.image_size}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} ({config.schedule}), "
         f"{config.precision}{f' ({state.precision_reason})' if state.precision_reason else ''}"
+        f"{f', {config.steps:,} steps' if config.steps else ''}"
+        f"{f', time budget {budget.format_duration(config.time_budget)}' if config.time_budget else ''}"
         f"{', channels_last' if config.channels_last else ''}, {state.step_mode} step"
         + "".join(f", {k.replace('_', ' ')}" for k, on in state.cuda_opts.items() if on)
         + f" -> {state.run_dir}"
@@ -419,15 +414,18 @@ def run_epochs(state: RunState) -> TrainResult:
     config = state.config
     with _StopFlag() as stop, cuda_switches(state.model, state.cuda_opts), \
             BackgroundWrites(enabled=state.is_main) as writes:
-        for epoch in range(state.start_epoch, config.epochs):
+        epoch = state.start_epoch
+        while epoch < state.config.epochs:  # a while: a time budget's plan may change the epochs as it goes
             train_metrics = train_one_epoch(state, epoch, stop, writes)
             if train_metrics is None:  # stopped by a signal
                 break
-            with state.timer("eval"):
-                state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
-                                           rank=state.dist.rank, world_size=state.dist.world_size)
-                state.last_val = evaluate_validation(state)
-            save_epoch(state, epoch, train_metrics, writes)
+            with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
+                with state.timer("eval"):
+                    state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
+                                               rank=state.dist.rank, world_size=state.dist.world_size)
+                    state.last_val = evaluate_validation(state)
+                save_epoch(state, epoch, train_metrics, writes)
+            epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
             writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
         wait_start = time.perf_counter()
@@ -470,7 +468,7 @@ def start_epoch(state: RunState, epoch: int) -> tuple[EpochTally, object]:
     tally.correct.copy_(partial["correct"])
     tally.seen = tally.seen_before = int(partial["seen"])
     tally.start_step = int(partial["step"])
-    _set_rng(partial["rng"])
+    set_rng(partial["rng"])
     loader_rng = partial.get("loader_rng")
     return tally, state.loader.iterate(tally.start_step, None if loader_rng is None else loader_rng.cpu())
 
@@ -479,10 +477,13 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
     """One pass over the shuffled training set; ``None`` when a signal stopped it (every rank at the same step)."""
     config, device, steps = state.config, state.device, state.steps_per_epoch
     tally, batches = start_epoch(state, epoch)
-    lr, bar = config.lr, _progress_bar(state, epoch, tally.start_step)
+    lr, bar, i = config.lr, _progress_bar(state, epoch, tally.start_step), tally.start_step - 1
     epoch_start = time.perf_counter()
     for i, (x, y) in enumerate(batches, start=tally.start_step):
-        lr = lr_at(config, epoch * steps + i, steps)
+        if i >= state.steps_in_epoch(epoch):  # the run's last steps are done (a step count ends inside an epoch)
+            i -= 1
+            break
+        lr = lr_at(config, epoch * steps + i, steps, state.knots)
         set_lr(state.optimizer, lr)
         step_start = time.perf_counter()
         batch_loss, batch_correct = state.step_fn(x, y)
@@ -491,6 +492,7 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
         tally.loss_sum += batch_loss
         tally.correct += batch_correct
         tally.seen += len(y)
+        check_budget(state, epoch, i, sync=False)
         if (i + 1) % config.sync_every == 0 or stop.signum is not None:
             if sync_point(state, tally, epoch, i, lr, stop, bar, writes):
                 break
@@ -505,12 +507,12 @@ def train_one_epoch(state: RunState, epoch: int, stop: _StopFlag, writes: Backgr
     if state.dist.enabled:
         distributed.all_reduce_sum(totals)
     train_loss, train_acc = float(totals[0] / totals[2]), float(totals[1] / totals[2])
-    check_finite(state, train_loss, epoch, steps - 1, lr)
+    check_finite(state, train_loss, epoch, i, lr)
     seconds = time.perf_counter() - epoch_start  # after the float() reads above, which synchronise
     state.timer.add("train", seconds)
     images_here = float(totals[2]) - tally.seen_before * state.dist.world_size
     return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr, "images": images_here,
-            "seconds": seconds, "start": epoch_start}
+            "seconds": seconds, "start": epoch_start, "steps": i + 1}
 
 
 def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float, stop: _StopFlag, bar,
@@ -518,6 +520,8 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
     """The host reads the running loss: stop agreement, divergence check, progress, and now and then a mid-epoch
     recovery point. True when the epoch must stop here."""
     state.stop_signal = distributed.agree_on_stop(stop.signum, state.device) if state.dist.enabled else stop.signum
+    if (i + 1) % state.config.sync_every == 0:  # every rank at the same steps (a signal's extra sync is one rank's)
+        check_budget(state, epoch, i, sync=True)
     running = float(tally.loss_sum) / tally.seen
     check_finite(state, running, epoch, i, lr)
     if bar is not None or state.observers:
@@ -526,29 +530,16 @@ def sync_point(state: RunState, tally: EpochTally, epoch: int, i: int, lr: float
             observer.progress(epoch + (i + 1) / state.steps_per_epoch, running, acc, lr)
         if bar is not None:
             bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}", refresh=False)
-    if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_per_epoch:
+    if state.stop_signal is None and recovery_due(state) and i + 1 < state.steps_in_epoch(epoch):
         save_recovery_point(state, epoch, i + 1, tally, writes)
     return state.stop_signal is not None
 
 
-def recovery_due(state: RunState) -> bool:
-    """A mid-epoch recovery point every ``checkpoint_every`` minutes (one process only: under torchrun each rank's
-    augmentation state differs, and the epoch-end checkpoint is the recovery point)."""
-    every = state.config.checkpoint_every
-    return (every > 0 and state.is_main and not state.dist.enabled
-            and time.perf_counter() - state.last_recovery >= every * 60)
-
-
-def save_recovery_point(state: RunState, epoch: int, step: int, tally: EpochTally, writes: BackgroundWrites) -> None:
-    """checkpoint.pt with the epoch's progress: the next resume continues at ``step`` with the same numbers."""
-    with state.timer("write"):
-        snapshot = _checkpoint_state(state, epoch, state.elapsed())
-        snapshot["partial"] = {"step": step, "loss_sum": tally.loss_sum, "correct": tally.correct,
-                               "seen": tally.seen, "rng": _get_rng(),
-                               "loader_rng": None if state.loader.generator is None
-                               else state.loader.generator.get_state()}
-        writes.submit(runs.save_checkpoint, state.run_dir, _host_copy(snapshot))
-    state.last_recovery = time.perf_counter()
+def check_budget(state: RunState, epoch: int, i: int, *, sync: bool) -> None:
+    """A time budget's plan is made after its timed steps and revised at sync points (engine.budget)."""
+    tracker, step = state.budget, epoch * state.steps_per_epoch + i + 1
+    if tracker is not None and (tracker.at_sync(step, epoch) if sync else tracker.step_done(step, epoch)):
+        budget.follow(state, tracker)
 
 
 def _progress_bar(state: RunState, epoch: int, start: int):
@@ -556,7 +547,7 @@ def _progress_bar(state: RunState, epoch: int, start: int):
         return None
     from tqdm.auto import tqdm  # a notebook widget inside Jupyter, text in a terminal
 
-    return tqdm(total=state.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{state.config.epochs}",
+    return tqdm(total=state.steps_in_epoch(epoch), initial=start, desc=f"epoch {epoch + 1}/{state.config.epochs}",
                 leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
@@ -574,6 +565,9 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         "images_per_sec": train_metrics["images"] / train_metrics["seconds"],
         "epoch_seconds": time.perf_counter() - train_metrics["start"],
         "elapsed_seconds": state.elapsed(),
+        # a step count's run: the steps so far and how much of the epoch ran (its last epoch may be partial)
+        **({"steps": epoch * state.steps_per_epoch + train_metrics["steps"],
+            "epoch_fraction": train_metrics["steps"] / state.steps_per_epoch} if state.counts_steps else {}),
     }
     state.rows.append(row)
     for observer in state.observers:
@@ -582,7 +576,7 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         return
     with state.timer("write"):
         # the state is copied to the host now (training goes on changing the tensors); the disk work is queued
-        snapshot = _host_copy(_checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
+        snapshot = host_copy(checkpoint_state(state, epoch + 1, row["elapsed_seconds"]))
         writes.submit(runs.save_checkpoint, state.run_dir, snapshot)
         writes.submit(runs.write_metrics, state.run_dir, snapshot["metrics"])  # the snapshot's copy of the rows
         now = state.last_recovery = time.perf_counter()  # the epoch's checkpoint is the newest recovery point
@@ -625,6 +619,8 @@ def build_summary(state: RunState, status: str) -> dict:
         "device": str(state.device), "world_size": state.dist.world_size, "step_mode": state.step_mode,
         **state.cuda_opts,
         "elapsed_seconds": state.elapsed(),
+        **({"steps": rows[-1]["steps"] if rows else 0} if state.counts_steps else {}),
+        **budget.summary_fields(state),
         "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
     }
     if state.tuner is not None and state.tuner.active:
@@ -713,46 +709,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _host_copy(obj):
-    """``obj`` with every tensor copied to host memory (a snapshot the training loop cannot change any more)."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v) for v in obj)
-    return obj
-
-
-def _get_rng() -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-
-
-def _checkpoint_state(state: RunState, epoch: int, elapsed: float) -> dict:
-    """Tensors and plain containers only, so ``torch.load(weights_only=True)`` can read it."""
-    rng = _get_rng()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "schedule": {"step": epoch * state.steps_per_epoch, "steps_per_epoch": state.steps_per_epoch},
-        "rng": rng,
-        "metrics": state.rows,
-        "elapsed_s": elapsed,
-    }
 
 
 def _plot_curves(run_dir: Path, rows, config: TrainConfig) -> None:
