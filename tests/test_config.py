@@ -53,6 +53,16 @@ def test_options_override_the_preset_and_none_means_not_given():
         preset_config("fastest")
 
 
+def test_another_model_drops_the_presets_model_options_and_no_config_shares_the_presets_dict():
+    quick = PRESETS["quick"]
+    assert preset_config("quick").model_options == quick["model_options"] == {"width": 0.375}
+    assert preset_config("quick", model="googlenet-bn").model_options == {}  # width 0.375 is quick's model's
+    assert preset_config("quick", model=quick["model"]).model_options == {"width": 0.375}
+    assert preset_config("quick", model="googlenet-bn", model_options={"width": 0.5}).model_options == {"width": 0.5}
+    preset_config("quick").model_options["width"] = 1.0  # a caller's change stays in its own config
+    assert PRESETS["quick"]["model_options"] == {"width": 0.375}
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [

@@ -1,0 +1,122 @@
+"""Choose and confirm the `quick` preset as a time budget (issue 27): >= 0.93 test accuracy in 5 minutes and
+>= 0.915 in 2 minutes on a 2-core CPU, chosen on validation accuracy.
+
+``select``   every candidate (the `quick` preset with overrides) trains a fixed number of steps (what its speed gives
+             in the budget on an idle box: ``--steps`` for the base, scaled by the candidate's ``speed``) on the
+             training split minus ``--val-split`` held-out images, and is scored on them with and without flip TTA.
+             Fixed steps make the choice independent of the load: run two at once with ``--threads 1``.
+``confirm``  ``inceptionlab train --preset quick --time-budget B --seed S`` as a user runs it, one process per
+             seed, each timed end to end; the budget adherence and the test accuracy (read once, for a choice made).
+
+    .venv/bin/python benchmarks/budget_preset.py select --only base,smooth --steps 1080 --threads 1 --out X
+    .venv/bin/python benchmarks/budget_preset.py confirm --budget 300 --seeds 3 --out Y
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Overrides of the `quick` preset, and the candidate's training speed relative to the base (images/s ratio at the
+# same budget: a faster candidate gets proportionally more steps).
+CANDIDATES: dict[str, tuple[dict, float]] = {
+    "base": ({}, 1.0),
+    "smooth": ({"label_smoothing": 0.1}, 1.0),
+    "w0.375": ({"model_options": {"width": 0.375}}, 1.4),
+    "lr0.2": ({"lr": 0.2}, 1.0),
+    "warmup0.25": ({"warmup_epochs": 0.25}, 1.0),
+    "flip-aug": ({"flip": True}, 1.0),
+    "w0.375-flip-aug": ({"model_options": {"width": 0.375}, "flip": True}, 1.4),
+    "w0.25": ({"model_options": {"width": 0.25}}, 2.0),
+}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def val_scores(run_dir: str, config) -> dict:
+    """Validation accuracy of the trained run, plain and with flip TTA (the held-out images as training saw them)."""
+    import torch
+
+    from inceptionlab import runs
+    from inceptionlab.devices import resolve_precision
+    from inceptionlab.engine.evaluate import evaluate
+    from inceptionlab.engine.rundata import validation_split
+    from inceptionlab.inputs import load_run_dataset, prepare_model
+
+    model, saved = runs.load_run_model(run_dir)
+    saved, _ = resolve_precision(saved, torch.device("cpu"))
+    prepare_model(model, saved)
+    data = load_run_dataset(saved, run_dir, progress=False, log=None)
+    _, val_index = validation_split(len(data.train_labels), config.val_split)
+    images, labels = data.train_images[val_index], data.train_labels[val_index]
+    plain, flipped = (evaluate(model, images, labels, saved, flip=f) for f in (False, True))
+    return {"val_acc": plain["acc"], "val_acc_flip_tta": flipped["acc"], "val_loss": plain["loss"]}
+
+
+def select(args) -> None:
+    from inceptionlab.config import preset_config
+    from inceptionlab.train import train
+
+    out = Path(args.out)
+    for label in args.only.split(",") if args.only else list(CANDIDATES):
+        overrides, speed = CANDIDATES[label]
+        steps = round(args.steps * speed)
+        config = preset_config("quick", time_budget=None, steps=steps, val_split=args.val_split, seed=args.seed,
+                               num_threads=args.threads, device="cpu", **overrides)
+        load, started = load_average(), time.perf_counter()
+        result = train(config.replace(out=str(out / label)), log=None, progress=False)
+        row = {"label": label, "steps": steps, "overrides": overrides, "seed": args.seed,
+               "wall_seconds": round(time.perf_counter() - started, 1), "load_before": load,
+               "load_after": load_average(), "test_acc_not_used": result.metrics[-1]["test_acc"],
+               **val_scores(str(result.run_dir), config)}
+        print(json.dumps(row), flush=True)
+        with open(out / "select.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def confirm(args) -> None:
+    """``inceptionlab train --preset quick --time-budget B --seed S``, one process per seed, timed end to end."""
+    runs = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        run_dir = Path(args.out, f"budget{args.budget:g}-seed{seed}")
+        load, started = load_average(), time.perf_counter()
+        subprocess.run([sys.executable, "-m", "inceptionlab", "train", "--preset", "quick", "--time-budget",
+                        f"{args.budget:g}", "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress"],
+                       check=True)
+        wall = time.perf_counter() - started
+        summary = json.loads((run_dir / "summary.json").read_text())
+        runs.append({"budget_s": args.budget, "seed": seed, "test_acc": summary["test_acc"],
+                     "elapsed_seconds": summary["elapsed_seconds"], "process_wall_seconds": round(wall, 1),
+                     "steps": summary.get("steps"), "planned_steps": summary.get("planned_steps"),
+                     "budget_error": summary.get("budget_error"), "revisions": summary.get("budget_revisions"),
+                     "load_before": load, "load_after": load_average()})
+        print(json.dumps(runs[-1]), flush=True)
+        with open(Path(args.out, "confirm.jsonl"), "a") as f:
+            f.write(json.dumps(runs[-1]) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["select", "confirm"])
+    parser.add_argument("--only", default="", help="comma-separated candidates (select; default all)")
+    parser.add_argument("--steps", type=int, default=1080, help="select: the base candidate's steps")
+    parser.add_argument("--budget", type=float, default=300, help="confirm: seconds")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-split", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=None, help="select: torch threads per run")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (select if args.stage == "select" else confirm)(args)
+
+
+if __name__ == "__main__":
+    main()
