@@ -37,7 +37,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a run directory (default: train a throwaway googlenet at 96 px)")
     parser.add_argument("--images", type=int, default=5, help="test images to toggle on (default 5)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core box two spinning OpenMP threads are slower)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     from inceptionlab.explore.model import Explorer
     from inceptionlab.inspect import replaced_forwards
     from inceptionlab.prefix import ablated_forward, replacement

@@ -197,3 +197,18 @@ def test_a_model_without_branches_is_refused(small_run_dir, monkeypatch):
     monkeypatch.setattr(explore_model, "load_run", lenet_run)
     with pytest.raises(InceptionLabError, match="lenet has no multi-branch"):
         Explorer(small_run_dir)
+
+
+def test_notebook_helper_serves_the_page_in_an_iframe(small_run_dir):
+    from inceptionlab.explore import show
+
+    frame = show(small_run_dir, subset=50)
+    try:
+        assert frame.src.startswith("http://127.0.0.1:") and frame.src == frame.server.url
+        conn = http.client.HTTPConnection("127.0.0.1", frame.server.port, timeout=30)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 200 and b'<script src="/app.js"' in response.read()
+    finally:
+        frame.server.shutdown()
+        frame.server.server_close()

@@ -23,14 +23,21 @@ def register(subparsers) -> None:
                    "reachable by others on the network and prints a warning)")
     p.add_argument("--subset", type=positive_int, default=500, metavar="N",
                    help="test images for the confusion matrix, branch means and top images (default 500)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="torch threads (default 1: one image at a time gains little from more, and on a busy "
+                   "machine spinning threads made a toggle 40x slower, docs/explorer.md)")
     p.add_argument("--data-dir")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
     from inceptionlab.explore.model import Explorer
     from inceptionlab.explore.server import LOOPBACK, ExplorerServer
+
+    torch.set_num_threads(args.threads)
 
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"inceptionlab serve: error: --port {args.port} is not a port (0..65535)")
