@@ -1,6 +1,6 @@
 # Two commands on a fresh Debian machine (root, Python >= 3.10): `make run` and `make test`.
 # Each sets up what it needs: a virtual environment with PyTorch (CPU wheel), the package, and the
-# Fashion-MNIST files from Debian's dataset-fashion-mnist package.
+# Fashion-MNIST files from Debian's dataset-fashion-mnist package, and Debian's Chromium for the explorer's browser test.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,11 @@ data:
 	@if [ -z "$$INCEPTIONLAB_DATA" ] && [ ! -f "$(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz" ]; then \
 		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@# the explorer's browser test (tests/test_explorer_browser.py) runs the page in headless Chromium
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Chromium (Debian package chromium, for the explorer's browser test)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
 	fi
 
 setup: $(VENV)/.installed data

@@ -11,36 +11,26 @@ from PIL import Image
 
 from inceptionlab import inspect as insp
 from inceptionlab.cli import main
-from inceptionlab.config import TrainConfig
 from inceptionlab.data import ImageDataset
 from inceptionlab.engine.evaluate import evaluate_run
-from inceptionlab.engine.trainer import train
 from inceptionlab.errors import InceptionLabError
 from inceptionlab.models import create_model
 
-TEST_IMAGES = 500
+TEST_IMAGES = 500  # conftest.small_test_data's test split
+
 # the chapter's first Inception block, inception(192, 64, (96, 128), (16, 32), 32): channels of b1..b4 in the
 # concatenated output
 B3_0_SLICES = [(0, 64), (64, 192), (192, 224), (224, 256)]
 
 
 @pytest.fixture(scope="module")
-def small_data(fmnist) -> ImageDataset:
-    """Fashion-MNIST with the first 500 test images as its test split (what evaluate_run then evaluates)."""
-    return ImageDataset(fmnist.train_images, fmnist.train_labels, fmnist.test_images[:TEST_IMAGES],
-                        fmnist.test_labels[:TEST_IMAGES], fmnist.info)
+def small_data(small_test_data) -> ImageDataset:
+    return small_test_data
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_data, tmp_path_factory):
-    """googlenet-bn at 28 px, 2 epochs on 1,280 images, the default precision (bf16 + channels_last where the CPU
-    has fast bf16): well above chance (measured 0.58 on these 500 test images)."""
-    config = TrainConfig(model="googlenet-bn", image_size=28, epochs=2, batch_size=64, limit_train=1280, lr=0.05,
-                         optimizer="nesterov", schedule="onecycle", warmup_epochs=0.3, num_threads=1,
-                         out=str(tmp_path_factory.mktemp("runs")))
-    result = train(config, data=small_data, log=None)
-    assert result.status == "completed"
-    return result.run_dir
+def run_dir(small_run_dir):
+    return small_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,12 @@ how much of the block's output activation energy each branch carries, and what t
 when one branch (or the whole block) is replaced by its mean over the test set or by zero.
 
 Ablation is applied from outside, as :mod:`inceptionlab.engine.cuda` applies its switches: a block's ``forward`` is
-replaced by an instance attribute for one evaluation and deleted afterwards; no model class changes. Every number
-comes from :func:`inceptionlab.engine.evaluate.evaluate` with the run's preprocessing, memory layout and precision,
-so the unablated model gives ``inceptionlab evaluate``'s test accuracy and loss exactly.
+replaced by an instance attribute for one evaluation and deleted afterwards; no model class changes. The baseline
+and the branch statistics come from one :func:`inceptionlab.engine.evaluate.evaluate` with the run's preprocessing,
+memory layout and precision, so the unablated model gives ``inceptionlab evaluate``'s test accuracy and loss
+exactly. The ablations run through :class:`inceptionlab.prefix.PrefixCache` in evaluate's batches: each batch goes
+through the network once, and each ablation re-runs only the steps from its block onward (the same numbers as a
+whole evaluation with the block's forward replaced, in a fraction of the time: BENCHMARKS.md, "Explorer").
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +25,39 @@ import torch
 from torch import nn
 
 from inceptionlab import runs
-from inceptionlab.argcheck import PATH, TEXT, WHOLE, Rule, check, optional, sequence, whole
+from inceptionlab.argcheck import FLAG, FUNCTION, PATH, TEXT, WHOLE, Rule, check, optional, sequence, whole
 from inceptionlab.config import TrainConfig
 from inceptionlab.data import ImageDataset
 from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.predict import INVERT, load_run_image
 from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
-from inceptionlab.engine.evaluate import evaluate
+from inceptionlab.engine.evaluate import Tally, evaluate
+from inceptionlab.engine.observers import in_notebook
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import atomic_write_json
-from inceptionlab.inputs import class_names, forward_loss, load_run_dataset, prepare_model
+from inceptionlab.inputs import (
+    autocast_context,
+    class_names,
+    forward_loss,
+    load_run_dataset,
+    prepare_input,
+    prepare_model,
+)
 from inceptionlab.models._blocks import MultiBranch, flatten_outputs
 from inceptionlab.plots import new_axes_grid, save_figure
+from inceptionlab.prefix import (
+    MODES,
+    PrefixCache,
+    ablated_forward,
+    block_steps,
+    forward_steps,
+    recording_forward,
+    replacement,
+)
 
 BRANCHES_PNG, ERRORS_PNG, FEATURES_PNG, INSPECT_JSON = "branches.png", "errors.png", "features.png", "inspect.json"
 OUT_SUBDIR = "inspect"  # default output: <run_dir>/inspect/
-MODES = ("mean", "zero")
 IMAGE = Rule("a test-set index or an image file's path", lambda v: WHOLE.is_type(v) or PATH.is_type(v))
 BLOCKS = sequence(TEXT, "a non-empty list of block names (module paths such as 'b3.0')")
 
@@ -115,22 +135,6 @@ def select_blocks(model: nn.Module, model_name: str, names: Sequence[str] | None
 # --------------------------------------------------------------------------- branch outputs: record, replace
 
 
-def recording_forward(block: MultiBranch, record: Callable[[list], None], x: torch.Tensor) -> torch.Tensor:
-    """``MultiBranch.forward`` that hands the branch outputs (one entry per branch) to ``record`` on the way."""
-    outputs = [branch(x) for branch in block.parallel_branches()]
-    record(outputs)
-    return block.merge(x, flatten_outputs(outputs))
-
-
-def ablated_forward(block: MultiBranch, replace: dict[int, Callable], x: torch.Tensor) -> torch.Tensor:
-    """The block with branch ``i``'s output replaced by ``replace[i](output)``; the other branches as they are."""
-    outputs = []
-    for i, branch in enumerate(block.parallel_branches()):
-        out = branch(x)
-        outputs.append(replace[i](out) if i in replace else out)
-    return block.merge(x, flatten_outputs(outputs))
-
-
 class BranchStats:
     """Per-channel sums and sums of squares of each branch's output, in float64 on the CPU (portable to MPS)."""
 
@@ -171,20 +175,6 @@ def branch_statistics(run: LoadedRun, blocks: list[tuple[str, MultiBranch]]) -> 
     return stats
 
 
-def replacement(mode: str, means: list[torch.Tensor] | None = None) -> Callable:
-    """What an ablated branch outputs instead: its per-channel test-set mean (``mode="mean"``) or zero."""
-    if mode not in MODES:
-        raise ConfigError(f"ablation mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-    def replace(out):
-        tensors = flatten_outputs([out])
-        if mode == "zero":
-            return [torch.zeros_like(t) for t in tensors]
-        return [m.to(t.device, t.dtype).view(1, -1, 1, 1).expand_as(t) for m, t in zip(means, tensors, strict=True)]
-
-    return replace
-
-
 def ablation_forward(block: MultiBranch, stats: BranchStats, branches: Sequence[int], mode: str) -> Callable:
     """The forward of ``block`` with ``branches`` (0-based) ablated by ``mode``, for :meth:`LoadedRun.evaluate`."""
     replace = {i: replacement(mode, stats.means(i) if mode == "mean" else None) for i in branches}
@@ -194,30 +184,74 @@ def ablation_forward(block: MultiBranch, stats: BranchStats, branches: Sequence[
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def block_report(run: LoadedRun, name: str, block: MultiBranch, stats: BranchStats, baseline: dict) -> dict:
+def ablation_targets(channels: list[int]) -> list[tuple[int | str, list[int]]]:
+    """Each branch alone (1-based), then the whole block ("all"): the branches each target ablates (0-based)."""
+    return [(i + 1, [i]) for i in range(len(channels))] + [("all", list(range(len(channels))))]
+
+
+def ablation_results(run: LoadedRun, blocks: list[tuple[str, MultiBranch]], stats: dict[str, BranchStats],
+                     progress: bool | None = None, on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """``{(block, target, mode): evaluate's dict}`` for every target of :func:`ablation_targets` both ways, over
+    the test images in evaluate's batches: one pass per batch up to the last block (a :class:`PrefixCache`),
+    then per ablation only the steps from its block onward; the numbers equal :meth:`LoadedRun.evaluate`'s."""
+    steps = forward_steps(run.model)
+    index = block_steps(steps)
+    plans = {(name, target, mode): (index[name], {i: replacement(mode, stats[name].means(i) if mode == "mean"
+                                                                else None) for i in branches})
+             for name, _ in blocks for target, branches in ablation_targets(stats[name].channels()) for mode in MODES}
+    tallies = {key: Tally(run.config.num_classes, run.images.device) for key in plans}
+    size = run.batch_size or run.config.eval_batch_size
+    starts = range(0, len(run.labels), size)
+    run.model.eval()
+    with torch.inference_mode():
+        for n, start in enumerate(progress_bar(starts, progress, "ablations"), 1):
+            y = run.labels[start : start + size]
+            x = prepare_input(resize_batch(run.images[start : start + size], run.config.image_size), run.config)
+            with autocast_context(run.config, x.device):  # as forward_loss runs the model
+                cache = PrefixCache(steps, x, sorted({i for i, _ in plans.values()}))
+                logits = {key: cache.logits({i: replace}) for key, (i, replace) in plans.items()}
+            for key, out in logits.items():
+                tallies[key].add(out, y)
+            if on_batch is not None:
+                on_batch(n, len(starts))
+    return {key: tally.result(len(run.labels)) for key, tally in tallies.items()}
+
+
+def progress_bar(items, show: bool | None, desc: str):
+    """``items`` behind a tqdm bar when ``show`` (None: when stderr is a terminal or inside a notebook)."""
+    if not (show if show is not None else sys.stderr.isatty() or in_notebook()):
+        return items
+    from tqdm.auto import tqdm  # a notebook widget inside Jupyter, text in a terminal
+
+    return tqdm(items, desc=desc, unit="batch", leave=False)
+
+
+def block_report(name: str, block: MultiBranch, stats: BranchStats, baseline: dict, results: dict) -> dict:
     """Channels, energy share and the accuracy / loss with each branch (and all of them) ablated both ways."""
     channels, shares = stats.channels(), stats.energy_shares()
     rows = [{"branch": i + 1, "channels": channels[i], "energy_share": shares[i]} for i in range(len(channels))]
     whole = {"branch": "all", "channels": sum(channels), "energy_share": float(sum(shares))}
-    targets = [(row, [row["branch"] - 1]) for row in rows] + [(whole, list(range(len(channels))))]
-    for row, branches in targets:
+    for row in [*rows, whole]:
         for mode in MODES:
-            result = run.evaluate({block: ablation_forward(block, stats, branches, mode)})
+            result = results[(name, row["branch"], mode)]
             row.update({f"{mode}_acc": result["acc"], f"{mode}_loss": result["loss"],
                         f"{mode}_drop": baseline["acc"] - result["acc"]})
     return {"block": name, "kind": type(block).__name__, "channels": channels, "branches": rows, "all": whole}
 
 
-def evaluate_with_logits(run: LoadedRun) -> tuple[dict, torch.Tensor]:
-    """The plain model's evaluation and the float logits it computed, in test-set order (a hook on the model)."""
+def first_pass(run: LoadedRun, blocks: list[tuple[str, MultiBranch]]) -> tuple[dict, torch.Tensor, dict]:
+    """One evaluation: the plain model's result, its float logits in test-set order (a hook on the model) and
+    every chosen block's :class:`BranchStats` (the block's forward records its branch outputs)."""
+    stats = {name: BranchStats() for name, _ in blocks}
     logits: list[torch.Tensor] = []
     hook = run.model.register_forward_hook(
         lambda _module, _args, out: logits.append((out[0] if isinstance(out, tuple) else out).float()))
     try:
-        result = run.evaluate()
+        result = run.evaluate({block: functools.partial(recording_forward, block, stats[name].add)
+                               for name, block in blocks})
     finally:
         hook.remove()
-    return result, torch.cat(logits)
+    return result, torch.cat(logits), stats
 
 
 def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int, config: TrainConfig) -> list[dict]:
@@ -236,25 +270,28 @@ def confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int, confi
 def inspect_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
                 batch_size: int | None = None, data: ImageDataset | None = None, limit_test: int | None = None,
                 blocks: Sequence[str] | None = None, image: int | str | os.PathLike | None = None,
-                out_dir: str | os.PathLike | None = None, top_errors: int = 16, invert: bool | str = "auto") -> dict:
+                out_dir: str | os.PathLike | None = None, top_errors: int = 16, invert: bool | str = "auto",
+                progress: bool | None = None, on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Inspect every multi-branch block of a run (or ``blocks``, by module path) on its test set; writes
     ``branches.png``, ``errors.png``, ``inspect.json`` and, for ``image`` (a test-set index or an image file),
-    ``features.png`` into ``out_dir`` (default ``<run_dir>/inspect``). Returns the report (``inspect.json``)."""
+    ``features.png`` into ``out_dir`` (default ``<run_dir>/inspect``). Returns the report (``inspect.json``).
+    ``progress``: a bar over the ablation batches (None: on a terminal or in a notebook); ``on_batch(done, total)``
+    is called after each."""
     check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
           batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
           limit_test=(limit_test, optional(whole(1))), blocks=(blocks, optional(BLOCKS)),
           image=(image, optional(IMAGE)), out_dir=(out_dir, optional(PATH)), top_errors=(top_errors, whole(0)),
-          invert=(invert, INVERT))
+          invert=(invert, INVERT), progress=(progress, optional(FLAG)), on_batch=(on_batch, optional(FUNCTION)))
     run = load_run(run_dir, data_dir=data_dir, device=device, batch_size=batch_size, data=data,
                    limit_test=limit_test)
     chosen = select_blocks(run.model, run.config.model, blocks)
     features = None if image is None else image_input(run, image, invert)  # bad input fails before any pass
-    baseline, logits = evaluate_with_logits(run)
-    stats = branch_statistics(run, chosen)
+    baseline, logits, stats = first_pass(run, chosen)
+    results = ablation_results(run, chosen, stats, progress, on_batch)
     report = {"run_dir": str(run_dir), "model": run.config.model, "image_size": run.config.image_size,
               "precision": run.config.precision, "count": baseline["count"], "test_acc": baseline["acc"],
               "test_loss": baseline["loss"],
-              "blocks": [block_report(run, name, block, stats[name], baseline) for name, block in chosen],
+              "blocks": [block_report(name, block, stats[name], baseline, results) for name, block in chosen],
               "errors": confident_mistakes(logits, run.labels, top_errors, run.config)}
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / OUT_SUBDIR
     report["files"] = write_figures(out, run, chosen, report, features)

@@ -21,7 +21,7 @@ from typing import NoReturn
 from inceptionlab import __version__
 from inceptionlab.errors import InceptionLabError
 
-COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments", "inspect")
+COMMAND_MODULES = ("analysis", "data", "train", "deploy", "experiments", "inspect", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     invert = {"auto": "auto", "yes": True, "no": False}[args.invert]
     report = inspect_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
                          limit_test=args.limit_test, blocks=args.blocks, image=args.image, out_dir=args.out,
-                         top_errors=args.errors, invert=invert)
+                         top_errors=args.errors, invert=invert,
+                         progress=False if args.json else None)
     if args.json:
         print_json(report)
         return 0

@@ -30,31 +30,44 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     """
     was_training = model.training
     model.eval()
-    device, k = images.device, config.num_classes
+    device = images.device
     index = torch.arange(len(labels), device=device)[rank::world_size]
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    tally = Tally(config.num_classes, device)
     batch_size = batch_size or config.eval_batch_size
     for start in range(0, len(index), batch_size):
         idx = index[start : start + batch_size]
         x, y = resize_batch(images[idx], config.image_size), labels[idx]
         _, logits = forward_loss(model, torch.cat([x, x.flip(-1)]) if flip else x, y, None, config)
-        logits = logits.float()
-        if flip:
-            logits = logits.view(2, len(y), k).mean(dim=0)
-        pred = logits.argmax(dim=1)
-        correct += (pred == y).sum()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        # scatter_add_, not bincount: on CUDA bincount reads its input's min and max on the host
-        confusion.scatter_add_(0, y * k + pred, torch.ones_like(pred))
+        tally.add(logits.float().view(2, len(y), -1).mean(dim=0) if flip else logits, y)
     count = torch.tensor(len(index), dtype=torch.int64, device=device)
     if world_size > 1:
-        all_reduce_sum(correct, loss_sum, confusion, count)
+        all_reduce_sum(tally.correct, tally.loss_sum, tally.confusion, count)
     model.train(was_training)
-    n = max(1, int(count))
-    return {"correct": int(correct), "count": int(count), "acc": int(correct) / n, "loss": float(loss_sum) / n,
-            "confusion": confusion.view(k, k).cpu()}
+    return tally.result(int(count))
+
+
+class Tally:
+    """Correct predictions, summed cross-entropy and the confusion matrix of batches of logits, kept on the device
+    (read on the host once, in :meth:`result`); :func:`evaluate` and inspect's ablations share it."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.k = num_classes
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        logits = logits.float()
+        pred = logits.argmax(dim=1)
+        self.correct += (pred == y).sum()
+        self.loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        # scatter_add_, not bincount: on CUDA bincount reads its input's min and max on the host
+        self.confusion.scatter_add_(0, y * self.k + pred, torch.ones_like(pred))
+
+    def result(self, count: int) -> dict:
+        n = max(1, count)
+        return {"correct": int(self.correct), "count": count, "acc": int(self.correct) / n,
+                "loss": float(self.loss_sum) / n, "confusion": self.confusion.view(self.k, self.k).cpu()}
 
 
 def per_class_report(confusion: torch.Tensor, config: TrainConfig) -> dict:
