@@ -21,6 +21,7 @@ from inceptionlab.deploy.predict import load_image_with_info, load_predictor, pr
 from inceptionlab.engine.evaluate import evaluate_run
 from inceptionlab.engine.trainer import train
 from inceptionlab.errors import ArgumentTypeError, ConfigError, InceptionLabError
+from inceptionlab.explore.model import Explorer
 from inceptionlab.inspect import inspect_run
 from inceptionlab.models import create_model, get_model_spec, list_models
 
@@ -33,6 +34,7 @@ COMMAND_FUNCTIONS = {
     "min-size": [analysis.input_size_report], "data": [load_fashion_mnist], "train": [train],
     "evaluate": [evaluate_run], "export": [export_onnx], "predict": [load_predictor, load_image_with_info, predict],
     "inspect": [inspect_run], "compare": [experiments.compare], "sweep": [experiments.sweep],
+    "serve": [Explorer],
 }
 
 
@@ -94,6 +96,10 @@ CASES = [
     (predict, (lenet, np.zeros((1, 1, 28, 28))), {}, "images", WRONG_TYPE),
     (predict, (lenet, torch.zeros(1, 1, 28, 28)), {"top_k": 0}, "top_k", WRONG_VALUE),
     (inspect_run, (RUN,), {"batch_size": 0}, "batch_size", WRONG_VALUE),
+    (Explorer, (RUN,), {"subset": 0}, "subset", WRONG_VALUE),
+    (Explorer, (RUN,), {"subset": "500"}, "subset", WRONG_TYPE),
+    (Explorer, (7,), {}, "run_dir", WRONG_TYPE),
+    (Explorer, (RUN,), {"device": "tpu"}, "device", WRONG_VALUE),
     (inspect_run, (RUN,), {"limit_test": "5"}, "limit_test", WRONG_TYPE),
     (inspect_run, (RUN,), {"blocks": "b3.0"}, "blocks", WRONG_TYPE),
     (inspect_run, (RUN,), {"image": 2.5}, "image", WRONG_TYPE),

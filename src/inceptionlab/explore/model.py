@@ -21,8 +21,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from inceptionlab import analysis, runs
+from inceptionlab.argcheck import PATH, check, optional, whole
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.predict import ImageError, load_run_image
+from inceptionlab.devices import DEVICE
 from inceptionlab.errors import ConfigError
 from inceptionlab.inputs import autocast_context, class_names, prepare_input
 from inceptionlab.inspect import INSPECT_JSON, OUT_SUBDIR, BranchStats, LoadedRun, inspect_run, load_run, select_blocks
@@ -76,6 +78,8 @@ class Explorer:
     the lock (the HTTP server is threaded)."""
 
     def __init__(self, run_dir: str | os.PathLike, *, data_dir=None, device: str = "cpu", subset: int = 500):
+        check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
+              subset=(subset, whole(1)))
         self.run: LoadedRun = load_run(run_dir, data_dir=data_dir, device=device)
         self.blocks = dict(select_blocks(self.run.model, self.run.config.model, None))
         self.steps = forward_steps(self.run.model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,6 +164,14 @@ class ExplorerServer(ThreadingHTTPServer):
         self.url = f"http://{shown}:{self.port}/"
         self.allowed_hosts = {f"{shown}:{self.port}"} | {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost",
                                                                                       "[::1]")}
+
+    def handle_error(self, request, client_address) -> None:
+        """A client gone away (or Ctrl-C with a connection open) is no error; anything else is one line, not the
+        standard library's traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError, KeyboardInterrupt)):
+            print(f"inceptionlab serve: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
 
 def start_in_thread(server: ExplorerServer) -> threading.Thread:
