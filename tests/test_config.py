@@ -61,6 +61,11 @@ def test_another_model_drops_the_presets_model_options_and_no_config_shares_the_
     assert preset_config("quick", model="googlenet-bn", model_options={"width": 0.5}).model_options == {"width": 0.5}
     preset_config("quick").model_options["width"] = 1.0  # a caller's change stays in its own config
     assert PRESETS["quick"]["model_options"] == {"width": 0.375}
+    # compare's rows: each model gets the config, the options only the config's own model
+    quick = preset_config("quick")
+    assert quick.with_model("googlenet").model_options == {} and quick.with_model("googlenet").model == "googlenet"
+    assert quick.with_model(quick.model).model_options == {"width": 0.375}
+    assert quick.with_model(quick.model).model_options is not quick.model_options
 
 
 @pytest.mark.parametrize(

@@ -109,11 +109,11 @@ STOP_WORKER = textwrap.dedent(
     rank, data = dist.get_rank(), load_fashion_mnist(download=False, progress=False)
     steps, armed, real_lr_at = [], [False], trainer.lr_at
 
-    def lr_at(config, step, steps_per_epoch):
+    def lr_at(config, step, steps_per_epoch, *rest):
         steps.append(step)
         if armed[0] and rank == 1 and step == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_lr_at(config, step, steps_per_epoch)
+        return real_lr_at(config, step, steps_per_epoch, *rest)
 
     trainer.lr_at = lr_at
 

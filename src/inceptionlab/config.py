@@ -137,6 +137,10 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_model(self, name: str) -> TrainConfig:
+        """This config for model ``name``: its ``model_options`` belong to its own model and go with another."""
+        return self.replace(model=name, model_options=dict(self.model_options) if name == self.model else {})
+
     def validate(self) -> TrainConfig:
         """Check every value before any work starts; raise :class:`ConfigError` naming the fix."""
         from inceptionlab.models import get_model_spec

@@ -421,7 +421,7 @@ def compare(models: Sequence[str], config: TrainConfig | Mapping[str, Any], *, s
     """Train each of ``models`` with the same ``config`` (same budget, schedule, image size) over ``seeds`` seeds.
     ``out_dir``'s earlier rows are kept (a model trained again replaces its row) unless ``replace``."""
     check(models=(models, sequence(NAME, "a non-empty list of model names")))
-    variants = [Variant(m, as_config(config).replace(model=m)) for m in models]
+    variants = [Variant(m, as_config(config).with_model(m)) for m in models]
     return run_variants("compare", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log,
                         replace=replace)
 
@@ -454,7 +454,7 @@ def sweep(model: str, sizes: Sequence[int], config: TrainConfig | Mapping[str, A
     earlier rows are kept (a size trained again replaces its row) unless ``replace``."""
     config = as_config(config)
     check_sweep_sizes(model, sizes, config.in_channels)
-    variants = [Variant(f"{s}px", config.replace(model=model, image_size=s)) for s in sorted(sizes)]
+    variants = [Variant(f"{s}px", config.with_model(model).replace(image_size=s)) for s in sorted(sizes)]
     return run_variants("sweep", variants, seeds=seeds, out_dir=out_dir, data=data, progress=progress, log=log,
                         replace=replace)
 
