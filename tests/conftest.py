@@ -129,3 +129,18 @@ def write_in_a_process():
         proc.kill()
         proc.wait(timeout=60)
         proc.stdout.close()
+
+
+@pytest.fixture
+def same_training():
+    """``check(reference, other, keys)``: two TrainResults with equal metrics rows (on ``keys``) and bit-identical
+    weights, the resume and reproduction tests' test of "the same run"."""
+
+    def check(reference, other, keys) -> None:
+        assert [tuple(r[k] for k in keys) for r in other.metrics] == [tuple(r[k] for k in keys)
+                                                                      for r in reference.metrics]
+        for (name, a), b in zip(reference.model.state_dict().items(), other.model.state_dict().values(),
+                                strict=True):
+            assert torch.equal(a, b), name
+
+    return check

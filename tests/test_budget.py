@@ -9,7 +9,6 @@ import math
 import textwrap
 
 import pytest
-import torch
 
 from inceptionlab import runs
 from inceptionlab.cli import main
@@ -173,7 +172,7 @@ def test_a_slowdown_revises_the_plan_and_the_budget_still_holds(fmnist, tmp_path
 
 
 def test_a_resumed_budget_run_follows_its_plan_and_ends_with_the_uninterrupted_numbers(fmnist, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, same_training):
     fake_clock(monkeypatch, steady)
     reference = train(config(tmp_path / "reference"), data=fmnist, log=None)
     real_save = runs.save_checkpoint
@@ -190,24 +189,18 @@ def test_a_resumed_budget_run_follows_its_plan_and_ends_with_the_uninterrupted_n
     monkeypatch.setattr(runs, "save_checkpoint", real_save)
     fake_clock(monkeypatch, lambda step: 100 + steady(step) * 3)  # a resume's clock: far slower, and late
     resumed = train(resume=run_dir, data=fmnist, log=None)
-    assert [tuple(r[k] for k in KEYS) for r in resumed.metrics] == [tuple(r[k] for k in KEYS)
-                                                                    for r in reference.metrics]
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(),
-                            strict=True):
-        assert torch.equal(a, b), name
+    same_training(reference, resumed, KEYS)
     assert runs.read_run_config(run_dir).budget_plan == runs.read_run_config(reference.run_dir).budget_plan
 
 
-def test_the_planned_steps_reproduce_a_budget_run_on_any_machine(fmnist, tmp_path, monkeypatch):
+def test_the_planned_steps_reproduce_a_budget_run_on_any_machine(fmnist, tmp_path, monkeypatch, same_training):
     # the plan is made inside the warm-up (30 steps), so `steps=planned_steps` gives the same schedule
     fake_clock(monkeypatch, steady)
     timed = train(config(tmp_path / "budget", warmup_epochs=3.0), data=fmnist, log=None)
     planned = runs.read_run_config(timed.run_dir).budget_plan["planned_steps"]
     fixed = train(config(tmp_path / "steps", warmup_epochs=3.0, time_budget=None, steps=planned), data=fmnist,
                   log=None)
-    assert [tuple(r[k] for k in KEYS) for r in fixed.metrics] == [tuple(r[k] for k in KEYS) for r in timed.metrics]
-    for (name, a), b in zip(timed.model.state_dict().items(), fixed.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    same_training(timed, fixed, KEYS)
 
 
 def test_compare_gives_every_row_the_same_budget_and_states_each_rows_steps(fmnist, tmp_path, monkeypatch):

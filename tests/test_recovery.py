@@ -28,7 +28,7 @@ def config(tmp_path, **changes) -> TrainConfig:
 
 @pytest.mark.parametrize("crash_after", [1, 6])  # a recovery point in epoch 1, and one in epoch 2
 def test_resume_from_a_mid_epoch_recovery_point_gives_the_uninterrupted_numbers(fmnist, tmp_path, monkeypatch,
-                                                                                  crash_after):
+                                                                                  crash_after, same_training):
     reference = train(config(tmp_path / "reference"), data=fmnist, log=None)
     saved = []
     real_save = runs.save_checkpoint
@@ -48,11 +48,7 @@ def test_resume_from_a_mid_epoch_recovery_point_gives_the_uninterrupted_numbers(
     on_disk = torch.load(run_dir / runs.CHECKPOINT, weights_only=True)
     assert on_disk["partial"]["step"] == saved[-1] and 0 < saved[-1] < 20  # died inside an epoch
     resumed = train(resume=run_dir, data=fmnist, log=None)
-    assert [tuple(r[k] for k in KEYS) for r in resumed.metrics] == [tuple(r[k] for k in KEYS)
-                                                                    for r in reference.metrics]
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(),
-                            strict=True):
-        assert torch.equal(a, b), name
+    same_training(reference, resumed, KEYS)
     assert "partial" not in torch.load(run_dir / runs.CHECKPOINT, weights_only=True)  # the epoch's checkpoint
 
 

@@ -66,7 +66,8 @@ def crash_after(monkeypatch, wanted):
 
 
 @pytest.mark.parametrize("where", ["epoch end", "inside the partial epoch"])
-def test_a_resumed_step_count_run_ends_with_the_uninterrupted_numbers(fmnist, tmp_path, monkeypatch, where):
+def test_a_resumed_step_count_run_ends_with_the_uninterrupted_numbers(fmnist, tmp_path, monkeypatch, where,
+                                                                       same_training):
     reference = train(config(tmp_path / "reference"), data=fmnist, log=None)
     if where == "epoch end":
         crash_after(monkeypatch, lambda s: "partial" not in s and s["epoch"] == 2)
@@ -77,11 +78,7 @@ def test_a_resumed_step_count_run_ends_with_the_uninterrupted_numbers(fmnist, tm
         train(config(tmp_path, checkpoint_every=1e-9), data=fmnist, run_dir=run_dir, log=None)
     monkeypatch.undo()
     resumed = train(resume=run_dir, data=fmnist, log=None)
-    assert [tuple(r[k] for k in KEYS) for r in resumed.metrics] == [tuple(r[k] for k in KEYS)
-                                                                    for r in reference.metrics]
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(),
-                            strict=True):
-        assert torch.equal(a, b), name
+    same_training(reference, resumed, KEYS)
 
 
 def test_steps_and_epochs_together_are_refused_naming_both(capsys):
