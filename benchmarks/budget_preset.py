@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from quick_preset import load_average  # the script's own folder is on sys.path
 
 # Overrides of the `quick` preset, and the candidate's training speed relative to the base (images/s ratio at the
 # same budget: a faster candidate gets proportionally more steps).
@@ -34,10 +35,6 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
     "w0.375-flip-aug": ({"model_options": {"width": 0.375}, "flip": True}, 1.4),
     "w0.25": ({"model_options": {"width": 0.25}}, 2.0),
 }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def val_scores(run_dir: str, config) -> dict:
