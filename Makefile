@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data run test test-serial lint bench clean
+.PHONY: setup data browser run test test-serial lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,9 @@ data:
 		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
-	@# the explorer's browser test (tests/test_explorer_browser.py) runs the page in headless Chromium
+
+# the explorer's browser test (tests/test_explorer_browser.py) runs the page in headless Chromium: `make test` only
+browser:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Chromium (Debian package chromium, for the explorer's browser test)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
@@ -36,11 +38,11 @@ run: setup
 
 # The whole suite on two pytest-xdist workers, one per core (docs/testing.md: 17 min in one process on this project's
 # AVX2 box); CI runs exactly this (.ci/run). `make test-serial`: the same suite in one process, for debugging.
-test: setup
+test: setup browser
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n 2
 
-test-serial: setup
+test-serial: setup browser
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 

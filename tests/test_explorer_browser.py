@@ -1,7 +1,7 @@
 """The explorer page in a real browser (Debian's Chromium, headless, --dump-dom): the page writes what it shows into
 <body data-*>, and that must be what deploy.predict gives for the image (an independent path), and with branches
 knocked out from the URL what inspect's ablation of the whole network gives. The test is skipped only where
-Chromium is missing and $CI is not set; under CI a missing Chromium fails it (`make setup` installs it)."""
+Chromium is missing and $CI is not set; under CI a missing Chromium fails it (`make test` installs it)."""
 
 import functools
 import html
@@ -27,7 +27,7 @@ from inceptionlab.prefix import ablated_forward, replacement
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        message = "Chromium is missing: `make setup` installs it (apt-get install -y chromium)"
+        message = "Chromium is missing: `make test` installs it (apt-get install -y chromium)"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
