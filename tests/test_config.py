@@ -53,18 +53,21 @@ def test_options_override_the_preset_and_none_means_not_given():
         preset_config("fastest")
 
 
+QUICK_OPTIONS = {"blocks": [2, 1, 1]}
+
+
 def test_another_model_drops_the_presets_model_options_and_no_config_shares_the_presets_dict():
     quick = PRESETS["quick"]
-    assert preset_config("quick").model_options == quick["model_options"] == {"width": 0.375}
-    assert preset_config("quick", model="googlenet-bn").model_options == {}  # width 0.375 is quick's model's
-    assert preset_config("quick", model=quick["model"]).model_options == {"width": 0.375}
+    assert preset_config("quick").model_options == quick["model_options"] == QUICK_OPTIONS
+    assert preset_config("quick", model="googlenet-bn").model_options == {}  # quick's blocks are quick's model's
+    assert preset_config("quick", model=quick["model"]).model_options == QUICK_OPTIONS
     assert preset_config("quick", model="googlenet-bn", model_options={"width": 0.5}).model_options == {"width": 0.5}
-    preset_config("quick").model_options["width"] = 1.0  # a caller's change stays in its own config
-    assert PRESETS["quick"]["model_options"] == {"width": 0.375}
+    preset_config("quick").model_options["blocks"].append(2)  # a caller's change stays in its own config
+    assert PRESETS["quick"]["model_options"] == QUICK_OPTIONS
     # compare's rows: each model gets the config, the options only the config's own model
     quick = preset_config("quick")
     assert quick.with_model("googlenet").model_options == {} and quick.with_model("googlenet").model == "googlenet"
-    assert quick.with_model(quick.model).model_options == {"width": 0.375}
+    assert quick.with_model(quick.model).model_options == QUICK_OPTIONS
     assert quick.with_model(quick.model).model_options is not quick.model_options
 
 

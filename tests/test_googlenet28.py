@@ -179,3 +179,49 @@ def test_lite_at_any_width_feeds_each_block_what_the_previous_one_outputs(width)
     assert mismatches > 0 and model.head.in_features == channels
     with torch.no_grad():
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lite_with_fewer_blocks_keeps_the_first_rows_of_each_stage_fed_by_the_previous_block():
+    # blocks=(2, 2, 1) at width 0.5: b3's two rows, b4's first two, b5's first; b5's first block reads what b4's second
+    # concatenates (112 + 112 + 32 + 32 = 288), not the table's 832 / 2 = 416
+    model = create_model("googlenet-lite", blocks=(2, 2, 1)).eval()
+    b4_out = 80 + 112 + 32 + 32
+    assert block_table(model, "b3") == [halved(row) for row in CHAPTER_TABLE["b3"]]
+    assert block_table(model, "b4") == [halved(row) for row in CHAPTER_TABLE["b4"][:2]]
+    assert block_table(model, "b5") == [(b4_out, 128, (80, 160), (16, 64), 64)]
+    b5_params = (conv_bn(1, b4_out, 128) + conv_bn(1, b4_out, 80) + conv_bn(3, 80, 160) + conv_bn(1, b4_out, 16)
+                 + conv_bn(5, 16, 64) + conv_bn(1, b4_out, 64))
+    stage = lite_stage_params()
+    expected = {**stage, "b4": sum(lite_block for lite_block in (
+        conv_bn(1, c, c1) + conv_bn(1, c, r2) + conv_bn(3, r2, c2) + conv_bn(1, c, r3) + conv_bn(5, r3, c3)
+        + conv_bn(1, c, c4) for c, c1, (r2, c2), (r3, c3), c4 in map(halved, CHAPTER_TABLE["b4"][:2]))),
+        "b5": b5_params, "head": 416 * 10 + 10}
+    assert {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in expected} == expected
+    shapes = {**LITE_SHAPES, "b4": (b4_out, 2, 2), "b5": (416,)}
+    assert {r.name: r.shape for r in stage_shapes("googlenet-lite", 28, blocks=(2, 2, 1))} == shapes
+
+
+def test_lite_without_b5_blocks_pools_b4_globally(fmnist):
+    # no b5 block: b4 keeps its 4x4 grid (no 3x3/2 pool) and b5 is the global average pool
+    model = create_model("googlenet-lite", width=0.375, blocks=[2, 2, 0]).eval()
+    assert len([m for m in model.modules() if isinstance(m, Inception)]) == 4
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.b4.children())
+    x = resize_batch(fmnist.test_images[:3], 28)
+    with torch.no_grad():
+        b4 = model.b4(model.b3(model.b2(model.b1(x))))
+        assert b4.shape == (3, 60 + 84 + 24 + 24, 4, 4)  # b4's second row (160, 224, 64, 64) x 0.375
+        torch.testing.assert_close(model.b5(b4), b4.mean(dim=(2, 3)))
+        assert model(x).shape == (3, 10) and model.head.in_features == b4.shape[1]
+
+
+@pytest.mark.parametrize("blocks", [(0, 5, 2), (2, 0, 2), (2, 6, 2), (2, 5, 3), (2, 5, -1), (2, 5), (2, 5, 2, 1),
+                                    (2.0, 5, 2), (True, 5, 2), "252", 252, None])
+def test_lite_refuses_blocks_outside_the_chapters_table(blocks):
+    with pytest.raises(ValueError, match=r"^googlenet-lite's blocks must be 3 whole numbers \(b3, b4, b5\)"):
+        create_model("googlenet-lite", blocks=blocks)
+
+
+@pytest.mark.parametrize("width", [0, 1.5, -0.5, float("nan"), "0.5", True, None])
+def test_lite_refuses_a_width_outside_0_to_1(width):
+    with pytest.raises(ValueError, match=r"^googlenet-lite's width must be a number in \(0, 1\]"):
+        create_model("googlenet-lite", width=width)

@@ -453,3 +453,42 @@ def test_resuming_a_finished_run_trains_no_more_and_keeps_its_numbers_and_files(
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
     for (name, a), b in zip(lenet_run.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_flip_tta_run_evaluates_and_predicts_the_average_with_the_mirror_image(fmnist, tmp_path, capsys):
+    """``flip_tta``: the trainer's test (and validation) numbers, evaluate's default and the predictor are each image's
+    logits averaged with its mirror image's, recomputed here with plain forward passes of the saved network."""
+    from inceptionlab.data import resize_batch
+    from inceptionlab.engine.rundata import validation_split
+    from inceptionlab.inputs import normalization, normalize, pixel_model
+
+    config = lenet_config(tmp_path, model="googlenet-lite", model_options={"width": 0.125, "blocks": [1, 1, 0]},
+                          epochs=1, limit_train=1280, lr=0.05, flip=True, flip_tta=True, normalize=True,
+                          precision="fp32", channels_last=False, val_split=200)  # a small net that learns in 1 epoch
+    result = train(config, data=fmnist, log=None)
+    model, saved = runs.load_run_model(result.run_dir)
+    mean, std = normalization(saved)
+    images, labels = fmnist.test_images[:256], fmnist.test_labels[:256]
+    with torch.no_grad():
+        x = resize_batch(images, 28)
+        plain, mirrored = model.eval()(normalize(x, mean, std)), model(normalize(x.flip(-1), mean, std))
+    tta = (plain + mirrored) / 2
+    row = result.metrics[-1]
+    assert row["test_loss"] == pytest.approx(float(F.cross_entropy(tta, labels)), rel=1e-5)
+    assert row["test_acc"] == int((tta.argmax(1) == labels).sum()) / 256
+    assert abs(float(F.cross_entropy(plain, labels)) - row["test_loss"]) > 1e-3  # the check tells the two apart
+    _, val_index = validation_split(len(fmnist.train_labels), 200)
+    with torch.no_grad():
+        v = resize_batch(fmnist.train_images[val_index], 28)
+        val = (model(normalize(v, mean, std)) + model(normalize(v.flip(-1), mean, std))) / 2
+    assert row["val_loss"] == pytest.approx(float(F.cross_entropy(val, fmnist.train_labels[val_index])), rel=1e-5)
+    default, without = evaluate_run(result.run_dir, data=fmnist), evaluate_run(result.run_dir, data=fmnist,
+                                                                               flip_tta=False)
+    assert default["flip_tta"] and not without["flip_tta"] and default["count"] == 10_000
+    with torch.no_grad():
+        full = resize_batch(fmnist.test_images, 28)
+        both = (model(normalize(full, mean, std)) + model(normalize(full.flip(-1), mean, std))) / 2
+        assert default["test_acc"] == int((both.argmax(1) == fmnist.test_labels).sum()) / 10_000
+        torch.testing.assert_close(pixel_model(model, saved)(x), tta, rtol=1e-5, atol=1e-5)
+    assert main(["evaluate", str(result.run_dir), "--json", "--no-flip-tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_acc"] == without["test_acc"]

@@ -31,9 +31,9 @@ from inceptionlab.models import create_model, get_model_spec, list_models
 _UPPER_PROBE_FACTOR = 8
 
 
-def _meta_model(model_name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def _meta_model(model_name: str, num_classes: int = 10, in_channels: int = 1, **options) -> nn.Module:
     with torch.device("meta"):
-        return create_model(model_name, num_classes=num_classes, in_channels=in_channels).eval()
+        return create_model(model_name, num_classes=num_classes, in_channels=in_channels, **options).eval()
 
 
 def _meta_input(size: int, in_channels: int = 1) -> torch.Tensor:
@@ -322,14 +322,16 @@ def stage_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(names) if names else tuple(name for name, _ in model.named_children())
 
 
-def stage_shapes(model_name: str, size: int, in_channels: int = 1, num_classes: int = 10) -> list[StageShape]:
+def stage_shapes(model_name: str, size: int, in_channels: int = 1, num_classes: int = 10,
+                 **options) -> list[StageShape]:
     """Per-stage output shapes for one ``in_channels x size x size`` image, like the chapter's printout.
+    ``options`` go to the model's factory (``googlenet-lite``'s ``width`` and ``blocks``).
 
     Children that the eval-mode forward pass does not run (``googlenet-paper``'s auxiliary heads) come last, with
     ``shape=None``, so that the parameters of all rows add up to the model's.
     """
     check_input_size(model_name, size, in_channels)
-    model = _meta_model(model_name, num_classes, in_channels)
+    model = _meta_model(model_name, num_classes, in_channels, **options)
     x = _meta_input(size, in_channels)
     rows = []
     names = stage_names(model)

@@ -84,6 +84,7 @@ class TrainConfig:
     crop_padding: int = 0
     flip: bool = False
     erasing: float = 0.0
+    flip_tta: bool = False  # every evaluation, predict and ONNX export average an image's logits with its mirror's
     # speed
     precision: str = "auto"  # bf16 autocast where the device runs it well, else fp32 (inceptionlab.devices)
     channels_last: bool | None = None  # None: on with bf16 and on a CPU, off for fp32 on a GPU (devices.py)
@@ -168,7 +169,7 @@ class TrainConfig:
             problem = (f"image_size {self.image_size} is above the largest supported, {MAX_IMAGE_SIZE} (the models "
                        "are built for 28-299 px)")
             raise option_error(f"{problem}: pass --image-size {MAX_IMAGE_SIZE} or less, e.g. 96", problem)
-        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "drop_last", "tensorboard"):
+        for name in (*CUDA_SWITCHES, "channels_last", "normalize", "flip", "flip_tta", "drop_last", "tensorboard"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name in (*CUDA_SWITCHES, "channels_last"))):
                 raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -278,7 +279,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # candidates of benchmarks/quick_preset.py: EXPERIMENTS.md (7) has the numbers, docs/training.md the reasons.
     "quick": {
         "model": "googlenet-lite",
-        "model_options": {"width": 0.375},  # 1.4x the images of width 0.5 in the same time: EXPERIMENTS.md (8)
+        # width 0.5, one b4 and one b5 block: 2x the images/s of the whole table, EXPERIMENTS.md (9)
+        "model_options": {"blocks": [2, 1, 1]},
         "image_size": 28,
         "time_budget": 300.0,  # 5 minutes, whatever the machine: the run plans its steps (engine.budget)
         "batch_size": 128,

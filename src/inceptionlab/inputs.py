@@ -112,11 +112,24 @@ class PixelInput(nn.Module):
         return self.model(normalize(x, self.mean, self.std))
 
 
+class FlipAverage(nn.Module):
+    """Logits averaged over each image and its mirror image: the test-time augmentation of a run with ``flip_tta``,
+    as the trainer's evaluations compute it, kept in the graph so predict and an ONNX export answer the same."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([x, x.flip(-1)])).view(2, len(x), -1).mean(dim=0)
+
+
 def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     """``model`` taking [0, 1] pixels, in eval mode (for export and prediction): wrapped in :class:`PixelInput` if
-    the run standardised its inputs."""
+    the run standardised its inputs, in :class:`FlipAverage` if it evaluated with ``flip_tta``."""
     norm = normalization(config)
-    return (model if norm is None else PixelInput(model, *norm)).eval()
+    model = model if norm is None else PixelInput(model, *norm)
+    return (FlipAverage(model) if config.flip_tta else model).eval()
 
 
 SPLIT_FILE = "split.csv"  # the images of a folder run and their split: evaluate, inspect and resume read it back

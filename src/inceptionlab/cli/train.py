@@ -63,9 +63,9 @@ def register(subparsers) -> None:
     e.add_argument("--data-dir", help="where Fashion-MNIST's IDX files are (a run trained on them)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--batch-size", type=positive_int)
-    e.add_argument("--flip-tta", action="store_true",
-                   help="average each image's logits with its mirror image's (test-time augmentation; the saved model, "
-                        "its ONNX export and predict do not do this)")
+    e.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its mirror image's (test-time augmentation; default: as the "
+                        "run evaluated, its --flip-tta)")
     e.set_defaults(func=run_evaluate)
 
 
@@ -106,6 +106,9 @@ def _add_data_options(g, skip: tuple[str, ...]) -> None:
     g.add_argument("--crop-padding", type=nonnegative_int, help="random crop after zero padding by this much")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
     g.add_argument("--erasing", type=probability, help="random-erasing probability")
+    g.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate (and predict, export) each image averaged with its mirror image (test-time "
+                        "augmentation; for a run trained with --flip)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise pixels with the training set's mean/std (d2l: off)")
     g.add_argument("--val-split", type=nonnegative_int, metavar="N",

@@ -214,7 +214,8 @@ def make_clocks(state) -> tuple[Callable[[int], float], Callable[[], float]]:
 def probe_eval(state) -> float:
     """An epoch end's seconds: a timed evaluation of one batch of test images (after 64 untimed images, which warm
     the evaluation's kernels), scaled to the test and validation images it evaluates."""
-    config, kw = state.config, {"rank": state.dist.rank, "world_size": state.dist.world_size}
+    config = state.config
+    kw = {"rank": state.dist.rank, "world_size": state.dist.world_size, "flip": config.flip_tta}
     warm = min(64, config.eval_batch_size)
     evaluate(state.model, state.test_images[:warm], state.test_labels[:warm], config, **kw)
     n = min(len(state.test_labels), config.eval_batch_size)

@@ -25,7 +25,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
              batch_size: int | None = None, rank: int = 0, world_size: int = 1, flip: bool = False) -> dict:
     """``correct``, ``count``, ``acc``, ``loss`` and ``confusion`` (num_classes^2, on the CPU) of ``model``.
 
-    ``flip``: each image's logits averaged with its mirror image's (test-time augmentation; never in training).
+    ``flip``: each image's logits averaged with its mirror image's (test-time augmentation: the trainer passes the
+    run's ``flip_tta``).
     With ``world_size > 1`` each rank evaluates a strided shard and the sums are all-reduced.
     """
     was_training = model.training
@@ -84,17 +85,19 @@ def per_class_report(confusion: torch.Tensor, config: TrainConfig) -> dict:
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool = False) -> dict:
+                 batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool | None = None) -> dict:
     """The run's final model on its data's full test set (a folder run: the test images of its split.csv),
-    preprocessed, laid out and autocast as the trainer evaluated it: ``run_dir``, ``model``, ``image_size``,
+    preprocessed, laid out and autocast as the trainer evaluated it (``flip_tta``: None = as the run did):
+    ``run_dir``, ``model``, ``image_size``,
     ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
     ``per_class_acc``, ``class_names``, ``confusion``."""
     check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
           batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
-          flip_tta=(flip_tta, FLAG))
+          flip_tta=(flip_tta, optional(FLAG)))
     dev = resolve_device(device)
     model, config = runs.load_run_model(run_dir, device=dev)
     config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves
+    flip_tta = config.flip_tta if flip_tta is None else flip_tta
     prepare_model(model, config)
     if data is None:
         data = load_run_dataset(config, run_dir, data_dir=data_dir, progress=False, log=None)

@@ -422,7 +422,8 @@ def run_epochs(state: RunState) -> TrainResult:
             with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
                 with state.timer("eval"):
                     state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
-                                               rank=state.dist.rank, world_size=state.dist.world_size)
+                                               rank=state.dist.rank, world_size=state.dist.world_size,
+                                               flip=config.flip_tta)
                     state.last_val = evaluate_validation(state)
                 save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
@@ -438,7 +439,7 @@ def evaluate_validation(state: RunState) -> dict | None:
     if state.val_images is None:
         return None
     return evaluate(state.model, state.val_images, state.val_labels, state.config, rank=state.dist.rank,
-                    world_size=state.dist.world_size)
+                    world_size=state.dist.world_size, flip=state.config.flip_tta)
 
 
 @dataclass
@@ -594,7 +595,7 @@ def finish(state: RunState) -> TrainResult:
     status = "completed" if state.stop_signal is None else "interrupted"
     if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
         state.last_eval = evaluate(state.model, state.test_images, state.test_labels, state.config,
-                                   rank=state.dist.rank, world_size=state.dist.world_size)
+                                   rank=state.dist.rank, world_size=state.dist.world_size, flip=state.config.flip_tta)
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)

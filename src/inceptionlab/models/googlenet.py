@@ -117,6 +117,9 @@ INCEPTION_TABLE: dict[str, tuple[tuple, ...]] = {
 }
 
 
+CHAPTER_BLOCKS = tuple(len(rows) for rows in INCEPTION_TABLE.values())  # (2, 5, 2): b3, b4, b5
+
+
 def _scaled(row: tuple, width: float) -> tuple:
     """A table row with every channel count multiplied by ``width`` (unchanged at 1.0)."""
     def scale(c):
@@ -125,16 +128,17 @@ def _scaled(row: tuple, width: float) -> tuple:
     return scale(row)
 
 
-def _inception_stages(inception, in_channels: int, width: float) -> tuple[dict[str, list[nn.Module]], int]:
-    """b3-b5's Inception blocks from :data:`INCEPTION_TABLE` with their branch widths scaled, and the channels out.
+def _inception_stages(inception, in_channels: int, width: float,
+                      blocks: tuple[int, ...]) -> tuple[dict[str, list[nn.Module]], int]:
+    """b3-b5's first ``blocks`` Inception blocks of :data:`INCEPTION_TABLE`, branch widths scaled, and the channels out.
 
     Each block reads what the previous one concatenates: the table's input column is that sum at width 1, but
     rounding each branch on its own can make the sum differ from the rounded input at other widths.
     """
     stages = {}
-    for stage, table in INCEPTION_TABLE.items():
+    for (stage, table), count in zip(INCEPTION_TABLE.items(), blocks, strict=True):
         stages[stage] = []
-        for _, *branches in table:
+        for _, *branches in table[:count]:
             c1, c2, c3, c4 = _scaled(tuple(branches), width)
             stages[stage].append(inception(in_channels, c1, c2, c3, c4))
             in_channels = c1 + c2[1] + c3[1] + c4
@@ -146,13 +150,14 @@ class GoogLeNet(nn.Module):
 
     ``conv_block`` builds every convolution (default ``nn.Conv2d``: the chapter's network; ``ConvBN``: Inception-BN).
     ``width`` scales every channel count and ``stem_pool=False`` drops b1's max-pool: both only for
-    ``googlenet-lite`` (the defaults build the chapter's network).
+    ``googlenet-lite`` (the defaults build the chapter's network). ``blocks`` keeps the first (b3, b4, b5) rows of the
+    table per stage (the chapter: 2, 5, 2); with no b5 block, b4 ends without its pool and b5 is the global pooling.
     """
 
     stage_names = ("b1", "b2", "b3", "b4", "b5", "head")
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d,
-                 width: float = 1.0, stem_pool: bool = True):
+                 width: float = 1.0, stem_pool: bool = True, blocks: tuple[int, int, int] = CHAPTER_BLOCKS):
         super().__init__()
         conv = conv_block
         c64, c192 = _scaled((64, 192), width)
@@ -164,9 +169,9 @@ class GoogLeNet(nn.Module):
             conv(c64, c192, kernel_size=3, padding=1), nn.ReLU(),
             _pool(),
         )  # N x 192 x 12 x 12
-        stages, channels = _inception_stages(_inception_factory(conv_block), c192, width)
+        stages, channels = _inception_stages(_inception_factory(conv_block), c192, width, blocks)
         self.b3 = nn.Sequential(*stages["b3"], _pool())  # N x 480 x 6 x 6
-        self.b4 = nn.Sequential(*stages["b4"], _pool())  # N x 832 x 3 x 3
+        self.b4 = nn.Sequential(*stages["b4"], *([_pool()] if stages["b5"] else []))  # N x 832 x 3 x 3
         self.b5 = nn.Sequential(*stages["b5"], nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())  # N x 1024
         self.head = nn.Linear(channels, num_classes)  # N x num_classes
 

@@ -18,11 +18,13 @@ channel count of the chapter's table halved and only b1's max-pool dropped, so b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from inceptionlab.models._blocks import ConvBN
 from inceptionlab.models._registry import register_model
-from inceptionlab.models.googlenet import ConvFactory, GoogLeNet
+from inceptionlab.models.googlenet import CHAPTER_BLOCKS, ConvFactory, GoogLeNet
 
 
 class GoogLeNet28(GoogLeNet):
@@ -45,9 +47,20 @@ def googlenet_28(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet28:
 
 
 @register_model("googlenet-lite", natural_size=28, family="googlenet")
-def googlenet_lite(num_classes: int = 10, in_channels: int = 1, width: float = 0.5) -> GoogLeNet:
+def googlenet_lite(num_classes: int = 10, in_channels: int = 1, width: float = 0.5,
+                   blocks: Sequence[int] = CHAPTER_BLOCKS) -> GoogLeNet:
     """Inception-BN for 28x28 on a CPU: the chapter's channels halved, b1 without its pool (b3-b5 on 7/4/2 grids)."""
-    if not 0 < width <= 1:
-        raise ValueError(f"googlenet-lite's width must be in (0, 1], got {width!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
+        raise ValueError(f"googlenet-lite's width must be a number in (0, 1], got {width!r}")
     return GoogLeNet(num_classes=num_classes, in_channels=in_channels, conv_block=ConvBN, width=width,
-                     stem_pool=False)
+                     stem_pool=False, blocks=_checked_blocks(blocks))
+
+
+def _checked_blocks(blocks) -> tuple[int, int, int]:
+    """``blocks`` as (b3, b4, b5) Inception blocks kept of the chapter's (2, 5, 2): at least one in b3 and b4."""
+    ranges = zip((1, 1, 0), CHAPTER_BLOCKS, strict=True)
+    if (isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or len(blocks) != 3
+            or not all(type(n) is int and low <= n <= most for n, (low, most) in zip(blocks, ranges, strict=True))):
+        raise ValueError(f"googlenet-lite's blocks must be 3 whole numbers (b3, b4, b5) from (1, 1, 0) up to "
+                         f"{CHAPTER_BLOCKS}, got {blocks!r}")
+    return tuple(blocks)
