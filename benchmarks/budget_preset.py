@@ -1,13 +1,15 @@
 """Choose and confirm the `quick` preset as a time budget (issue 27): >= 0.93 test accuracy in 5 minutes and
 >= 0.915 in 2 minutes on a 2-core CPU, chosen on validation accuracy.
 
-``select``   every candidate (the `quick` preset with overrides) trains a fixed number of steps (what its speed gives
-             in the budget on an idle box: ``--steps`` for the base, scaled by the candidate's ``speed``) on the
-             training split minus ``--val-split`` held-out images, and is scored on them with and without flip TTA.
-             Fixed steps make the choice independent of the load: run two at once with ``--threads 1``.
+``select``   every candidate (the `quick` preset with overrides) trains on the training split minus ``--val-split``
+             held-out images and is scored on them with and without flip TTA. With ``--budget B`` each trains to
+             the time budget itself, one run at a time on an idle box (EXPERIMENTS.md (9)); else a fixed number of
+             steps (``--steps`` for the base, scaled by the candidate's ``speed``: what it would fit in the budget),
+             which makes the choice independent of the load: run two at once with ``--threads 1`` (EXPERIMENTS.md (8)).
 ``confirm``  ``inceptionlab train --preset quick --time-budget B --seed S`` as a user runs it, one process per
              seed, each timed end to end; the budget adherence and the test accuracy (read once, for a choice made).
 
+    .venv/bin/python benchmarks/budget_preset.py select --only base,b221,flip-tta --budget 300 --seed 0 --out X
     .venv/bin/python benchmarks/budget_preset.py select --only base,smooth --steps 1080 --threads 1 --out X
     .venv/bin/python benchmarks/budget_preset.py confirm --budget 300 --seeds 3 --out Y
 """
@@ -23,17 +25,23 @@ from pathlib import Path
 
 from quick_preset import load_average  # the script's own folder is on sys.path
 
-# Overrides of the `quick` preset, and the candidate's training speed relative to the base (images/s ratio at the
-# same budget: a faster candidate gets proportionally more steps).
+# Overrides of the `quick` preset (googlenet-lite, width 0.5, blocks (2, 1, 1)), and the candidate's training speed
+# relative to it for --steps (images/s ratio: a faster candidate gets proportionally more steps; unused with --budget).
 CANDIDATES: dict[str, tuple[dict, float]] = {
     "base": ({}, 1.0),
-    "smooth": ({"label_smoothing": 0.1}, 1.0),
-    "w0.375": ({"model_options": {"width": 0.375}}, 1.4),
-    "lr0.2": ({"lr": 0.2}, 1.0),
-    "warmup0.25": ({"warmup_epochs": 0.25}, 1.0),
-    "flip-aug": ({"flip": True}, 1.0),
-    "w0.375-flip-aug": ({"model_options": {"width": 0.375}, "flip": True}, 1.4),
-    "w0.25": ({"model_options": {"width": 0.25}}, 2.0),
+    "flip-tta": ({"flip": True, "flip_tta": True}, 0.97),
+    "b111": ({"model_options": {"blocks": [1, 1, 1]}}, 1.4),
+    "b210": ({"model_options": {"blocks": [2, 1, 0]}}, 1.1),
+    "b221": ({"model_options": {"blocks": [2, 2, 1]}}, 0.85),
+    "w0.625-b211": ({"model_options": {"width": 0.625, "blocks": [2, 1, 1]}}, 0.64),
+    "w0.375-b252": ({"model_options": {"width": 0.375}}, 0.66),
+    "w0.375-b222": ({"model_options": {"width": 0.375, "blocks": [2, 2, 2]}}, 0.92),
+    "w0.375-b220": ({"model_options": {"width": 0.375, "blocks": [2, 2, 0]}}, 1.15),
+    "w0.25-b252": ({"model_options": {"width": 0.25}}, 0.99),
+    # the candidates of EXPERIMENTS.md (8), relative to the whole table at width 0.5 (now 0.49x the base's speed)
+    "b252": ({"model_options": {"blocks": [2, 5, 2]}}, 0.49),
+    "b252-smooth": ({"model_options": {"blocks": [2, 5, 2]}, "label_smoothing": 0.1}, 0.49),
+    "b252-lr0.2": ({"model_options": {"blocks": [2, 5, 2]}, "lr": 0.2}, 0.49),
 }
 
 
@@ -64,12 +72,13 @@ def select(args) -> None:
     out = Path(args.out)
     for label in args.only.split(",") if args.only else list(CANDIDATES):
         overrides, speed = CANDIDATES[label]
-        steps = round(args.steps * speed)
-        config = preset_config("quick", time_budget=None, steps=steps, val_split=args.val_split, seed=args.seed,
-                               num_threads=args.threads, device="cpu", **overrides)
+        steps = None if args.budget else round(args.steps * speed)
+        config = preset_config("quick", time_budget=args.budget, steps=steps, val_split=args.val_split,
+                               seed=args.seed, num_threads=args.threads, device="cpu", **overrides)
         load, started = load_average(), time.perf_counter()
         result = train(config.replace(out=str(out / label)), log=None, progress=False)
-        row = {"label": label, "steps": steps, "overrides": overrides, "seed": args.seed,
+        row = {"label": label, "steps": result.summary["steps"], "budget": args.budget, "overrides": overrides,
+               "seed": args.seed, "epochs": len(result.metrics), "images_per_sec": result.summary["images_per_sec"],
                "wall_seconds": round(time.perf_counter() - started, 1), "load_before": load,
                "load_after": load_average(), "test_acc_not_used": result.metrics[-1]["test_acc"],
                **val_scores(str(result.run_dir), config)}
@@ -104,7 +113,8 @@ def main() -> None:
     parser.add_argument("stage", choices=["select", "confirm"])
     parser.add_argument("--only", default="", help="comma-separated candidates (select; default all)")
     parser.add_argument("--steps", type=int, default=1080, help="select: the base candidate's steps")
-    parser.add_argument("--budget", type=float, default=300, help="confirm: seconds")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds: select trains each candidate to this budget; confirm (default 300)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-split", type=int, default=5000)
@@ -112,6 +122,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.stage == "confirm":
+        args.budget = args.budget or 300.0
     (select if args.stage == "select" else confirm)(args)
 
 

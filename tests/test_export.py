@@ -325,3 +325,23 @@ def test_a_graph_onnx_runtime_cannot_load_is_never_written(exported, monkeypatch
     err = capsys.readouterr().err
     assert "ONNX Runtime cannot load the graph exported at opset 5; the file was not written" in err
     assert not path.exists() and leftovers(tmp_path) == []
+
+
+def test_a_flip_tta_run_exports_the_average_with_the_mirror_image(tmp_path, fmnist):
+    """A run evaluated with flip_tta ships it: the ONNX graph's logits are the saved network's on each image and on
+    its mirror image, averaged (plain forward passes here), for any batch size."""
+    run_dir = make_run(tmp_path / "run", fmnist, model_name="googlenet-lite", normalize=True)
+    config = json.loads((run_dir / runs.CONFIG).read_text())
+    (run_dir / runs.CONFIG).write_text(json.dumps({**config, "flip_tta": True}))
+    report = export.export_onnx(run_dir, tmp_path / "tta.onnx")
+    assert report["check"]["max_abs_logit_diff"] <= report["check"]["tolerance"]
+    model, _ = runs.load_run_model(run_dir)
+    model.eval()
+    for count in (3, 7):
+        x = data.resize_batch(fmnist.test_images[:count], SIZE)
+        with torch.no_grad():
+            plain = model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
+            mirrored = model((x.flip(-1) - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
+        onnx_out = torch.from_numpy(deploy_onnx.onnx_logits(tmp_path / "tta.onnx", x.numpy()))
+        assert (plain - mirrored).abs().max() > 1e-3  # the mirror changes this network's answer
+        torch.testing.assert_close(onnx_out, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)

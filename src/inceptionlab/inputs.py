@@ -121,7 +121,8 @@ class FlipAverage(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.cat([x, x.flip(-1)])).view(2, len(x), -1).mean(dim=0)
+        logits, n = self.model(torch.cat([x, x.flip(-1)])), x.shape[0]  # one batch; chunk(2) fixes N in ONNX
+        return (logits[:n] + logits[n:]) / 2
 
 
 def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:

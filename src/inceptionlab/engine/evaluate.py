@@ -88,8 +88,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | No
                  batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool | None = None) -> dict:
     """The run's final model on its data's full test set (a folder run: the test images of its split.csv),
     preprocessed, laid out and autocast as the trainer evaluated it (``flip_tta``: None = as the run did):
-    ``run_dir``, ``model``, ``image_size``,
-    ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
+    ``run_dir``, ``model``, ``image_size``, ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
     ``per_class_acc``, ``class_names``, ``confusion``."""
     check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
           batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
