@@ -13,7 +13,8 @@ That keeps the chapter's arithmetic per grid cell: 0.755 GFLOP per image, more t
 ``googlenet-lite`` is the cheap way to the same end, for a CPU: Inception-BN (``googlenet-bn``'s layers) with every
 channel count of the chapter's table halved and only b1's max-pool dropped, so b2 / b3 / b4 / b5 work on 14 / 7 / 4 /
 2 grids at 28 px (``googlenet-bn``: 7 / 4 / 2 / 1) for 0.053 GFLOP per image (``googlenet-bn`` at 28 px: 0.058) and
-1,503,194 parameters. It is what the ``quick`` preset trains (EXPERIMENTS.md, "The quick preset").
+1,503,194 parameters. The ``quick`` preset trains it with ``blocks=(2, 1, 1)``: one Inception block in b4 and in b5
+(EXPERIMENTS.md (9)).
 """
 
 from __future__ import annotations
