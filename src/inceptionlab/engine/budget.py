@@ -20,7 +20,7 @@ import torch
 from inceptionlab import runs
 from inceptionlab.config import MIN_BUDGET_S, parse_duration
 from inceptionlab.engine import distributed
-from inceptionlab.engine.evaluate import evaluate
+from inceptionlab.engine.evaluate import evaluate_in_run
 from inceptionlab.engine.optim import Knots, revise_knots
 
 MEASURE_AFTER = 5  # steps not timed: allocator, oneDNN primitive cache, CUDA graph capture make the first ones slow
@@ -214,13 +214,11 @@ def make_clocks(state) -> tuple[Callable[[int], float], Callable[[], float]]:
 def probe_eval(state) -> float:
     """An epoch end's seconds: a timed evaluation of one batch of test images (after 64 untimed images, which warm
     the evaluation's kernels), scaled to the test and validation images it evaluates."""
-    config = state.config
-    kw = {"rank": state.dist.rank, "world_size": state.dist.world_size, "flip": config.flip_tta}
-    warm = min(64, config.eval_batch_size)
-    evaluate(state.model, state.test_images[:warm], state.test_labels[:warm], config, **kw)
-    n = min(len(state.test_labels), config.eval_batch_size)
+    warm = min(64, state.config.eval_batch_size)
+    evaluate_in_run(state, state.test_images[:warm], state.test_labels[:warm])
+    n = min(len(state.test_labels), state.config.eval_batch_size)
     start = time.perf_counter()
-    evaluate(state.model, state.test_images[:n], state.test_labels[:n], config, **kw)  # reads its result: synced
+    evaluate_in_run(state, state.test_images[:n], state.test_labels[:n])  # reads its result: synced
     images = len(state.test_labels) + (0 if state.val_labels is None else len(state.val_labels))
     return (time.perf_counter() - start) * images / n
 

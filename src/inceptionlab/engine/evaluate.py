@@ -47,6 +47,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     return tally.result(int(count))
 
 
+def evaluate_in_run(state, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """:func:`evaluate` as a training run does (``state``: the trainer's RunState): its model and config, its torchrun
+    shard, and each image averaged with its mirror when the run has ``flip_tta``."""
+    return evaluate(state.model, images, labels, state.config, rank=state.dist.rank, world_size=state.dist.world_size,
+                    flip=state.config.flip_tta)
+
+
 class Tally:
     """Correct predictions, summed cross-entropy and the confusion matrix of batches of logits, kept on the device
     (read on the host once, in :meth:`result`); :func:`evaluate` and inspect's ablations share it."""

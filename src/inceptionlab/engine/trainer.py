@@ -37,7 +37,7 @@ from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import budget, distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
-from inceptionlab.engine.evaluate import evaluate, per_class_report
+from inceptionlab.engine.evaluate import evaluate_in_run, per_class_report
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import (
     Knots,
@@ -421,9 +421,7 @@ def run_epochs(state: RunState) -> TrainResult:
                 break
             with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
                 with state.timer("eval"):
-                    state.last_eval = evaluate(state.model, state.test_images, state.test_labels, config,
-                                               rank=state.dist.rank, world_size=state.dist.world_size,
-                                               flip=config.flip_tta)
+                    state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels)
                     state.last_val = evaluate_validation(state)
                 save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
@@ -438,8 +436,7 @@ def evaluate_validation(state: RunState) -> dict | None:
     """The held-out training images, preprocessed exactly as the test set (no augmentation); None without them."""
     if state.val_images is None:
         return None
-    return evaluate(state.model, state.val_images, state.val_labels, state.config, rank=state.dist.rank,
-                    world_size=state.dist.world_size, flip=state.config.flip_tta)
+    return evaluate_in_run(state, state.val_images, state.val_labels)
 
 
 @dataclass
@@ -594,8 +591,7 @@ def finish(state: RunState) -> TrainResult:
     """The summary (and, for a completed run on rank 0, the weights and the final evaluation's files)."""
     status = "completed" if state.stop_signal is None else "interrupted"
     if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
-        state.last_eval = evaluate(state.model, state.test_images, state.test_labels, state.config,
-                                   rank=state.dist.rank, world_size=state.dist.world_size, flip=state.config.flip_tta)
+        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels)
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)
