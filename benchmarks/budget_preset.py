@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from quick_preset import load_average  # the script's own folder is on sys.path
+from quick_preset import load_average, stage_parser  # the script's own folder is on sys.path
 
 # Overrides of the `quick` preset (googlenet-lite, width 0.5, blocks (2, 1, 1)), and the candidate's training speed
 # relative to it for --steps (images/s ratio: a faster candidate gets proportionally more steps; unused with --budget).
@@ -109,17 +108,10 @@ def confirm(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["select", "confirm"])
-    parser.add_argument("--only", default="", help="comma-separated candidates (select; default all)")
+    parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1080, help="select: the base candidate's steps")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: select trains each candidate to this budget; confirm (default 300)")
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-split", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=None, help="select: torch threads per run")
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.stage == "confirm":

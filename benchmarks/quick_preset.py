@@ -103,8 +103,9 @@ def confirm(args) -> None:
     Path(args.out, "confirm.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a preset script's ``select`` / ``confirm`` stages (budget_preset.py adds its own)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("stage", choices=["select", "confirm"])
     parser.add_argument("--only", default="", help="comma-separated candidates (select; default all)")
     parser.add_argument("--seeds", type=int, default=1)
@@ -112,7 +113,11 @@ def main() -> None:
     parser.add_argument("--val-split", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=None, help="select: torch threads per run")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = stage_parser(__doc__.splitlines()[0]).parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (select if args.stage == "select" else confirm)(args)
 
