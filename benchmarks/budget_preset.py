@@ -37,6 +37,12 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
     "w0.375-b222": ({"model_options": {"width": 0.375, "blocks": [2, 2, 2]}}, 0.92),
     "w0.375-b220": ({"model_options": {"width": 0.375, "blocks": [2, 2, 0]}}, 1.15),
     "w0.25-b252": ({"model_options": {"width": 0.25}}, 0.99),
+    # recipe candidates at the (2, 1, 1) depth (EXPERIMENTS.md (10)); their speeds are guesses, use --budget
+    "bs64": ({"batch_size": 64, "lr": 0.05}, 0.85),
+    "wd1e-3": ({"weight_decay": 1e-3}, 1.0),
+    "lr0.2": ({"lr": 0.2}, 1.0),
+    "smooth": ({"label_smoothing": 0.1}, 1.0),
+    "warm0.25": ({"warmup_epochs": 0.25}, 1.0),
     # the candidates of EXPERIMENTS.md (8), relative to the whole table at width 0.5 (now 0.49x the base's speed)
     "b252": ({"model_options": {"blocks": [2, 5, 2]}}, 0.49),
     "b252-smooth": ({"model_options": {"blocks": [2, 5, 2]}, "label_smoothing": 0.1}, 0.49),
@@ -98,6 +104,7 @@ def confirm(args) -> None:
         wall = time.perf_counter() - started
         summary = json.loads((run_dir / "summary.json").read_text())
         runs.append({"budget_s": args.budget, "seed": seed, "test_acc": summary["test_acc"],
+                     "test_acc_one_view": summary.get("test_acc_one_view"),
                      "elapsed_seconds": summary["elapsed_seconds"], "process_wall_seconds": round(wall, 1),
                      "steps": summary.get("steps"), "planned_steps": summary.get("planned_steps"),
                      "budget_error": summary.get("budget_error"), "revisions": summary.get("budget_revisions"),

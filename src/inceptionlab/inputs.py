@@ -9,6 +9,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from inceptionlab.config import TrainConfig
@@ -125,11 +126,39 @@ class FlipAverage(nn.Module):
         return (logits[:n] + logits[n:]) / 2
 
 
+# (dx, dy) of shift TTA's views: the image and its four one-pixel shifts (EXPERIMENTS.md (10))
+SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``x`` moved ``dx`` pixels right and ``dy`` down (at most one), its edge pixels repeated into the gap."""
+    if dx == dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    return F.pad(x, (1, 1, 1, 1), mode="replicate")[..., 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
+
+
+class ShiftAverage(nn.Module):
+    """Logits averaged over each image and its four one-pixel shifts: the test-time augmentation of a run with
+    ``shift_tta``, as its final evaluation computes it, kept in the graph for predict and an ONNX export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]  # one batch of all views, sliced: a fixed split would fix N in ONNX
+        logits = self.model(torch.cat([shifted(x, dx, dy) for dx, dy in SHIFTS]))
+        return sum(logits[i * n : (i + 1) * n] for i in range(len(SHIFTS))) / len(SHIFTS)
+
+
 def pixel_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     """``model`` taking [0, 1] pixels, in eval mode (for export and prediction): wrapped in :class:`PixelInput` if
-    the run standardised its inputs, in :class:`FlipAverage` if it evaluated with ``flip_tta``."""
+    the run standardised its inputs, in :class:`ShiftAverage` / :class:`FlipAverage` if its final evaluation
+    averaged over those views (``shift_tta`` / ``flip_tta``)."""
     norm = normalization(config)
     model = model if norm is None else PixelInput(model, *norm)
+    model = ShiftAverage(model) if config.shift_tta else model
     return (FlipAverage(model) if config.flip_tta else model).eval()
 
 

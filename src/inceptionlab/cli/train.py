@@ -66,6 +66,9 @@ def register(subparsers) -> None:
     e.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its mirror image's (test-time augmentation; default: as the "
                         "run evaluated, its --flip-tta)")
+    e.add_argument("--shift-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits over it and its four one-pixel shifts (default: as the run's "
+                        "final evaluation, its --shift-tta)")
     e.set_defaults(func=run_evaluate)
 
 
@@ -109,6 +112,9 @@ def _add_data_options(g, skip: tuple[str, ...]) -> None:
     g.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate (and predict, export) each image averaged with its mirror image (test-time "
                         "augmentation; for a run trained with --flip)")
+    g.add_argument("--shift-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="the final evaluation (and predict, export) averages each image over it and its four "
+                        "one-pixel shifts (test-time augmentation; the per-epoch curves stay one view)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise pixels with the training set's mean/std (d2l: off)")
     g.add_argument("--val-split", type=nonnegative_int, metavar="N",
@@ -215,11 +221,12 @@ def run_evaluate(args) -> int:
     from inceptionlab.engine.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
-                          flip_tta=args.flip_tta)
+                          flip_tta=args.flip_tta, shift_tta=args.shift_tta)
     if args.json:
         print_json(result)
         return 0
     tta = ", each with its mirror image (--flip-tta)" if result["flip_tta"] else ""
+    tta += ", each averaged over its one-pixel shifts (--shift-tta)" if result["shift_tta"] else ""
     print(f"{result['model']} ({result['run_dir']}): test acc {result['test_acc']:.4f} "
           f"on {result['count']:,} images{tta}, test loss {result['test_loss']:.4f}")
     width = max(len(n) for n in result["class_names"])

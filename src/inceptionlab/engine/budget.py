@@ -22,6 +22,7 @@ from inceptionlab.config import MIN_BUDGET_S, parse_duration
 from inceptionlab.engine import distributed
 from inceptionlab.engine.evaluate import evaluate_in_run
 from inceptionlab.engine.optim import Knots, revise_knots
+from inceptionlab.inputs import SHIFTS
 
 MEASURE_AFTER = 5  # steps not timed: allocator, oneDNN primitive cache, CUDA graph capture make the first ones slow
 MEASURE_STEPS = 20  # steps timed for the plan (the thread tuner, when it probes, probes among them)
@@ -51,6 +52,7 @@ class Plan:
     measured_steps: list[int]  # [first, last] step timed
     knots: list[list[float]]  # engine.optim's knots of the whole run, revisions included
     revisions: list[dict] = field(default_factory=list)
+    final_eval_s: float = 0.0  # the closing evaluation's views beyond the first (shift_tta)
 
     def to_dict(self) -> dict:
         """config.json's ``budget_plan``."""
@@ -90,9 +92,10 @@ class BudgetTracker:
     def __init__(self, budget_s: float, steps_per_epoch: int, sync_every: int, knots: Knots, *, start_step: int,
                  clock: Callable[[int], float], eval_probe: Callable[[], float],
                  agree: Callable[[list[float]], list[float]], plan: Plan | None = None,
-                 hold: Callable[[], bool] = lambda: False):
+                 hold: Callable[[], bool] = lambda: False, final_views: int = 1):
         self.budget_s, self.steps_per_epoch, self.sync_every, self.knots = budget_s, steps_per_epoch, sync_every, knots
         self.clock, self.eval_probe, self.agree, self.plan, self.hold = clock, eval_probe, agree, plan, hold
+        self.final_views = final_views  # the closing evaluation costs this many epoch-end evaluations
         self.hold_until = start_step + HOLD_STEPS
         self.frozen = plan is not None  # resumed after the plan: follow it exactly
         self.measure_from = start_step + MEASURE_AFTER
@@ -120,11 +123,12 @@ class BudgetTracker:
         if not self.agree([float(enough)])[0]:  # under torchrun: the first rank with enough decides for all
             return False
         s_per_step, eval_s, elapsed = self.agree([seconds / timed, self.eval_probe(), self.clock(step)])
-        total = plan_steps(self.budget_s - elapsed - FINAL_S, s_per_step, eval_s, step, epoch,
+        final_s = (self.final_views - 1) * eval_s
+        total = plan_steps(self.budget_s - elapsed - FINAL_S - final_s, s_per_step, eval_s, step, epoch,
                            self.steps_per_epoch, MIN_STEPS_LEFT)
         self.knots = revise_knots(self.knots, step, total)
         self.plan = Plan(self.budget_s, s_per_step, eval_s, total, self.steps_per_epoch, step,
-                         [self.measure_from + 1, step], [list(k) for k in self.knots])
+                         [self.measure_from + 1, step], [list(k) for k in self.knots], final_eval_s=final_s)
         self.marks = [(step, self.train_seconds(step))]
         return True
 
@@ -146,13 +150,13 @@ class BudgetTracker:
         if s1 == s0:
             return False
         rate, elapsed, eval_s = self.agree([(t1 - t0) / (s1 - s0), self.clock(step), self.eval_s()])
-        planned = self.plan.planned_steps
+        planned, final_s = self.plan.planned_steps, FINAL_S + self.plan.final_eval_s
         ends = -(-planned // self.steps_per_epoch) - epoch
-        off = (elapsed + (planned - step) * rate + ends * eval_s + FINAL_S) / self.budget_s - 1
+        off = (elapsed + (planned - step) * rate + ends * eval_s + final_s) / self.budget_s - 1
         near_end = planned - step < 2 * self.sync_every  # too late to revise for a small miss; the guard still acts
         if abs(off) <= REVISE_OFF or (near_end and off <= GUARD_OFF):
             return False
-        total = plan_steps(self.budget_s - elapsed - FINAL_S, rate, eval_s, step, epoch, self.steps_per_epoch,
+        total = plan_steps(self.budget_s - elapsed - final_s, rate, eval_s, step, epoch, self.steps_per_epoch,
                            MIN_STEPS_LEFT)
         if off > 0:  # late: never longer (past the budget the least it can add is MIN_STEPS_LEFT each time)
             total = min(total, planned)
@@ -232,7 +236,8 @@ def start(state) -> BudgetTracker | None:
     plan = Plan.from_dict(config.budget_plan) if config.budget_plan else None
     clock, probe = make_clocks(state)
     tracker = BudgetTracker(config.time_budget, spe, config.sync_every, state.knots, start_step=done, clock=clock,
-                            eval_probe=probe, agree=all_agree(state), plan=plan, hold=tuner_probing(state))
+                            eval_probe=probe, agree=all_agree(state), plan=plan, hold=tuner_probing(state),
+                            final_views=len(SHIFTS) if config.shift_tta else 1)
     if plan is not None:
         state.total_steps, state.knots = plan.planned_steps, [tuple(k) for k in plan.knots]
     else:  # a provisional length that reaches the plan's step; only warm-up usually runs before it
@@ -255,7 +260,8 @@ def plan_line(plan: Plan) -> str:
     first, last = plan.measured_steps
     return (f"plan: {plan.measured_s_per_step:.3f} s/step measured over steps {first}-{last} -> "
             f"{plan.planned_steps:,} steps ({plan.planned_steps / plan.steps_per_epoch:.1f} epochs) to end at "
-            f"{format_duration(plan.budget_s)} (evaluation {plan.eval_s:.1f} s x {plan.epochs})")
+            f"{format_duration(plan.budget_s)} (evaluation {plan.eval_s:.1f} s x {plan.epochs}"
+            f"{f', final views {plan.final_eval_s:.1f} s' if plan.final_eval_s else ''})")
 
 
 def revision_line(plan: Plan, reason: str) -> str:

@@ -17,16 +17,17 @@ from inceptionlab.data.dataset import DATASET
 from inceptionlab.data.resize import resize_batch
 from inceptionlab.devices import DEVICE, resolve_device, resolve_precision
 from inceptionlab.engine.distributed import all_reduce_sum
-from inceptionlab.inputs import class_names, forward_loss, load_run_dataset, prepare_model
+from inceptionlab.inputs import SHIFTS, class_names, forward_loss, load_run_dataset, prepare_model, shifted
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
-             batch_size: int | None = None, rank: int = 0, world_size: int = 1, flip: bool = False) -> dict:
+             batch_size: int | None = None, rank: int = 0, world_size: int = 1, flip: bool = False,
+             shift: bool = False) -> dict:
     """``correct``, ``count``, ``acc``, ``loss`` and ``confusion`` (num_classes^2, on the CPU) of ``model``.
 
-    ``flip``: each image's logits averaged with its mirror image's (test-time augmentation: the trainer passes the
-    run's ``flip_tta``).
+    Test-time augmentation: ``flip`` averages each image's logits with its mirror image's (the trainer passes the
+    run's ``flip_tta``), ``shift`` over the image and its four one-pixel shifts (``shift_tta``, final evaluation).
     With ``world_size > 1`` each rank evaluates a strided shard and the sums are all-reduced.
     """
     was_training = model.training
@@ -38,8 +39,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     for start in range(0, len(index), batch_size):
         idx = index[start : start + batch_size]
         x, y = resize_batch(images[idx], config.image_size), labels[idx]
-        _, logits = forward_loss(model, torch.cat([x, x.flip(-1)]) if flip else x, y, None, config)
-        tally.add(logits.float().view(2, len(y), -1).mean(dim=0) if flip else logits, y)
+        tally.add(view_logits(model, x, config, flip=flip, shift=shift), y)
     count = torch.tensor(len(index), dtype=torch.int64, device=device)
     if world_size > 1:
         all_reduce_sum(tally.correct, tally.loss_sum, tally.confusion, count)
@@ -47,11 +47,25 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     return tally.result(int(count))
 
 
-def evaluate_in_run(state, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def view_logits(model: nn.Module, x: torch.Tensor, config: TrainConfig, *, flip: bool, shift: bool) -> torch.Tensor:
+    """The logits of a [0, 1] batch, averaged over its test-time views (see :func:`evaluate`): one forward per
+    shift, so a batch's memory stays that of two views at most."""
+    total = None
+    for dx, dy in SHIFTS if shift else SHIFTS[:1]:
+        v = shifted(x, dx, dy)
+        _, logits = forward_loss(model, torch.cat([v, v.flip(-1)]) if flip else v, None, None, config)
+        logits = logits.float().view(2, len(x), -1).mean(dim=0) if flip else logits
+        total = logits if total is None else total + logits.float()
+    return total / len(SHIFTS) if shift else total
+
+
+def evaluate_in_run(state, images: torch.Tensor, labels: torch.Tensor, *, final: bool = False) -> dict:
     """:func:`evaluate` as a training run does (``state``: the trainer's RunState): its model and config, its torchrun
-    shard, and each image averaged with its mirror when the run has ``flip_tta``."""
-    return evaluate(state.model, images, labels, state.config, rank=state.dist.rank, world_size=state.dist.world_size,
-                    flip=state.config.flip_tta)
+    shard, each image averaged with its mirror when the run has ``flip_tta``, and (``final``: the run's closing
+    evaluation) over its one-pixel shifts when it has ``shift_tta``."""
+    config = state.config
+    return evaluate(state.model, images, labels, config, rank=state.dist.rank, world_size=state.dist.world_size,
+                    flip=config.flip_tta, shift=final and config.shift_tta)
 
 
 class Tally:
@@ -92,25 +106,28 @@ def per_class_report(confusion: torch.Tensor, config: TrainConfig) -> dict:
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool | None = None) -> dict:
+                 batch_size: int | None = None, data: ImageDataset | None = None, flip_tta: bool | None = None,
+                 shift_tta: bool | None = None) -> dict:
     """The run's final model on its data's full test set (a folder run: the test images of its split.csv),
-    preprocessed, laid out and autocast as the trainer evaluated it (``flip_tta``: None = as the run did):
-    ``run_dir``, ``model``, ``image_size``, ``flip_tta``, ``test_acc``, ``test_loss``, ``count``,
-    ``per_class_acc``, ``class_names``, ``confusion``."""
+    preprocessed, laid out and autocast as the trainer's final evaluation did (``flip_tta``, ``shift_tta``: None =
+    as the run did): ``run_dir``, ``model``, ``image_size``, ``flip_tta``, ``shift_tta``, ``test_acc``,
+    ``test_loss``, ``count``, ``per_class_acc``, ``class_names``, ``confusion``."""
     check(run_dir=(run_dir, PATH), data_dir=(data_dir, optional(PATH)), device=(device, DEVICE),
           batch_size=(batch_size, optional(whole(1))), data=(data, optional(DATASET)),
-          flip_tta=(flip_tta, optional(FLAG)))
+          flip_tta=(flip_tta, optional(FLAG)), shift_tta=(shift_tta, optional(FLAG)))
     dev = resolve_device(device)
     model, config = runs.load_run_model(run_dir, device=dev)
     config, _ = resolve_precision(config, dev)  # a no-op for the resolved config a run saves
     flip_tta = config.flip_tta if flip_tta is None else flip_tta
+    shift_tta = config.shift_tta if shift_tta is None else shift_tta
     prepare_model(model, config)
     if data is None:
         data = load_run_dataset(config, run_dir, data_dir=data_dir, progress=False, log=None)
     result = evaluate(model, data.test_images.to(dev), data.test_labels.to(dev), config, batch_size=batch_size,
-                      flip=flip_tta)
+                      flip=flip_tta, shift=shift_tta)
     report = per_class_report(result["confusion"], config)
     return {"run_dir": str(run_dir), "model": config.model, "image_size": config.image_size, "flip_tta": flip_tta,
+            "shift_tta": shift_tta,
             "test_acc": result["acc"], "test_loss": result["loss"], "count": result["count"],
             "per_class_acc": report["per_class_acc"], "class_names": report["class_names"],
             "confusion": report["confusion"]}

@@ -37,7 +37,7 @@ from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import budget, distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
-from inceptionlab.engine.evaluate import evaluate_in_run, per_class_report
+from inceptionlab.engine.evaluate import evaluate_in_run
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import (
     Knots,
@@ -56,12 +56,13 @@ from inceptionlab.engine.recovery import (
     save_recovery_point,
     set_rng,
 )
+from inceptionlab.engine.results import build_summary, plot_curves_file, write_results
 from inceptionlab.engine.rundata import RunData, build_data, with_data, write_data_files
 from inceptionlab.engine.step import build_train_step, resolve_step_mode
 from inceptionlab.engine.threads import ThreadTuner
 from inceptionlab.errors import ConfigError, InceptionLabError
 from inceptionlab.fileio import BackgroundWrites
-from inceptionlab.inputs import class_names, load_run_dataset, prepare_model
+from inceptionlab.inputs import load_run_dataset, prepare_model
 from inceptionlab.models import create_model, init_xavier_
 
 PLOT_EVERY_SECONDS = 15.0  # curves.png is redrawn at most this often (and at the end): a figure costs ~0.3 s
@@ -426,17 +427,25 @@ def run_epochs(state: RunState) -> TrainResult:
                 save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
-            writes.submit(_plot_curves, state.run_dir, [dict(r) for r in state.rows], config)
+            writes.submit(plot_curves_file, state.run_dir, [dict(r) for r in state.rows], config)
         wait_start = time.perf_counter()
     state.timer.add("write_wait", time.perf_counter() - wait_start)  # writes still queued after the last epoch
     return finish(state)
 
 
-def evaluate_validation(state: RunState) -> dict | None:
+def evaluate_validation(state: RunState, *, final: bool = False) -> dict | None:
     """The held-out training images, preprocessed exactly as the test set (no augmentation); None without them."""
     if state.val_images is None:
         return None
-    return evaluate_in_run(state, state.val_images, state.val_labels)
+    return evaluate_in_run(state, state.val_images, state.val_labels, final=final)
+
+
+def final_evaluation(state: RunState) -> None:
+    """The closing evaluation: over the run's shifted views (``shift_tta``: the numbers of summary.json and what
+    predict and export ship), or of a resumed finished run's model, whose last evaluation this process never saw."""
+    with state.timer("eval"):
+        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=True)
+        state.last_val = evaluate_validation(state, final=True)
 
 
 @dataclass
@@ -579,7 +588,7 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
         writes.submit(runs.write_metrics, state.run_dir, snapshot["metrics"])  # the snapshot's copy of the rows
         now = state.last_recovery = time.perf_counter()  # the epoch's checkpoint is the newest recovery point
         if now - state.last_plot >= PLOT_EVERY_SECONDS:
-            writes.submit(_plot_curves, state.run_dir, snapshot["metrics"], state.config)
+            writes.submit(plot_curves_file, state.run_dir, snapshot["metrics"], state.config)
             state.last_plot, state.plotted = now, len(state.rows)
     val = f"val acc {row['val_acc']:.3f}  " if "val_acc" in row else ""
     state.say(f"epoch {epoch + 1:>3}/{state.config.epochs}  loss {row['train_loss']:.3f}  train acc "
@@ -590,8 +599,8 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
 def finish(state: RunState) -> TrainResult:
     """The summary (and, for a completed run on rank 0, the weights and the final evaluation's files)."""
     status = "completed" if state.stop_signal is None else "interrupted"
-    if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
-        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels)
+    if status == "completed" and (state.last_eval is None or state.config.shift_tta):
+        final_evaluation(state)
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)
@@ -602,59 +611,6 @@ def finish(state: RunState) -> TrainResult:
     if state.dist.enabled:
         distributed.barrier()  # no rank tears the group down while rank 0 is still writing the results
     return TrainResult(state.run_dir, status, state.rows, summary, state.model, state.stop_signal)
-
-
-def build_summary(state: RunState, status: str) -> dict:
-    config, rows, seconds = state.config, state.rows, state.timer.seconds
-    setup = {f"{name}_seconds": seconds.get(name, 0.0) for name in ("model", "data", "step", "run_dir")}
-    timings = {"setup_seconds": sum(setup.values()), "setup": setup,
-               **{f"{name}_seconds": seconds.get(name, 0.0) for name in ("train", "eval", "write", "write_wait")},
-               "graph_capture_seconds": getattr(state.step_fn, "prepare_seconds", None)}
-    summary = {
-        "status": status, "model": config.model, "preset": config.preset, "epochs": config.epochs,
-        "epochs_completed": len(rows), "num_parameters": sum(p.numel() for p in state.model.parameters()),
-        "device": str(state.device), "world_size": state.dist.world_size, "step_mode": state.step_mode,
-        **state.cuda_opts,
-        "elapsed_seconds": state.elapsed(),
-        **({"steps": rows[-1]["steps"] if rows else 0} if state.counts_steps else {}),
-        **budget.summary_fields(state),
-        "timings": timings,  # this process only (a resumed run's earlier processes are in elapsed_seconds alone)
-    }
-    if state.tuner is not None and state.tuner.active:
-        summary["threads"] = {"chosen": state.tuner.chosen, "probes": state.tuner.history,
-                              "utilisation": [round(u, 3) for u in state.tuner.utilisation[-20:]]}
-    if rows:
-        last = rows[-1]
-        summary.update(train_loss=last["train_loss"], train_acc=last["train_acc"], test_acc=last["test_acc"],
-                       best_test_acc=max(r["test_acc"] for r in rows),
-                       images_per_sec=sum(r["images_per_sec"] for r in rows) / len(rows))
-        if "val_acc" in last:
-            summary.update(val_acc=last["val_acc"], best_val_acc=max(r["val_acc"] for r in rows))
-    if state.stop_signal is not None:
-        summary["signal"] = signal.Signals(state.stop_signal).name
-    return summary
-
-
-def write_results(state: RunState, summary: dict) -> None:
-    config, run_dir, say = state.config, state.run_dir, state.say
-    if summary["status"] == "completed":
-        if len(state.rows) > state.start_epoch or not (run_dir / runs.WEIGHTS).is_file():
-            # a resumed finished run keeps its file: rewritten, its bytes (and an ONNX export's tie) could change
-            runs.save_weights(run_dir / runs.WEIGHTS, state.model,
-                              {"model": config.model, "image_size": config.image_size})
-        report = per_class_report(state.last_eval["confusion"], state.config)
-        summary["per_class_acc"] = report["per_class_acc"]
-        runs.write_per_class(run_dir, report)
-        _plot_confusion(run_dir, state.last_eval["confusion"], config)
-    runs.write_summary(run_dir, summary)
-    if summary["status"] == "completed" and state.rows:
-        val = f"val acc {summary['val_acc']:.3f}, " if "val_acc" in summary else ""
-        say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, {val}"
-            f"test acc {summary['test_acc']:.3f}")
-        say(f"{summary['images_per_sec']:.1f} examples/sec on {state.device}")
-    elif summary["status"] == "interrupted":
-        say(f"interrupted by {summary['signal']} after {len(state.rows)} complete epoch(s); resume with "
-            f"`inceptionlab train --resume {run_dir}`")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -706,16 +662,3 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _plot_curves(run_dir: Path, rows, config: TrainConfig) -> None:
-    from inceptionlab.plots import plot_curves
-
-    plot_curves(run_dir / runs.CURVES, rows, title=f"{config.model}, {config.image_size}px")
-
-
-def _plot_confusion(run_dir: Path, confusion, config: TrainConfig) -> None:
-    from inceptionlab.plots import plot_confusion
-
-    names = class_names(config)
-    plot_confusion(run_dir / runs.CONFUSION, confusion, names, title=f"{config.model}: test set")
