@@ -28,6 +28,7 @@ from quick_preset import load_average, stage_parser  # the script's own folder i
 # relative to it for --steps (images/s ratio: a faster candidate gets proportionally more steps; unused with --budget).
 CANDIDATES: dict[str, tuple[dict, float]] = {
     "base": ({}, 1.0),
+    "no-shift-tta": ({"shift_tta": False}, 1.0),  # the preset of EXPERIMENTS.md (9)
     "flip-tta": ({"flip": True, "flip_tta": True}, 0.97),
     "b111": ({"model_options": {"blocks": [1, 1, 1]}}, 1.4),
     "b210": ({"model_options": {"blocks": [2, 1, 0]}}, 1.1),
@@ -51,7 +52,8 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
 
 
 def val_scores(run_dir: str, config) -> dict:
-    """Validation accuracy of the trained run, plain and with flip TTA (the held-out images as training saw them)."""
+    """Validation accuracy of the saved model, one view and with flip TTA (the held-out images as training saw them;
+    a shift_tta run's own closing number is the row's ``val_acc_run``)."""
     import torch
 
     from inceptionlab import runs
@@ -85,7 +87,8 @@ def select(args) -> None:
         row = {"label": label, "steps": result.summary["steps"], "budget": args.budget, "overrides": overrides,
                "seed": args.seed, "epochs": len(result.metrics), "images_per_sec": result.summary["images_per_sec"],
                "wall_seconds": round(time.perf_counter() - started, 1), "load_before": load,
-               "load_after": load_average(), "test_acc_not_used": result.metrics[-1]["test_acc"],
+               "load_after": load_average(), "test_acc_not_used": result.summary["test_acc"],
+               "val_acc_run": result.summary["val_acc"], "val_acc_one_view": result.metrics[-1]["val_acc"],
                **val_scores(str(result.run_dir), config)}
         print(json.dumps(row), flush=True)
         with open(out / "select.jsonl", "a") as f:
