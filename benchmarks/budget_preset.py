@@ -29,6 +29,7 @@ from quick_preset import load_average, stage_parser  # the script's own folder i
 CANDIDATES: dict[str, tuple[dict, float]] = {
     "base": ({}, 1.0),
     "no-shift-tta": ({"shift_tta": False}, 1.0),  # the preset of EXPERIMENTS.md (9)
+    "crop1": ({"crop_padding": 1, "shift_tta": False}, 1.0),  # one-pixel shifts in training instead
     "flip-tta": ({"flip": True, "flip_tta": True}, 0.97),
     "b111": ({"model_options": {"blocks": [1, 1, 1]}}, 1.4),
     "b210": ({"model_options": {"blocks": [2, 1, 0]}}, 1.1),
@@ -99,14 +100,15 @@ def confirm(args) -> None:
     """``inceptionlab train --preset quick --time-budget B --seed S``, one process per seed, timed end to end."""
     runs = []
     for seed in range(args.seed, args.seed + args.seeds):
-        run_dir = Path(args.out, f"budget{args.budget:g}-seed{seed}")
+        run_dir = Path(args.out, f"budget{args.budget:g}{args.train_args.replace(' ', '')}-seed{seed}")
         load, started = load_average(), time.perf_counter()
         subprocess.run([sys.executable, "-m", "inceptionlab", "train", "--preset", "quick", "--time-budget",
-                        f"{args.budget:g}", "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress"],
-                       check=True)
+                        f"{args.budget:g}", "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress",
+                        *args.train_args.split()], check=True)
         wall = time.perf_counter() - started
         summary = json.loads((run_dir / "summary.json").read_text())
-        runs.append({"budget_s": args.budget, "seed": seed, "test_acc": summary["test_acc"],
+        runs.append({"budget_s": args.budget, "train_args": args.train_args, "seed": seed,
+                     "test_acc": summary["test_acc"],
                      "test_acc_one_view": summary.get("test_acc_one_view"),
                      "elapsed_seconds": summary["elapsed_seconds"], "process_wall_seconds": round(wall, 1),
                      "steps": summary.get("steps"), "planned_steps": summary.get("planned_steps"),
@@ -120,6 +122,7 @@ def confirm(args) -> None:
 def main() -> None:
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1080, help="select: the base candidate's steps")
+    parser.add_argument("--train-args", default="", help="confirm: more `inceptionlab train` options, e.g. --shift-tta")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: select trains each candidate to this budget; confirm (default 300)")
     args = parser.parse_args()

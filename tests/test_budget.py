@@ -305,6 +305,49 @@ def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_neve
     assert last["planned_steps"] < planned and last["planned_steps"] <= 100 + 2 * 10 + budget.MIN_STEPS_LEFT
 
 
+def test_the_plan_leaves_time_for_the_closing_evaluations_extra_views():
+    """shift_tta's closing evaluation runs 5 views: 4 epoch-end evaluations more come off the steps, and a run on
+    plan is not revised for them (they are in its projected finish)."""
+    def clock(step):  # 1/8 s a step, 1 s for each epoch end (100 steps) before the step's epoch
+        return 5.0 + S_PER_STEP * step + (step - 1) // 100
+
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 100)
+    plans = []
+    for views in (1, 5):
+        tracker = budget.BudgetTracker(60.0, 100, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 1.0,
+                                       agree=lambda values: values, final_views=views)
+        assert [s for s in range(1, PLAN_AT + 1) if tracker.step_done(s, 0)] == [PLAN_AT]
+        for step in range(30, tracker.plan.planned_steps - 20, 10):  # steady: never revised
+            epoch = (step - 1) // 100
+            while len(tracker.epoch_ends) < epoch:
+                tracker.epoch_end_cost(1.0)
+            assert not tracker.at_sync(step, epoch)
+        plans.append(tracker.plan)
+    for plan, extra in zip(plans, (0.0, 4.0), strict=True):
+        assert plan.final_eval_s == extra
+        assert plan.planned_steps == max(t for t in range(PLAN_AT + 1, 2000)
+                                         if fits(t, PLAN_AT, clock(PLAN_AT), S_PER_STEP, 1.0, 100, 60.0 - extra))
+    assert plans[1].planned_steps < plans[0].planned_steps
+    # twice as slow from step 40: the revision, too, keeps the 4 s of the closing views free
+    tracker = budget.BudgetTracker(60.0, 100, 10, knots, start_step=0, clock=lambda s: clock(s) + S_PER_STEP * max(
+        0, s - 40), eval_probe=lambda: 1.0, agree=lambda values: values, final_views=5)
+    for step in range(1, PLAN_AT + 1):
+        tracker.step_done(step, 0)
+    revised = next(step for step in range(30, 100, 10) if tracker.at_sync(step, 0))
+    r = tracker.plan.revisions[0]
+    assert r["planned_steps"] == plan_steps(60.0 - r["elapsed_s"] - FINAL_S - 4.0, r["s_per_step"], 1.0, revised, 0,
+                                            100, budget.MIN_STEPS_LEFT)
+
+
+def test_a_shift_tta_run_plans_its_closing_evaluation(fmnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "make_clocks", lambda state: (steady, lambda: 0.25))
+    lines = []
+    result = train(config(tmp_path, time_budget=30.0, shift_tta=True), data=fmnist, log=lines.append)
+    plan = runs.read_run_config(result.run_dir).budget_plan
+    assert plan["final_eval_s"] == 1.0 and result.metrics[-1]["steps"] == plan["planned_steps"]
+    assert any(line.startswith("plan: ") and line.endswith("final views 1.0 s)") for line in lines)
+
+
 @pytest.mark.parametrize(("s_per_step", "plan_at"), [(0.125, 25), (0.25, 17), (1.0, 8), (5.0, 7)])
 def test_slow_steps_are_timed_for_about_three_seconds_only(s_per_step, plan_at):
     tracker = tracker_on(lambda step: 5.0 + s_per_step * step, budget_s=600.0)

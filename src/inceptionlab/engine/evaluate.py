@@ -27,36 +27,47 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     """``correct``, ``count``, ``acc``, ``loss`` and ``confusion`` (num_classes^2, on the CPU) of ``model``.
 
     Test-time augmentation: ``flip`` averages each image's logits with its mirror image's (the trainer passes the
-    run's ``flip_tta``), ``shift`` over the image and its four one-pixel shifts (``shift_tta``, final evaluation).
+    run's ``flip_tta``), ``shift`` over the image and its four one-pixel shifts (``shift_tta``, final evaluation);
+    with ``shift`` the result also holds the unshifted view's numbers as ``one_view`` (the curves' last point).
     With ``world_size > 1`` each rank evaluates a strided shard and the sums are all-reduced.
     """
     was_training = model.training
     model.eval()
     device = images.device
     index = torch.arange(len(labels), device=device)[rank::world_size]
-    tally = Tally(config.num_classes, device)
+    tallies = [Tally(config.num_classes, device) for _ in range(2 if shift else 1)]  # [averaged, unshifted]
     batch_size = batch_size or config.eval_batch_size
     for start in range(0, len(index), batch_size):
         idx = index[start : start + batch_size]
         x, y = resize_batch(images[idx], config.image_size), labels[idx]
-        tally.add(view_logits(model, x, config, flip=flip, shift=shift), y)
+        for tally, logits in zip(tallies, view_logits(model, x, config, flip=flip, shift=shift), strict=False):
+            tally.add(logits, y)
     count = torch.tensor(len(index), dtype=torch.int64, device=device)
     if world_size > 1:
-        all_reduce_sum(tally.correct, tally.loss_sum, tally.confusion, count)
+        all_reduce_sum(*(t for tally in tallies for t in (tally.correct, tally.loss_sum, tally.confusion)), count)
     model.train(was_training)
-    return tally.result(int(count))
+    result = tallies[0].result(int(count))
+    if shift:
+        result["one_view"] = tallies[1].result(int(count))
+    return result
 
 
-def view_logits(model: nn.Module, x: torch.Tensor, config: TrainConfig, *, flip: bool, shift: bool) -> torch.Tensor:
-    """The logits of a [0, 1] batch, averaged over its test-time views (see :func:`evaluate`): one forward per
-    shift, so a batch's memory stays that of two views at most."""
-    total = None
+def view_logits(model: nn.Module, x: torch.Tensor, config: TrainConfig, *, flip: bool,
+                shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of a [0, 1] batch averaged over its test-time views (see :func:`evaluate`), and the unshifted
+    view's: one forward per shift, so a batch's memory stays that of two views at most."""
+    total = first = None
     for dx, dy in SHIFTS if shift else SHIFTS[:1]:
         v = shifted(x, dx, dy)
         _, logits = forward_loss(model, torch.cat([v, v.flip(-1)]) if flip else v, None, None, config)
         logits = logits.float().view(2, len(x), -1).mean(dim=0) if flip else logits
-        total = logits if total is None else total + logits.float()
-    return total / len(SHIFTS) if shift else total
+        total, first = (logits, logits) if total is None else (total + logits.float(), first)
+    return (total / len(SHIFTS) if shift else total), first
+
+
+def one_view(result: dict) -> dict:
+    """The unshifted view's numbers of an :func:`evaluate` result (itself when it was not shifted)."""
+    return result.get("one_view", result)
 
 
 def evaluate_in_run(state, images: torch.Tensor, labels: torch.Tensor, *, final: bool = False) -> dict:

@@ -37,7 +37,7 @@ from inceptionlab.data.dataset import DATASET
 from inceptionlab.devices import resolve_device, resolve_precision
 from inceptionlab.engine import budget, distributed
 from inceptionlab.engine.cuda import cuda_switches, resolve_cuda_options
-from inceptionlab.engine.evaluate import evaluate_in_run
+from inceptionlab.engine.evaluate import evaluate_in_run, one_view
 from inceptionlab.engine.observers import Observer, in_notebook, make_observers, require_tensorboard
 from inceptionlab.engine.optim import (
     Knots,
@@ -421,9 +421,10 @@ def run_epochs(state: RunState) -> TrainResult:
             if train_metrics is None:  # stopped by a signal
                 break
             with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
-                with state.timer("eval"):
-                    state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels)
-                    state.last_val = evaluate_validation(state)
+                with state.timer("eval"):  # the last epoch's is the run's closing evaluation (shift_tta's views)
+                    closing = epoch + 1 >= state.config.epochs
+                    state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=closing)
+                    state.last_val = evaluate_validation(state, final=closing)
                 save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
@@ -438,14 +439,6 @@ def evaluate_validation(state: RunState, *, final: bool = False) -> dict | None:
     if state.val_images is None:
         return None
     return evaluate_in_run(state, state.val_images, state.val_labels, final=final)
-
-
-def final_evaluation(state: RunState) -> None:
-    """The closing evaluation: over the run's shifted views (``shift_tta``: the numbers of summary.json and what
-    predict and export ship), or of a resumed finished run's model, whose last evaluation this process never saw."""
-    with state.timer("eval"):
-        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=True)
-        state.last_val = evaluate_validation(state, final=True)
 
 
 @dataclass
@@ -560,14 +553,15 @@ def _progress_bar(state: RunState, epoch: int, start: int):
 
 def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: BackgroundWrites) -> None:
     """Append the epoch's metrics row; rank 0 queues checkpoint (first), metrics and, now and then, curves.png."""
+    test, val = one_view(state.last_eval), state.last_val and one_view(state.last_val)  # the curves: one view
     row = {
         "epoch": epoch + 1,
         "train_loss": train_metrics["train_loss"],
         "train_acc": train_metrics["train_acc"],
-        "test_loss": state.last_eval["loss"],
-        "test_acc": state.last_eval["acc"],
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
         # only with a validation split, so the rows of runs without one keep their keys
-        **({"val_loss": state.last_val["loss"], "val_acc": state.last_val["acc"]} if state.last_val else {}),
+        **({"val_loss": val["loss"], "val_acc": val["acc"]} if val else {}),
         "lr": train_metrics["lr"],
         "images_per_sec": train_metrics["images"] / train_metrics["seconds"],
         "epoch_seconds": time.perf_counter() - train_metrics["start"],
@@ -599,8 +593,9 @@ def save_epoch(state: RunState, epoch: int, train_metrics: dict, writes: Backgro
 def finish(state: RunState) -> TrainResult:
     """The summary (and, for a completed run on rank 0, the weights and the final evaluation's files)."""
     status = "completed" if state.stop_signal is None else "interrupted"
-    if status == "completed" and (state.last_eval is None or state.config.shift_tta):
-        final_evaluation(state)
+    if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
+        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=True)
+        state.last_val = evaluate_validation(state, final=True)
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)
