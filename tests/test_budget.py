@@ -305,6 +305,23 @@ def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_neve
     assert last["planned_steps"] < planned and last["planned_steps"] <= 100 + 2 * 10 + budget.MIN_STEPS_LEFT
 
 
+def test_a_small_miss_is_revised_once_a_full_window_has_measured_it():
+    """Steps 4 % faster after the timed ones (the 2-core box's first steps are slower): the finish is projected about
+    4 % early, which a short window's noise could fake; the plan is revised at the first full window, and once."""
+    def clock(step):
+        return 5.0 + S_PER_STEP * min(step, PLAN_AT) + 0.12 * max(0, step - PLAN_AT)
+
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
+    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
+                                   agree=lambda values: values)
+    for step in range(1, PLAN_AT + 1):
+        tracker.step_done(step, 0)
+    revised = [step for step in range(30, 2000, 10) if tracker.at_sync(step, 0)]
+    full = PLAN_AT - PLAN_AT % 10 + 10 * budget.WINDOW  # the plan's mark and WINDOW sync points after it
+    assert revised == [full] and -budget.REVISE_OFF < tracker.plan.revisions[0]["projected_off"] < -budget.SMALL_OFF
+    assert clock(tracker.plan.planned_steps) + FINAL_S == pytest.approx(600.0, abs=0.12)
+
+
 def test_the_plan_leaves_time_for_the_closing_evaluations_extra_views():
     """shift_tta's closing evaluation runs 5 views: 4 epoch-end evaluations more come off the steps, and a run on
     plan is not revised for them (they are in its projected finish)."""

@@ -29,7 +29,8 @@ MEASURE_STEPS = 20  # steps timed for the plan (the thread tuner, when it probes
 MEASURE_SECONDS = 3.0  # or fewer steps, once they took this long: a short budget on a slow machine needs its plan
 MIN_MEASURED = 2
 HOLD_STEPS = 100  # how long the timing may wait for the CPU thread tuner's probe to end (engine.threads)
-REVISE_OFF = 0.025  # a projected finish this far from the budget (either way) revises the plan (docs/training.md)
+REVISE_OFF = 0.05  # a projected finish this far from the budget (either way) revises the plan at once
+SMALL_OFF = 0.025  # this far, once a full window of sync intervals has measured it (docs/training.md)
 GUARD_OFF = 0.15  # this far over: revise even near the end, bringing the schedule down over the next sync interval
 FINAL_S = 0.5  # after the last epoch end, before the summary: the last curves.png and the writes still queued
 WINDOW = 4  # sync intervals over which the current speed is measured
@@ -142,7 +143,8 @@ class BudgetTracker:
 
     def at_sync(self, step: int, epoch: int) -> bool:
         """At a sync point after ``step`` steps: revise the plan when the projected finish misses the budget by more
-        than :data:`REVISE_OFF` (True when revised). Every rank calls it at the same steps."""
+        than :data:`REVISE_OFF`, or :data:`SMALL_OFF` over a full window (True when revised). Every rank calls it at
+        the same steps."""
         if self.plan is None or self.frozen:
             return False
         self.marks = [*self.marks, (step, self.train_seconds(step))][-(WINDOW + 1):]
@@ -154,7 +156,8 @@ class BudgetTracker:
         ends = -(-planned // self.steps_per_epoch) - epoch
         off = (elapsed + (planned - step) * rate + ends * eval_s + final_s) / self.budget_s - 1
         near_end = planned - step < 2 * self.sync_every  # too late to revise for a small miss; the guard still acts
-        if abs(off) <= REVISE_OFF or (near_end and off <= GUARD_OFF):
+        full = len(self.marks) > WINDOW  # a short window's speed is noisy: small misses wait for a full one
+        if abs(off) <= (SMALL_OFF if full else REVISE_OFF) or (near_end and off <= GUARD_OFF):
             return False
         total = plan_steps(self.budget_s - elapsed - final_s, rate, eval_s, step, epoch, self.steps_per_epoch,
                            MIN_STEPS_LEFT)
