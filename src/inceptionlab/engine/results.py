@@ -81,7 +81,6 @@ def write_results(state, summary: dict) -> None:
             f"`inceptionlab train --resume {run_dir}`")
 
 
-
 def plot_curves_file(run_dir: Path, rows, config: TrainConfig) -> None:
     from inceptionlab.plots import plot_curves
 
