@@ -75,6 +75,7 @@ def main() -> None:
     images, labels = data.train_images[index], data.train_labels[index]
     row = {"label": "ema-probe", "seed": args.seed, "budget": args.budget, "steps": result.summary["steps"],
            "wall": wall, "val_live": val_scores(str(result.run_dir), config)["val_acc"],
+           "val_live_this_path": evaluate(result.model, images, labels, saved)["acc"],  # must equal val_live
            "val_ema": {str(d): evaluate(m, images, labels, saved)["acc"] for d, (m, _) in averages.items()},
            "test_not_used": result.summary["test_acc"]}
     print(json.dumps(row), flush=True)
