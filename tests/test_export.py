@@ -327,27 +327,30 @@ def test_a_graph_onnx_runtime_cannot_load_is_never_written(exported, monkeypatch
     assert not path.exists() and leftovers(tmp_path) == []
 
 
-def test_a_shift_tta_run_exports_the_average_over_the_one_pixel_shifts(tmp_path, fmnist):
-    """A run whose final evaluation used shift_tta ships it: the ONNX graph's logits are the saved network's averaged
-    over each image and its four one-pixel shifts (written with slices here), for any batch size."""
+def exported_tta_run(tmp_path, fmnist, **tta):
+    """A googlenet-lite run whose config.json asks for the test-time augmentation ``tta``, exported (its ONNX
+    Runtime check passed): the ONNX file, and the saved network as a function of plain [0, 1] pixels."""
     run_dir = make_run(tmp_path / "run", fmnist, model_name="googlenet-lite", normalize=True)
     config = json.loads((run_dir / runs.CONFIG).read_text())
-    (run_dir / runs.CONFIG).write_text(json.dumps({**config, "shift_tta": True}))
+    (run_dir / runs.CONFIG).write_text(json.dumps({**config, **tta}))
     report = export.export_onnx(run_dir, tmp_path / "tta.onnx")
     assert report["check"]["max_abs_logit_diff"] <= report["check"]["tolerance"]
     model, _ = runs.load_run_model(run_dir)
     model.eval()
+    return tmp_path / "tta.onnx", lambda x: model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
 
-    def net(x):
-        return model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
 
+def test_a_shift_tta_run_exports_the_average_over_the_one_pixel_shifts(tmp_path, fmnist):
+    """A run whose final evaluation used shift_tta ships it: the ONNX graph's logits are the saved network's averaged
+    over each image and its four one-pixel shifts (written with slices here), for any batch size."""
+    path, net = exported_tta_run(tmp_path, fmnist, shift_tta=True)
     for count in (3, 7):
         x = data.resize_batch(fmnist.test_images[:count], SIZE)
         views = [x, torch.cat([x[..., :1], x[..., :-1]], -1), torch.cat([x[..., 1:], x[..., -1:]], -1),
                  torch.cat([x[..., :1, :], x[..., :-1, :]], -2), torch.cat([x[..., 1:, :], x[..., -1:, :]], -2)]
         with torch.no_grad():
             logits = [net(v) for v in views]
-        onnx_out = torch.from_numpy(deploy_onnx.onnx_logits(tmp_path / "tta.onnx", x.numpy()))
+        onnx_out = torch.from_numpy(deploy_onnx.onnx_logits(path, x.numpy()))
         assert (logits[0] - logits[1]).abs().max() > 1e-3  # a shift changes this network's answer
         torch.testing.assert_close(onnx_out, sum(logits) / 5, rtol=1e-4, atol=1e-4)
 
@@ -355,18 +358,11 @@ def test_a_shift_tta_run_exports_the_average_over_the_one_pixel_shifts(tmp_path,
 def test_a_flip_tta_run_exports_the_average_with_the_mirror_image(tmp_path, fmnist):
     """A run evaluated with flip_tta ships it: the ONNX graph's logits are the saved network's on each image and on
     its mirror image, averaged (plain forward passes here), for any batch size."""
-    run_dir = make_run(tmp_path / "run", fmnist, model_name="googlenet-lite", normalize=True)
-    config = json.loads((run_dir / runs.CONFIG).read_text())
-    (run_dir / runs.CONFIG).write_text(json.dumps({**config, "flip_tta": True}))
-    report = export.export_onnx(run_dir, tmp_path / "tta.onnx")
-    assert report["check"]["max_abs_logit_diff"] <= report["check"]["tolerance"]
-    model, _ = runs.load_run_model(run_dir)
-    model.eval()
+    path, net = exported_tta_run(tmp_path, fmnist, flip_tta=True)
     for count in (3, 7):
         x = data.resize_batch(fmnist.test_images[:count], SIZE)
         with torch.no_grad():
-            plain = model((x - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
-            mirrored = model((x.flip(-1) - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
-        onnx_out = torch.from_numpy(deploy_onnx.onnx_logits(tmp_path / "tta.onnx", x.numpy()))
+            plain, mirrored = net(x), net(x.flip(-1))
+        onnx_out = torch.from_numpy(deploy_onnx.onnx_logits(path, x.numpy()))
         assert (plain - mirrored).abs().max() > 1e-3  # the mirror changes this network's answer
         torch.testing.assert_close(onnx_out, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)
