@@ -422,9 +422,7 @@ def run_epochs(state: RunState) -> TrainResult:
                 break
             with budget.epoch_end(state.budget, epoch * state.steps_per_epoch + train_metrics["steps"]):
                 with state.timer("eval"):  # the last epoch's is the run's closing evaluation (shift_tta's views)
-                    closing = epoch + 1 >= state.config.epochs
-                    state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=closing)
-                    state.last_val = evaluate_validation(state, final=closing)
+                    evaluate_test_and_validation(state, final=epoch + 1 >= state.config.epochs)
                 save_epoch(state, epoch, train_metrics, writes)
             epoch += 1
         if state.is_main and state.rows and state.plotted != len(state.rows):
@@ -434,11 +432,12 @@ def run_epochs(state: RunState) -> TrainResult:
     return finish(state)
 
 
-def evaluate_validation(state: RunState, *, final: bool = False) -> dict | None:
-    """The held-out training images, preprocessed exactly as the test set (no augmentation); None without them."""
-    if state.val_images is None:
-        return None
-    return evaluate_in_run(state, state.val_images, state.val_labels, final=final)
+def evaluate_test_and_validation(state: RunState, *, final: bool) -> None:
+    """``state.last_eval`` and ``state.last_val``: the test set and the held-out training images (preprocessed exactly
+    as the test set, no augmentation; None without them). ``final``: the run's closing evaluation."""
+    state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=final)
+    state.last_val = (None if state.val_images is None
+                      else evaluate_in_run(state, state.val_images, state.val_labels, final=final))
 
 
 @dataclass
@@ -594,8 +593,7 @@ def finish(state: RunState) -> TrainResult:
     """The summary (and, for a completed run on rank 0, the weights and the final evaluation's files)."""
     status = "completed" if state.stop_signal is None else "interrupted"
     if status == "completed" and state.last_eval is None:  # resumed a finished run: evaluate the final model
-        state.last_eval = evaluate_in_run(state, state.test_images, state.test_labels, final=True)
-        state.last_val = evaluate_validation(state, final=True)
+        evaluate_test_and_validation(state, final=True)
     summary = build_summary(state, status)
     if state.is_main:
         write_results(state, summary)
