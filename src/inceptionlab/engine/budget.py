@@ -30,7 +30,7 @@ MEASURE_SECONDS = 3.0  # or fewer steps, once they took this long: a short budge
 MIN_MEASURED = 2
 HOLD_STEPS = 100  # how long the timing may wait for the CPU thread tuner's probe to end (engine.threads)
 REVISE_OFF = 0.05  # a projected finish this far from the budget (either way) revises the plan at once
-SMALL_OFF = 0.025  # this far, once a full window of sync intervals has measured it (docs/training.md)
+SMALL_OFF = 0.025  # this far, over a full window and since the plan (docs/training.md)
 GUARD_OFF = 0.15  # this far over: revise even near the end, bringing the schedule down over the next sync interval
 FINAL_S = 0.5  # after the last epoch end, before the summary: the last curves.png and the writes still queued
 WINDOW = 4  # sync intervals over which the current speed is measured
@@ -104,6 +104,7 @@ class BudgetTracker:
         self.paused = 0.0  # seconds of epoch ends, which the speed of the steps must leave out
         self.epoch_ends: list[float] = []
         self.marks: list[tuple[int, float]] = []  # (step, step seconds so far) at the recent sync points
+        self.regime: tuple[int, float] = (0, 0.0)  # the same at the plan or its last revision
         self.last_reason = ""
 
     def train_seconds(self, step: int) -> float:
@@ -131,6 +132,7 @@ class BudgetTracker:
         self.plan = Plan(self.budget_s, s_per_step, eval_s, total, self.steps_per_epoch, step,
                          [self.measure_from + 1, step], [list(k) for k in self.knots], final_eval_s=final_s)
         self.marks = [(step, self.train_seconds(step))]
+        self.regime = self.marks[0]
         return True
 
     def epoch_end_cost(self, seconds: float) -> None:
@@ -143,40 +145,54 @@ class BudgetTracker:
 
     def at_sync(self, step: int, epoch: int) -> bool:
         """At a sync point after ``step`` steps: revise the plan when the projected finish misses the budget by more
-        than :data:`REVISE_OFF`, or :data:`SMALL_OFF` over a full window (True when revised). Every rank calls it at
-        the same steps."""
+        than :data:`REVISE_OFF` at the last window's speed, or by more than :data:`SMALL_OFF` both at the last full
+        window's speed and at the speed since the plan or its last revision (True when revised). Every rank
+        calls it at the same steps."""
         if self.plan is None or self.frozen:
             return False
         self.marks = [*self.marks, (step, self.train_seconds(step))][-(WINDOW + 1):]
-        (s0, t0), (s1, t1) = self.marks[0], self.marks[-1]
+        (s0, t0), (s1, t1), (r0, rt0) = self.marks[0], self.marks[-1], self.regime
         if s1 == s0:
             return False
-        rate, elapsed, eval_s = self.agree([(t1 - t0) / (s1 - s0), self.clock(step), self.eval_s()])
-        planned, final_s = self.plan.planned_steps, FINAL_S + self.plan.final_eval_s
+        rate, steady, elapsed, eval_s = self.agree([(t1 - t0) / (s1 - s0), (t1 - rt0) / (s1 - r0), self.clock(step),
+                                                    self.eval_s()])
+        off, steady_off = (self._projected_off(r, step, epoch, elapsed, eval_s) for r in (rate, steady))
+        near_end = self.plan.planned_steps - step < 2 * self.sync_every  # too late for a small miss; the guard acts
+        if abs(off) > REVISE_OFF and not (near_end and off <= GUARD_OFF):
+            return self._revise(step, epoch, elapsed, eval_s, rate, off, f"over the last {s1 - s0} steps")
+        # a small miss must hold over the last full window and over at least two since the plan or its revision: a
+        # drifting box's windows alternate around its speed (docs/training.md)
+        small = (len(self.marks) > WINDOW and s1 - r0 >= 2 * WINDOW * self.sync_every and not near_end
+                 and min(abs(off), abs(steady_off)) > SMALL_OFF and (off > 0) == (steady_off > 0))
+        return small and self._revise(step, epoch, elapsed, eval_s, steady, steady_off, f"since step {r0:,}")
+
+    def _projected_off(self, rate: float, step: int, epoch: int, elapsed: float, eval_s: float) -> float:
+        """How far from the budget the plan would end at ``rate`` seconds a step (a fraction, + late)."""
+        planned = self.plan.planned_steps
         ends = -(-planned // self.steps_per_epoch) - epoch
-        off = (elapsed + (planned - step) * rate + ends * eval_s + final_s) / self.budget_s - 1
-        near_end = planned - step < 2 * self.sync_every  # too late to revise for a small miss; the guard still acts
-        full = len(self.marks) > WINDOW  # a short window's speed is noisy: small misses wait for a full one
-        if abs(off) <= (SMALL_OFF if full else REVISE_OFF) or (near_end and off <= GUARD_OFF):
-            return False
-        total = plan_steps(self.budget_s - elapsed - final_s, rate, eval_s, step, epoch, self.steps_per_epoch,
-                           MIN_STEPS_LEFT)
-        if off > 0:  # late: never longer (past the budget the least it can add is MIN_STEPS_LEFT each time)
-            total = min(total, planned)
+        finish = elapsed + (planned - step) * rate + ends * eval_s + FINAL_S + self.plan.final_eval_s
+        return finish / self.budget_s - 1
+
+    def _revise(self, step: int, epoch: int, elapsed: float, eval_s: float, rate: float, off: float,
+                over: str) -> bool:
+        """Plan again from ``step`` at ``rate`` (True when the plan changed); a late plan only ever gets shorter
+        (past the budget the least it can add is MIN_STEPS_LEFT each time)."""
+        planned = self.plan.planned_steps
+        total = plan_steps(self.budget_s - elapsed - FINAL_S - self.plan.final_eval_s, rate, eval_s, step, epoch,
+                           self.steps_per_epoch, MIN_STEPS_LEFT)
+        total = min(total, planned) if off > 0 else total
         if total == planned:
             return False
-        self._revise(step, total, elapsed, rate, off, s1 - s0)
-        return True
-
-    def _revise(self, step: int, total: int, elapsed: float, rate: float, off: float, window: int) -> None:
         self.knots = revise_knots(self.knots, step, total)
         self.plan.knots = [list(k) for k in self.knots]
         self.plan.planned_steps = total
         self.plan.revisions.append({"at_step": step, "elapsed_s": round(elapsed, 3), "s_per_step": rate,
                                     "planned_steps": total, "projected_off": round(off, 4)})
-        self.last_reason = (f"{rate:.3f} s/step over the last {window} steps, the plan would end "
+        self.last_reason = (f"{rate:.3f} s/step {over}, the plan would end "
                             f"{abs(off):.0%} {'after' if off > 0 else 'before'} the budget")
         self.marks = self.marks[-1:]
+        self.regime = self.marks[0]  # both speeds are measured from here
+        return True
 
 
 @contextlib.contextmanager
