@@ -324,6 +324,26 @@ def test_a_small_miss_is_revised_once_two_full_windows_have_measured_it():
     assert clock(tracker.plan.planned_steps) + FINAL_S == pytest.approx(600.0, abs=0.12)
 
 
+def test_a_small_miss_is_planned_at_the_average_speed_since_the_plan():
+    """3 % slower steps after the plan, 4.5 % slower from 60 steps on: the last window and the average since the plan
+    both see a small late miss, and the new plan takes the average (the steadier of the two), read here off the
+    clock."""
+    def clock(step):
+        after = max(0, step - PLAN_AT)
+        return 5.0 + S_PER_STEP * (min(step, PLAN_AT) + 1.03 * min(after, 60) + 1.045 * max(0, after - 60))
+
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
+    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
+                                   agree=lambda values: values)
+    for step in range(1, PLAN_AT + 1):
+        tracker.step_done(step, 0)
+    at = next(step for step in range(30, 2000, 10) if tracker.at_sync(step, 0))
+    average = (clock(at) - clock(PLAN_AT)) / (at - PLAN_AT)
+    assert budget.SMALL_OFF < tracker.plan.revisions[0]["projected_off"] < budget.REVISE_OFF
+    assert tracker.plan.revisions[0]["s_per_step"] == pytest.approx(average)
+    assert average < (clock(at) - clock(at - 40)) / 40  # the last window's speed, which it did not take
+
+
 def test_a_box_drifting_around_its_planned_speed_keeps_its_plan():
     """After the plan, windows of 4 % slower and 4 % faster steps alternate (the 2-core box drifts like this): each
     full window alone projects a 4 % miss, the speed since the plan does not; the plan stands and still ends within
