@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from budget_preset import val_scores  # the script's own folder is on sys.path
 from quick_preset import load_average
 
