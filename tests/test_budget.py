@@ -305,6 +305,16 @@ def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_neve
     assert last["planned_steps"] < planned and last["planned_steps"] <= 100 + 2 * 10 + budget.MIN_STEPS_LEFT
 
 
+def planned_tracker(clock) -> budget.BudgetTracker:
+    """A 10-minute budget's tracker on ``clock`` (no epoch end in sight, free evaluations), its plan made."""
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
+    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
+                                   agree=lambda values: values)
+    for step in range(1, PLAN_AT + 1):
+        tracker.step_done(step, 0)
+    return tracker
+
+
 def test_a_small_miss_is_revised_once_two_full_windows_have_measured_it():
     """Steps 4 % faster after the timed ones (the 2-core box's first steps are slower): the finish is projected about
     4 % early, which a short window's noise could fake; the plan is revised once two full windows since the plan
@@ -312,11 +322,7 @@ def test_a_small_miss_is_revised_once_two_full_windows_have_measured_it():
     def clock(step):
         return 5.0 + S_PER_STEP * min(step, PLAN_AT) + 0.12 * max(0, step - PLAN_AT)
 
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
-    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
-                                   agree=lambda values: values)
-    for step in range(1, PLAN_AT + 1):
-        tracker.step_done(step, 0)
+    tracker = planned_tracker(clock)
     revised = [step for step in range(30, 2000, 10) if tracker.at_sync(step, 0)]
     two_windows = next(step for step in range(30, 2000, 10) if step - PLAN_AT >= 2 * budget.WINDOW * 10)
     assert revised == [two_windows]
@@ -332,11 +338,7 @@ def test_a_small_miss_is_planned_at_the_average_speed_since_the_plan():
         after = max(0, step - PLAN_AT)
         return 5.0 + S_PER_STEP * (min(step, PLAN_AT) + 1.03 * min(after, 60) + 1.045 * max(0, after - 60))
 
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
-    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
-                                   agree=lambda values: values)
-    for step in range(1, PLAN_AT + 1):
-        tracker.step_done(step, 0)
+    tracker = planned_tracker(clock)
     at = next(step for step in range(30, 2000, 10) if tracker.at_sync(step, 0))
     average = (clock(at) - clock(PLAN_AT)) / (at - PLAN_AT)
     assert budget.SMALL_OFF < tracker.plan.revisions[0]["projected_off"] < budget.REVISE_OFF
@@ -353,11 +355,7 @@ def test_a_box_drifting_around_its_planned_speed_keeps_its_plan():
     for step in range(1, 10_000):
         drift = 1.0 if step <= PLAN_AT else (1.04 if (step - PLAN_AT - 1) // period % 2 == 0 else 0.96)
         seconds.append(seconds[-1] + S_PER_STEP * drift)
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
-    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=seconds.__getitem__,
-                                   eval_probe=lambda: 0.0, agree=lambda values: values)
-    for step in range(1, PLAN_AT + 1):
-        tracker.step_done(step, 0)
+    tracker = planned_tracker(seconds.__getitem__)
     planned = tracker.plan.planned_steps
     assert not any(tracker.at_sync(step, 0) for step in range(30, planned, 10))
     assert seconds[planned] + FINAL_S == pytest.approx(600.0, rel=0.01)
@@ -368,13 +366,9 @@ def test_a_second_slowdown_is_measured_from_the_revision_of_the_first():
     since that revision (not since the plan, which the fast first steps would pull down) times the second; the run
     ends within 0.5 % of its budget (measured from the plan instead: +0.8 %)."""
     seconds = [5.0]
-    for step in range(1, 20_000):
+    for step in range(1, 10_000):
         seconds.append(seconds[-1] + S_PER_STEP * (1.0 if step <= 100 else 1.10 if step <= 200 else 1.10 * 1.04))
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 20_000)
-    tracker = budget.BudgetTracker(600.0, 20_000, 10, knots, start_step=0, clock=seconds.__getitem__,
-                                   eval_probe=lambda: 0.0, agree=lambda values: values)
-    for step in range(1, PLAN_AT + 1):
-        tracker.step_done(step, 0)
+    tracker = planned_tracker(seconds.__getitem__)
     step = 30
     while step < tracker.plan.planned_steps:
         tracker.at_sync(step, 0)

@@ -163,7 +163,7 @@ class BudgetTracker:
         # a small miss must hold over the last full window and over at least two since the plan or its revision: a
         # drifting box's windows alternate around its speed (docs/training.md)
         small = (len(self.marks) > WINDOW and s1 - r0 >= 2 * WINDOW * self.sync_every and not near_end
-                 and min(abs(off), abs(steady_off)) > SMALL_OFF and (off > 0) == (steady_off > 0))
+                 and min(abs(off), abs(steady_off)) > SMALL_OFF)
         return small and self._revise(step, epoch, elapsed, eval_s, steady, steady_off, f"since step {r0:,}")
 
     def _projected_off(self, rate: float, step: int, epoch: int, elapsed: float, eval_s: float) -> float:
