@@ -278,10 +278,10 @@ def test_two_gloo_ranks_share_one_plan_and_end_at_the_same_step(tmp_path):
     assert (plan["planned_steps"], plan["measured_s_per_step"], plan["planned_at_step"]) == (expected, slower, plan_at)
 
 
-def tracker_on(seconds_at, budget_s=60.0, sync_every=10):
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 100)
-    return budget.BudgetTracker(budget_s, 100, sync_every, knots, start_step=0, clock=seconds_at,
-                                eval_probe=lambda: 1.0, agree=lambda values: values)
+def tracker_on(seconds_at, budget_s=60.0, sync_every=10, steps_per_epoch=100, eval_s=1.0):
+    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), steps_per_epoch)
+    return budget.BudgetTracker(budget_s, steps_per_epoch, sync_every, knots, start_step=0, clock=seconds_at,
+                                eval_probe=lambda: eval_s, agree=lambda values: values)
 
 
 def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_never_later():
@@ -307,9 +307,7 @@ def test_a_run_far_past_its_budget_ends_soon_with_its_schedule_brought_down_neve
 
 def planned_tracker(clock) -> budget.BudgetTracker:
     """A 10-minute budget's tracker on ``clock`` (no epoch end in sight, free evaluations), its plan made."""
-    knots = schedule_knots(TrainConfig(schedule="cosine", epochs=10), 10_000)
-    tracker = budget.BudgetTracker(600.0, 10_000, 10, knots, start_step=0, clock=clock, eval_probe=lambda: 0.0,
-                                   agree=lambda values: values)
+    tracker = tracker_on(clock, budget_s=600.0, steps_per_epoch=10_000, eval_s=0.0)
     for step in range(1, PLAN_AT + 1):
         tracker.step_done(step, 0)
     return tracker
