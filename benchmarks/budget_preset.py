@@ -45,9 +45,14 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
     "lr0.2": ({"lr": 0.2}, 1.0),
     "smooth": ({"label_smoothing": 0.1}, 1.0),
     "warm0.25": ({"warmup_epochs": 0.25}, 1.0),
+    "warm0.1": ({"warmup_epochs": 0.1}, 1.0),
+    "warm0.2": ({"warmup_epochs": 0.2}, 1.0),
     # smaller inputs at the (2, 1, 1) depth: cheaper steps, more of them in a budget (EXPERIMENTS.md (11))
     "size24": ({"image_size": 24}, 1.3),
     "size20": ({"image_size": 20}, 1.7),
+    # b2 pools before its 3x3 convolution, which then runs on 7x7 instead of 14x14 (EXPERIMENTS.md (12))
+    "pool-first": ({"model_options": {"blocks": [2, 1, 1], "pool_first": True}}, 1.28),
+    "pool-first-b221": ({"model_options": {"blocks": [2, 2, 1], "pool_first": True}}, 1.06),
     # the candidates of EXPERIMENTS.md (8), relative to the whole table at width 0.5 (now 0.49x the base's speed)
     "b252": ({"model_options": {"blocks": [2, 5, 2]}}, 0.49),
     "b252-smooth": ({"model_options": {"blocks": [2, 5, 2]}, "label_smoothing": 0.1}, 0.49),

@@ -3,11 +3,14 @@ chapter's layer table and the size arithmetic, written out here, not from the mo
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from inceptionlab.analysis import stage_shapes
 from inceptionlab.data import resize_batch
 from inceptionlab.models import create_model, get_model_spec, list_models
+from inceptionlab.models._blocks import ConvBN
 from inceptionlab.models.googlenet import Inception
 
 # the chapter's Inception table (d2l 8.4): in_channels, c1, c2, c3, c4 for b3, b4, b5
@@ -225,3 +228,56 @@ def test_lite_refuses_blocks_outside_the_chapters_table(blocks):
 def test_lite_refuses_a_width_outside_0_to_1(width):
     with pytest.raises(ValueError, match=r"^googlenet-lite's width must be a number in \(0, 1\]"):
         create_model("googlenet-lite", width=width)
+
+
+def reference_b2(model, x: torch.Tensor, pool_first: bool) -> torch.Tensor:
+    """b2 written with PyTorch's functional API from the module's own weights (eval: BatchNorm's running stats)."""
+    def conv_bn_relu(unit, x, padding):
+        bn = unit.bn
+        y = F.conv2d(x, unit.conv.weight, padding=padding)
+        return F.relu(F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps))
+
+    reduce, widen = [m for m in model.b2 if isinstance(m, ConvBN)]
+    x = conv_bn_relu(reduce, x, padding=0)
+    if pool_first:
+        return conv_bn_relu(widen, F.max_pool2d(x, 3, stride=2, padding=1), padding=1)
+    return F.max_pool2d(conv_bn_relu(widen, x, padding=1), 3, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_lite_b2_pools_after_its_3x3_convolution_or_before_it_with_pool_first(fmnist, pool_first):
+    torch.manual_seed(0)
+    model = create_model("googlenet-lite", blocks=(2, 1, 1), pool_first=pool_first)
+    with torch.no_grad():  # running stats that are not BatchNorm's identity, so that the reference must apply them
+        for bn in (m for m in model.b2.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = model.b1(resize_batch(fmnist.test_images[:4], 28))
+    with torch.no_grad():
+        out = model.b2(x)
+        torch.testing.assert_close(out, reference_b2(model, x, pool_first))
+        assert out.shape == (4, 96, 7, 7)
+        other = reference_b2(model, x, not pool_first)
+        assert (out - other).abs().max() > 0.1  # the two orders are different functions of the same weights
+
+
+def test_lite_pool_first_keeps_the_parameters_and_quarters_b2s_3x3_arithmetic():
+    # the 3x3 convolution (32 -> 96 channels at width 0.5) runs on b2's pooled 7x7 grid instead of 14x14:
+    # 2 x 9 x 32 x 96 multiply-adds per output cell, 3 x 49 cells fewer per image
+    def forward_flops(model):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.rand(1, 1, 28, 28))
+        return counter.get_total_flops()
+
+    plain, pooled = (create_model("googlenet-lite", blocks=(2, 1, 1), pool_first=p).eval() for p in (False, True))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in pooled.parameters()) == 483_658
+    assert forward_flops(plain) - forward_flops(pooled) == 2 * 9 * 32 * 96 * (196 - 49)
+    assert {r.name: r.shape for r in stage_shapes("googlenet-lite", 28, blocks=(2, 1, 1), pool_first=True)} == {
+        r.name: r.shape for r in stage_shapes("googlenet-lite", 28, blocks=(2, 1, 1))}
+
+
+@pytest.mark.parametrize("pool_first", [1, 0, "true", None])
+def test_lite_refuses_a_pool_first_that_is_not_true_or_false(pool_first):
+    with pytest.raises(ValueError, match=r"^googlenet-lite's pool_first must be true or false, got "):
+        create_model("googlenet-lite", pool_first=pool_first)

@@ -152,23 +152,24 @@ class GoogLeNet(nn.Module):
     ``width`` scales every channel count and ``stem_pool=False`` drops b1's max-pool: both only for
     ``googlenet-lite`` (the defaults build the chapter's network). ``blocks`` keeps the first (b3, b4, b5) rows of the
     table per stage (the chapter: 2, 5, 2); with no b5 block, b4 ends without its pool and b5 is the global pooling.
+    ``pool_first=True`` moves b2's pool before its 3x3 convolution (same output grid, a quarter of its arithmetic).
     """
 
     stage_names = ("b1", "b2", "b3", "b4", "b5", "head")
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, conv_block: ConvFactory = nn.Conv2d,
-                 width: float = 1.0, stem_pool: bool = True, blocks: tuple[int, int, int] = CHAPTER_BLOCKS):
+                 width: float = 1.0, stem_pool: bool = True, blocks: tuple[int, int, int] = CHAPTER_BLOCKS,
+                 pool_first: bool = False):
         super().__init__()
         conv = conv_block
         c64, c192 = _scaled((64, 192), width)
         self.b1 = nn.Sequential(
             conv(in_channels, c64, kernel_size=7, stride=2, padding=3), nn.ReLU(), *([_pool()] if stem_pool else [])
         )  # N x 64 x 24 x 24 (for 96 x 96 input)
-        self.b2 = nn.Sequential(
-            conv(c64, c64, kernel_size=1), nn.ReLU(),
-            conv(c64, c192, kernel_size=3, padding=1), nn.ReLU(),
-            _pool(),
-        )  # N x 192 x 12 x 12
+        reduce = (conv(c64, c64, kernel_size=1), nn.ReLU())
+        widen = (conv(c64, c192, kernel_size=3, padding=1), nn.ReLU())
+        self.b2 = nn.Sequential(*reduce, _pool(), *widen) if pool_first else nn.Sequential(*reduce, *widen, _pool())
+        # N x 192 x 12 x 12
         stages, channels = _inception_stages(_inception_factory(conv_block), c192, width, blocks)
         self.b3 = nn.Sequential(*stages["b3"], _pool())  # N x 480 x 6 x 6
         self.b4 = nn.Sequential(*stages["b4"], *([_pool()] if stages["b5"] else []))  # N x 832 x 3 x 3

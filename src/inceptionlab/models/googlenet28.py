@@ -49,12 +49,14 @@ def googlenet_28(num_classes: int = 10, in_channels: int = 1) -> GoogLeNet28:
 
 @register_model("googlenet-lite", natural_size=28, family="googlenet")
 def googlenet_lite(num_classes: int = 10, in_channels: int = 1, width: float = 0.5,
-                   blocks: Sequence[int] = CHAPTER_BLOCKS) -> GoogLeNet:
+                   blocks: Sequence[int] = CHAPTER_BLOCKS, pool_first: bool = False) -> GoogLeNet:
     """Inception-BN for 28x28 on a CPU: the chapter's channels halved, b1 without its pool (b3-b5 on 7/4/2 grids)."""
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
         raise ValueError(f"googlenet-lite's width must be a number in (0, 1], got {width!r}")
+    if not isinstance(pool_first, bool):
+        raise ValueError(f"googlenet-lite's pool_first must be true or false, got {pool_first!r}")
     return GoogLeNet(num_classes=num_classes, in_channels=in_channels, conv_block=ConvBN, width=width,
-                     stem_pool=False, blocks=_checked_blocks(blocks))
+                     stem_pool=False, blocks=_checked_blocks(blocks), pool_first=pool_first)
 
 
 def _checked_blocks(blocks) -> tuple[int, int, int]:
