@@ -122,6 +122,18 @@ def test_a_revision_inside_the_warm_up_moves_only_the_end():
     assert revise_knots(schedule_knots(cfg, 50), 25, 300) == schedule_knots(cfg, 50, total=300)
 
 
+@pytest.mark.parametrize(("at_step", "total", "warmup"), [(10, 90, 30), (25, 46, 25), (25, 299, 100)])
+def test_a_plan_too_short_for_the_warm_up_shortens_it_and_still_decays_to_zero(at_step, total, warmup):
+    # a 100-step warm-up (2 epochs of 50) takes at most a third of the plan, never ending before the plan's step:
+    # a 12 s budget planned 46 steps at step 25 against the quick preset's 234 and stopped at a fifth of the peak
+    cfg = TrainConfig(lr=0.1, schedule="onecycle", warmup_epochs=2.0, epochs=10)
+    knots = revise_knots(schedule_knots(cfg, 50), at_step, total)
+    assert knots == [(warmup, 0.0), (total, 1.0)]
+    lrs = [lr_at(cfg, s, 50, knots) for s in range(total)]
+    assert max(lrs) == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1 / (total - warmup))
+    assert lrs[:at_step] == pytest.approx([0.1 * (s + 1) / warmup for s in range(at_step)])
+
+
 # --------------------------------------------------------------------------------------------- the planner
 
 
@@ -194,10 +206,12 @@ def test_a_resumed_budget_run_follows_its_plan_and_ends_with_the_uninterrupted_n
 
 
 def test_the_planned_steps_reproduce_a_budget_run_on_any_machine(fmnist, tmp_path, monkeypatch, same_training):
-    # the plan is made inside the warm-up (30 steps), so `steps=planned_steps` gives the same schedule
+    # the plan is made inside the warm-up (30 steps) and is more than three warm-ups long (which would shorten it),
+    # so `steps=planned_steps` gives the same schedule
     fake_clock(monkeypatch, steady)
-    timed = train(config(tmp_path / "budget", warmup_epochs=3.0), data=fmnist, log=None)
+    timed = train(config(tmp_path / "budget", warmup_epochs=3.0, time_budget=30.0), data=fmnist, log=None)
     planned = runs.read_run_config(timed.run_dir).budget_plan["planned_steps"]
+    assert planned > 90
     fixed = train(config(tmp_path / "steps", warmup_epochs=3.0, time_budget=None, steps=planned), data=fmnist,
                   log=None)
     same_training(timed, fixed, KEYS)

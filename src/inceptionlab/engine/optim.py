@@ -32,6 +32,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
 
 
 Knots = list[tuple[int, float]]  # (step, progress of the decay in [0, 1]), piecewise linear between them
+# The most of a time budget's plan its warm-up may take, so a short plan still decays to 0 (EXPERIMENTS.md (12)).
+WARMUP_SHARE = 1 / 3
 
 
 def with_total_steps(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
@@ -58,9 +60,11 @@ def schedule_knots(config: TrainConfig, steps_per_epoch: int, total: int | None 
 
 def revise_knots(knots: Knots, at_step: int, total: int) -> Knots:
     """The schedule ending at ``total`` instead: the progress reached at ``at_step`` is kept (the learning rate
-    stays continuous) and only the slope of the rest changes."""
-    if at_step <= knots[0][0]:  # still in the warm-up: the decay has not started, only its end moves
-        return [knots[0], (max(total, knots[0][0] + 1), 1.0)]
+    stays continuous) and only the slope of the rest changes. Inside the warm-up, the warm-up is shortened to
+    :data:`WARMUP_SHARE` of ``total`` if longer (never before ``at_step``): its ramp steepens, the decay still ends."""
+    if at_step <= knots[0][0]:  # still in the warm-up: the decay has not started; it gets two thirds of a short plan
+        warmup = max(at_step, min(knots[0][0], round(total * WARMUP_SHARE)))
+        return [(warmup, 0.0), (max(total, warmup + 1), 1.0)]
     kept = [k for k in knots if k[0] < at_step]
     return [*kept, (at_step, progress_at(knots, at_step)), (max(total, at_step + 1), 1.0)]
 
