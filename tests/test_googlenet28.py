@@ -250,7 +250,9 @@ def test_lite_b2_pools_after_its_3x3_convolution_or_before_it_with_pool_first(fm
     model = create_model("googlenet-lite", blocks=(2, 1, 1), pool_first=pool_first)
     with torch.no_grad():  # running stats that are not BatchNorm's identity, so that the reference must apply them
         for bn in (m for m in model.b2.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.2, 0.2)
     model.eval()
     x = model.b1(resize_batch(fmnist.test_images[:4], 28))
     with torch.no_grad():
@@ -263,7 +265,7 @@ def test_lite_b2_pools_after_its_3x3_convolution_or_before_it_with_pool_first(fm
 
 def test_lite_pool_first_keeps_the_parameters_and_quarters_b2s_3x3_arithmetic():
     # the 3x3 convolution (32 -> 96 channels at width 0.5) runs on b2's pooled 7x7 grid instead of 14x14:
-    # 2 x 9 x 32 x 96 multiply-adds per output cell, 3 x 49 cells fewer per image
+    # 9 x 32 x 96 multiply-adds (2 FLOPs each) per output cell, 196 - 49 cells fewer per image
     def forward_flops(model):
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
