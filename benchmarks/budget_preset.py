@@ -81,27 +81,34 @@ def val_scores(run_dir: str, config) -> dict:
     return {"val_acc": plain["acc"], "val_acc_flip_tta": flipped["acc"], "val_loss": plain["loss"]}
 
 
-def select(args) -> None:
-    from inceptionlab.config import preset_config
+def train_and_score(config, label: str, out, jsonl: str, **fields) -> dict:
+    """Train ``config`` into ``out/label`` in this process (quietly), score it on its held-out images, print the row
+    and append it to ``out/jsonl``; ``fields`` (the candidate's own) come after the label."""
     from inceptionlab.train import train
 
-    out = Path(args.out)
+    load, started = load_average(), time.perf_counter()
+    result = train(config.replace(out=str(Path(out, label))), log=None, progress=False)
+    row = {"label": label, **fields, "steps": result.summary["steps"], "seed": config.seed,
+           "epochs": len(result.metrics), "images_per_sec": result.summary["images_per_sec"],
+           "wall_seconds": round(time.perf_counter() - started, 1),
+           "elapsed_seconds": result.summary["elapsed_seconds"], "load_before": load, "load_after": load_average(),
+           "test_acc_not_used": result.summary["test_acc"], "val_acc_run": result.summary["val_acc"],
+           "val_acc_one_view": result.metrics[-1]["val_acc"], **val_scores(str(result.run_dir), config)}
+    print(json.dumps(row), flush=True)
+    with open(Path(out, jsonl), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def select(args) -> None:
+    from inceptionlab.config import preset_config
+
     for label in args.only.split(",") if args.only else list(CANDIDATES):
         overrides, speed = CANDIDATES[label]
         steps = None if args.budget else round(args.steps * speed)
         config = preset_config("quick", time_budget=args.budget, steps=steps, val_split=args.val_split,
                                seed=args.seed, num_threads=args.threads, device="cpu", **overrides)
-        load, started = load_average(), time.perf_counter()
-        result = train(config.replace(out=str(out / label)), log=None, progress=False)
-        row = {"label": label, "steps": result.summary["steps"], "budget": args.budget, "overrides": overrides,
-               "seed": args.seed, "epochs": len(result.metrics), "images_per_sec": result.summary["images_per_sec"],
-               "wall_seconds": round(time.perf_counter() - started, 1), "load_before": load,
-               "load_after": load_average(), "test_acc_not_used": result.summary["test_acc"],
-               "val_acc_run": result.summary["val_acc"], "val_acc_one_view": result.metrics[-1]["val_acc"],
-               **val_scores(str(result.run_dir), config)}
-        print(json.dumps(row), flush=True)
-        with open(out / "select.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        train_and_score(config, label, args.out, "select.jsonl", budget=args.budget, overrides=overrides)
 
 
 def confirm(args) -> None:

@@ -11,14 +11,10 @@ the step costs at 16 / 20 / 24 / 28 px are in EXPERIMENTS.md (11).
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from budget_preset import val_scores  # the script's own folder is on sys.path
-from quick_preset import load_average
+from budget_preset import train_and_score  # the script's own folder is on sys.path
 
 
 def shrink_early_batches(model: torch.nn.Module, small: int, steps: int) -> None:
@@ -47,7 +43,6 @@ def main() -> None:
 
     from inceptionlab.config import preset_config
     from inceptionlab.engine import trainer
-    from inceptionlab.train import train
 
     small_steps = round(args.fraction * args.steps)
     build = trainer.build_model
@@ -61,16 +56,7 @@ def main() -> None:
     config = preset_config("quick", time_budget=None, steps=args.steps, val_split=args.val_split, seed=args.seed,
                            device="cpu")
     label = f"small{args.small}-f{args.fraction:g}-steps{args.steps}"
-    load, started = load_average(), time.perf_counter()
-    result = train(config.replace(out=str(Path(args.out, label))), log=None, progress=False)
-    row = {"label": label, "small": args.small, "fraction": args.fraction, "steps": result.summary["steps"],
-           "seed": args.seed, "wall_seconds": round(time.perf_counter() - started, 1),
-           "elapsed_seconds": result.summary["elapsed_seconds"], "load_before": load, "load_after": load_average(),
-           "test_acc_not_used": result.summary["test_acc"], "val_acc_run": result.summary["val_acc"],
-           **val_scores(str(result.run_dir), config)}
-    print(json.dumps(row), flush=True)
-    with open(Path(args.out, "progressive.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    train_and_score(config, label, args.out, "progressive.jsonl", small=args.small, fraction=args.fraction)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,10 @@ last, smaller batch keeps the same share. Scored on the held-out images like bud
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from budget_preset import val_scores  # the script's own folder is on sys.path
-from quick_preset import load_average
+from budget_preset import train_and_score  # the script's own folder is on sys.path
 
 
 def selective_step(model, optimizer, config, share: float):
@@ -52,23 +48,12 @@ def main() -> None:
 
     from inceptionlab.config import preset_config
     from inceptionlab.engine import trainer
-    from inceptionlab.train import train
 
     trainer.build_train_step = lambda model, optimizer, config, device, **_: selective_step(
         model, optimizer, config, args.keep / args.seen)
     config = preset_config("quick", time_budget=args.budget, val_split=args.val_split, seed=args.seed, device="cpu",
                            batch_size=args.seen)
-    label = f"select{args.keep}of{args.seen}"
-    load, started = load_average(), time.perf_counter()
-    result = train(config.replace(out=str(Path(args.out, label))), log=None, progress=False)
-    row = {"label": label, "steps": result.summary["steps"], "budget": args.budget, "seed": args.seed,
-           "epochs": len(result.metrics), "images_per_sec": result.summary["images_per_sec"],
-           "wall_seconds": round(time.perf_counter() - started, 1), "load_before": load, "load_after": load_average(),
-           "test_acc_not_used": result.summary["test_acc"], "val_acc_run": result.summary["val_acc"],
-           **val_scores(str(result.run_dir), config)}
-    print(json.dumps(row), flush=True)
-    with open(Path(args.out, "selective.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    train_and_score(config, f"select{args.keep}of{args.seen}", args.out, "selective.jsonl", budget=args.budget)
 
 
 if __name__ == "__main__":
