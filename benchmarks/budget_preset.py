@@ -57,6 +57,10 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
     "b252": ({"model_options": {"blocks": [2, 5, 2]}}, 0.49),
     "b252-smooth": ({"model_options": {"blocks": [2, 5, 2]}, "label_smoothing": 0.1}, 0.49),
     "b252-lr0.2": ({"model_options": {"blocks": [2, 5, 2]}, "lr": 0.2}, 0.49),
+    # for a box that fits about twice the epochs (bf16 on AMX, EXPERIMENTS.md (14)): more depth or augmentation
+    "b222": ({"model_options": {"blocks": [2, 2, 2]}}, 0.75),
+    "flip": ({"flip": True}, 1.0),
+    "crop2": ({"crop_padding": 2}, 1.0),
 }
 
 
