@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -62,6 +63,17 @@ CANDIDATES: dict[str, tuple[dict, float]] = {
     "flip": ({"flip": True}, 1.0),
     "crop2": ({"crop_padding": 2}, 1.0),
 }
+
+
+def probe_parser(doc: str, budget: bool = True) -> argparse.ArgumentParser:
+    """The probes' shared options (``--seed``, ``--val-split``, ``--out``, and ``--budget`` unless they fix steps)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if budget:
+        parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-split", type=int, default=5000)
+    parser.add_argument("--out", required=True)
+    return parser
 
 
 def val_scores(run_dir: str, config) -> dict:

@@ -10,11 +10,9 @@ the step costs at 16 / 20 / 24 / 28 px are in EXPERIMENTS.md (11).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from budget_preset import train_and_score  # the script's own folder is on sys.path
+from budget_preset import probe_parser, train_and_score  # the script's own folder is on sys.path
 
 
 def shrink_early_batches(model: torch.nn.Module, small: int, steps: int) -> None:
@@ -32,13 +30,10 @@ def shrink_early_batches(model: torch.nn.Module, small: int, steps: int) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = probe_parser(__doc__, budget=False)
     parser.add_argument("--small", type=int, required=True)
     parser.add_argument("--fraction", type=float, required=True)
     parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-split", type=int, default=5000)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from inceptionlab.config import preset_config

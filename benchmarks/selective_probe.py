@@ -8,11 +8,9 @@ last, smaller batch keeps the same share. Scored on the held-out images like bud
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from budget_preset import train_and_score  # the script's own folder is on sys.path
+from budget_preset import probe_parser, train_and_score  # the script's own folder is on sys.path
 
 
 def selective_step(model, optimizer, config, share: float):
@@ -37,13 +35,9 @@ def selective_step(model, optimizer, config, share: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = probe_parser(__doc__)
     parser.add_argument("--seen", type=int, default=256, help="images scored a step (the loader's batch)")
     parser.add_argument("--keep", type=int, default=128, help="of them, the highest-loss ones trained on")
-    parser.add_argument("--budget", type=float, default=300.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-split", type=int, default=5000)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from inceptionlab.config import preset_config

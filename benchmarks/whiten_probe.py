@@ -10,11 +10,9 @@ budget_preset.py's select.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from budget_preset import train_and_score  # the script's own folder is on sys.path
+from budget_preset import probe_parser, train_and_score  # the script's own folder is on sys.path
 
 
 def whitening_weights(images: torch.Tensor, conv: torch.nn.Conv2d, eps: float) -> torch.Tensor:
@@ -51,14 +49,10 @@ def patch_images(config, count: int) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = probe_parser(__doc__)
     parser.add_argument("--mode", choices=("train", "frozen", "scaled"), required=True)
     parser.add_argument("--eps", type=float, default=0.01, help="added to each variance, times the largest")
     parser.add_argument("--images", type=int, default=5000, help="training images whose patches are whitened")
-    parser.add_argument("--budget", type=float, default=300.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-split", type=int, default=5000)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from inceptionlab.config import preset_config
