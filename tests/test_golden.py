@@ -16,8 +16,10 @@ from inceptionlab.train import train
 
 # The recorded numbers belong to one PyTorch release's CPU kernels on one instruction set: another release (the GPU
 # machines' 2.11) or another kernel family (AVX2 against AVX-512) sums in other orders and differs from the 7th digit
-# on (BENCHMARKS.md, GPU round of 2026-12-04). Each platform has its own record, all made from the same code.
-PLATFORM = f"{'.'.join(torch.__version__.split('.')[:2])} {torch.backends.cpu.get_cpu_capability()}"
+# on (BENCHMARKS.md, GPU round of 2026-12-04); oneDNN also picks other fp32 kernels on a CPU with AMX tiles than on
+# one with AVX-512 alone, though torch reports AVX512 for both. Each platform has its own record, from the same code.
+_AMX = " AMX" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else ""
+PLATFORM = f"{'.'.join(torch.__version__.split('.')[:2])} {torch.backends.cpu.get_cpu_capability()}{_AMX}"
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 RECIPE = dict(model="googlenet-bn", optimizer="nesterov", schedule="onecycle", warmup_epochs=0.5, weight_decay=5e-4,
               label_smoothing=0.1, crop_padding=2, flip=True, erasing=0.5, normalize=True, precision="bf16",
@@ -28,8 +30,9 @@ OPTIONS = {
     "googlenet-bn-recipe": RECIPE,
 }
 # (train_loss, train_acc, test_loss, test_acc, lr) per epoch, and the captured step's change, 1 thread on the CPU.
-# "2.13 AVX512": recorded at ba6e355 on the AVX-512 BF16 box, before the re-layering; "2.13 AVX2": recorded at
-# e67bfc1, before the dataset type (issue "Your own images"), on an AMD EPYC whose torch dispatches AVX2 kernels.
+# "2.13 AVX512": recorded at ba6e355 on the AVX-512 BF16 box (no AMX), before the re-layering; "2.13 AVX2": recorded
+# at e67bfc1, before the dataset type (issue "Your own images"), on an AMD EPYC whose torch dispatches AVX2 kernels;
+# "2.13 AVX512 AMX": on a 2-core Xeon with AMX, where e67bfc1 and 6a63d99 give these same numbers.
 RECORDED = {
     "2.13 AVX512": {
         "googlenet": [
@@ -60,6 +63,21 @@ RECORDED = {
             (3.226743698120117, 0.24609375, 2984.78515625, 0.09375, 0.016666666666666663),
         ],
         "captured": (23.704265599326646, -102.35597356403959),
+    },
+    "2.13 AVX512 AMX": {
+        "googlenet": [
+            (2.3046555519104004, 0.07421875, 2.3009884357452393, 0.14453125, 0.1),
+            (2.3038909435272217, 0.08203125, 2.3011131286621094, 0.109375, 0.1),
+        ],
+        "googlenet-bn": [
+            (2.87198543548584, 0.15234375, 5.08828592300415, 0.12890625, 0.1),
+            (2.3583154678344727, 0.3828125, 2.9917821884155273, 0.1328125, 0.1),
+        ],
+        "googlenet-bn-recipe": [
+            (3.5674638748168945, 0.138671875, 5170.17724609375, 0.14453125, 0.08333333333333334),
+            (3.418735980987549, 0.24609375, 855.619384765625, 0.09375, 0.016666666666666663),
+        ],
+        "captured": (23.70426559943552, -102.35597355708383),
     },
 }
 same_kernels = pytest.mark.skipif(PLATFORM not in RECORDED,

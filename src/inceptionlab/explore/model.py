@@ -26,7 +26,7 @@ from inceptionlab.data.resize import resize_batch
 from inceptionlab.deploy.predict import ImageError, load_run_image
 from inceptionlab.devices import DEVICE
 from inceptionlab.errors import ConfigError
-from inceptionlab.inputs import autocast_context, class_names, prepare_input
+from inceptionlab.inputs import class_names, prepare_input
 from inceptionlab.inspect import INSPECT_JSON, OUT_SUBDIR, BranchStats, LoadedRun, inspect_run, load_run, select_blocks
 from inceptionlab.models import get_model_spec
 from inceptionlab.models._blocks import flatten_outputs
@@ -124,7 +124,8 @@ class Explorer:
 
     def _prefix(self, key, x: torch.Tensor) -> PrefixCache:
         if key != self._key:
-            with torch.inference_mode(), autocast_context(self.run.config, x.device):
+            # float32 even for a bf16 run: one picture's answer is `inceptionlab predict`'s and the ONNX file's
+            with torch.inference_mode():
                 self._cache = PrefixCache(self.steps, prepare_input(x, self.run.config))
             self._key = key
         return self._cache
@@ -148,7 +149,7 @@ class Explorer:
     def _probabilities(self, key, x: torch.Tensor, off: dict[str, list[int]], mode: str) -> torch.Tensor:
         cache = self._prefix(key, x)
         replaces = self._replaces(off, mode)
-        with torch.inference_mode(), autocast_context(self.run.config, x.device):
+        with torch.inference_mode():
             logits = cache.logits(replaces)
         return torch.softmax(logits.float()[0], dim=0).cpu()
 
