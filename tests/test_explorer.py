@@ -2,6 +2,7 @@
 conftest: predictions equal deploy.predict's (an independent path), a knockout equals inspect's whole-network
 ablation, and foreign Hosts, big or missing bodies, non-images, bombs and paths outside the page are refused."""
 
+import dataclasses
 import functools
 import http.client
 import io
@@ -20,7 +21,7 @@ from inceptionlab.deploy.predict import load_predictor, load_run_image, predict
 from inceptionlab.explore.model import Explorer
 from inceptionlab.explore.server import MAX_BODY, ExplorerServer, start_in_thread
 from inceptionlab.inputs import class_names
-from inceptionlab.inspect import replaced_forwards
+from inceptionlab.inspect import load_run, replaced_forwards
 from inceptionlab.prefix import ablated_forward, replacement
 
 
@@ -74,6 +75,23 @@ def test_prediction_of_a_test_image_is_predicts(server, small_run_dir, small_tes
     assert answer["predicted"] == top and answer["label"] == int(small_test_data.test_labels[7])
     assert answer["probabilities"] == pytest.approx([probs[i] for i in range(10)], abs=1e-5)
     assert answer["input"].startswith("data:image/png;base64,")
+
+
+def test_a_bf16_runs_prediction_is_predicts_float32_answer(small_run_dir, small_test_data, monkeypatch):
+    """predict and the ONNX file compute in float32, so the page shows their probabilities for a run trained in
+    bf16 too (forced here, so that a CPU where `auto` means fp32 checks it as well)."""
+    import inceptionlab.explore.model as explore_model
+
+    def bf16_run(*args, **kwargs):
+        run = load_run(*args, **kwargs, data=small_test_data)
+        return dataclasses.replace(run, config=run.config.replace(precision="bf16"))
+
+    monkeypatch.setattr(explore_model, "load_run", bf16_run)
+    explorer = Explorer(small_run_dir, subset=50)
+    assert explorer.run.config.precision == "bf16"
+    answer = explorer.predict(image=7)
+    probs, _ = expected_probabilities(small_run_dir, resize_batch(small_test_data.test_images[7:8], 28))
+    assert answer["probabilities"] == pytest.approx([probs[i] for i in range(10)], abs=1e-5)
 
 
 def test_knocked_out_branches_equal_inspects_whole_network_ablation(server, small_run_dir, small_test_data):
