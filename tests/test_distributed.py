@@ -28,10 +28,18 @@ KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 WORKER = textwrap.dedent(
     """
-    import json, os, sys
+    import gc, json, os, sys
     import torch
+    from torch.nn.parallel import DistributedDataParallel
     from inceptionlab.config import TrainConfig
+    from inceptionlab.engine import distributed
     from inceptionlab.train import train
+
+    destroy, alive = distributed.destroy_process_group, []
+    def counting_destroy():  # DDP wrappers alive when the group goes (each holds it: a hang at exit otherwise)
+        alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+        destroy()
+    distributed.destroy_process_group = counting_destroy
 
     config = TrainConfig.from_dict(json.loads(sys.argv[1]))
     result = train(config, log=None)
@@ -39,7 +47,7 @@ WORKER = textwrap.dedent(
     torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()},
                os.path.join(sys.argv[2], f"rank{rank}.pt"))
     with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
-        json.dump({"run_dir": str(result.run_dir), "metrics": result.metrics}, f)
+        json.dump({"run_dir": str(result.run_dir), "metrics": result.metrics, "ddp_alive": alive}, f)
     """
 )
 
@@ -66,6 +74,7 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
     # one run directory, made by rank 0, its path broadcast to rank 1
     assert info0["run_dir"] == info1["run_dir"]
+    assert info0["ddp_alive"] == info1["ddp_alive"] == [0]  # the wrapper went before its process group
     assert len(list((tmp_path / "runs").iterdir())) == 1
     summary = runs.read_summary(info0["run_dir"])
     assert summary["world_size"] == 2 and summary["status"] == "completed"

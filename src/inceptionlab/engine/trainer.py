@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import math
 import os
 import signal
@@ -227,6 +228,9 @@ def train(
             return run_epochs(state)
         finally:
             state.release_lock()  # diverged, a failed write, a second Ctrl-C: no exit leaves the directory locked
+            if dist_info.enabled:  # DDP goes before the group: a reducer freeing gloo's group under the GIL can hang
+                state.step_fn = None
+                gc.collect()
 
 
 def continued_config(config: TrainConfig, run_dir: Path, device: torch.device) -> TrainConfig:
